@@ -1,0 +1,104 @@
+"""Bulk submission and waiting, with progress bars: shared by `canary submit` and `demo`."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from canary.settings import Settings
+from gateway.bulk import LineError, ParsedLine, read_requests
+from gateway.specs import JobRequest
+from gateway.submit import Producer
+from storage import jobs
+from storage.db import get_engine
+from storage.models import JobStatus
+
+
+@dataclass
+class BatchOutcome:
+    created: int = 0
+    duplicates: int = 0
+    job_ids: list[str] = field(default_factory=list)
+    errors: list[LineError] = field(default_factory=list)
+
+
+def _progress() -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        transient=False,
+    )
+
+
+def make_producer(settings: Settings) -> Producer:
+    """A producer on the broker these settings name (not the process-wide app's)."""
+    from tasks.app import make_app
+
+    return Producer(settings, get_engine(settings.resolved_database_url), make_app(settings))
+
+
+def submit_requests(
+    producer: Producer, requests: list[JobRequest], *, batch_id: str, source: str, chunk: int
+) -> BatchOutcome:
+    outcome = BatchOutcome()
+    with _progress() as progress:
+        task = progress.add_task("submitting", total=len(requests))
+        for start in range(0, len(requests), chunk):
+            part = requests[start : start + chunk]
+            for submitted in producer.submit_many(part, source=source, batch_id=batch_id):
+                outcome.job_ids.append(submitted.job_id)
+                if submitted.created:
+                    outcome.created += 1
+                else:
+                    outcome.duplicates += 1
+            progress.advance(task, len(part))
+    return outcome
+
+
+def submit_file(
+    path: Path,
+    settings: Settings,
+    *,
+    batch_id: str,
+    default_version: str | None = None,
+    chunk: int = 500,
+) -> BatchOutcome:
+    """Validate the whole file first (errors by line), then submit the good lines in chunks."""
+    good: list[JobRequest] = []
+    errors: list[LineError] = []
+    for item in read_requests(path, settings, default_version=default_version):
+        if isinstance(item, ParsedLine):
+            good.append(item.request)
+        else:
+            errors.append(item)
+    outcome = submit_requests(
+        make_producer(settings), good, batch_id=batch_id, source="bulk", chunk=chunk
+    )
+    outcome.errors = errors
+    return outcome
+
+
+def wait_for_batch(
+    settings: Settings, batch_id: str, total: int, *, timeout: float = 3600.0
+) -> dict[str, int]:
+    """Poll the batch's job rows until all have finished; returns counts by status."""
+    engine = get_engine(settings.resolved_database_url)
+    deadline = time.monotonic() + timeout
+    with _progress() as progress:
+        task = progress.add_task("rendering", total=total)
+        while True:
+            counts = jobs.count_batch_by_status(engine, batch_id)
+            done = counts.get(JobStatus.SUCCEEDED, 0) + counts.get(JobStatus.FAILED, 0)
+            progress.update(
+                task,
+                completed=done,
+                description=f"rendering ({counts.get(JobStatus.FAILED, 0)} failed)",
+            )
+            if done >= total or time.monotonic() > deadline:
+                return counts
+            time.sleep(0.25)

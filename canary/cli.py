@@ -1,0 +1,288 @@
+"""The `canary` command line: a thin shell over the gateway, tasks, storage and analysis."""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from canary.settings import VERSION_PATTERN, get_settings, reset_settings_cache
+
+app = typer.Typer(
+    help="Canary releases and A/B tests of diffusion model versions.", no_args_is_help=True
+)
+models_app = typer.Typer(help="Model versions in the local registry.", no_args_is_help=True)
+db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
+app.add_typer(models_app, name="models")
+app.add_typer(db_app, name="db")
+console = Console()
+err = Console(stderr=True)
+
+DEVICE_PATTERN = re.compile(r"^(cpu|cuda(:\d+)?|mps)$")
+
+
+def fail(message: str, code: int = 2) -> typer.Exit:
+    err.print(f"[bold red]error:[/] {message}")
+    return typer.Exit(code)
+
+
+def _engine():  # type: ignore[no-untyped-def]
+    from storage.db import get_engine
+
+    return get_engine(get_settings().resolved_database_url)
+
+
+# ---------------------------------------------------------------- db / models
+@db_app.command("init")
+def db_init() -> None:
+    """Create the tables (idempotent)."""
+    from sqlalchemy.engine import make_url
+
+    from storage.db import init_db
+
+    init_db(_engine())
+    shown = make_url(get_settings().resolved_database_url).render_as_string(hide_password=True)
+    console.print(f"database ready: {shown}")
+
+
+@models_app.command("make-tiny")
+def models_make_tiny(
+    version: str,
+    seed: Annotated[int, typer.Option(help="Weights seed; versions differ by seed")] = 0,
+    force: Annotated[bool, typer.Option(help="Overwrite an existing folder")] = False,
+) -> None:
+    """Build a tiny random-weight Stable Diffusion pipeline (no hub access) as VERSION."""
+    if not re.match(VERSION_PATTERN, version):
+        raise fail(f"version {version!r} must match {VERSION_PATTERN}")
+    from tasks.registry import version_dir, weights_revision
+    from tasks.tiny_model import make_tiny_model
+
+    target = version_dir(get_settings().resolved_model_dir, version)
+    if (target / "model_index.json").exists() and not force:
+        raise fail(f"{target} already exists (use --force to overwrite)")
+    make_tiny_model(target, seed)
+    console.print(f"built {version} (seed {seed}) at {target}, revision {weights_revision(target)}")
+
+
+@models_app.command("list")
+def models_list() -> None:
+    """Versions present in the model directory, with their weights revision."""
+    from tasks.registry import available_versions, version_dir, weights_revision
+
+    model_dir = get_settings().resolved_model_dir
+    versions = available_versions(model_dir)
+    if not versions:
+        console.print(f"no model versions under {model_dir}")
+    for version in versions:
+        console.print(f"{version}\t{weights_revision(version_dir(model_dir, version))}")
+
+
+# ---------------------------------------------------------------- processes
+@app.command()
+def worker(
+    model_version: Annotated[str, typer.Option("--model-version", help="Version to serve")],
+    device: Annotated[str, typer.Option(help="cpu, cuda or cuda:N")] = "cpu",
+    loglevel: Annotated[str, typer.Option()] = "info",
+) -> None:
+    """A render worker bound to one model version and one device (concurrency 1)."""
+    if not DEVICE_PATTERN.match(device):
+        raise fail(f"device {device!r} is not cpu, cuda or cuda:N")
+    settings = get_settings()
+    if model_version not in settings.versions:
+        raise fail(
+            f"unknown version {model_version!r} (configured: {', '.join(settings.versions)})"
+        )
+    from tasks.registry import ModelNotFound, require_version_dir
+
+    try:
+        require_version_dir(settings.resolved_model_dir, model_version)
+    except ModelNotFound as exc:
+        raise fail(str(exc)) from None
+    # The binding travels in the environment so the pool's child processes see it too.
+    os.environ["CANARY_WORKER_MODEL_VERSION"] = model_version
+    os.environ["CANARY_WORKER_DEVICE"] = device
+    reset_settings_cache()
+    from tasks import app as celery_app
+
+    node = f"render-{model_version}-{device.replace(':', '')}@%h"
+    celery_app.worker_main(
+        [
+            "worker",
+            "--queues", settings.queue_for(model_version),
+            "--concurrency", "1",
+            "--pool", "prefork",
+            "--hostname", node,
+            "--loglevel", loglevel,
+            "--without-mingle",
+            "--without-gossip",
+            "--task-events",
+        ]
+    )  # fmt: skip
+
+
+@app.command("scheduler-worker")
+def scheduler_worker(loglevel: Annotated[str, typer.Option()] = "info") -> None:
+    """The worker for periodic jobs (queue canary.default); it loads no model."""
+    from celeryconfig import DEFAULT_QUEUE
+    from tasks import app as celery_app
+
+    celery_app.worker_main(
+        [
+            "worker",
+            "--queues", DEFAULT_QUEUE,
+            "--concurrency", "1",
+            "--hostname", "scheduler@%h",
+            "--loglevel", loglevel,
+            "--without-mingle",
+            "--without-gossip",
+            "--task-events",
+        ]
+    )  # fmt: skip
+
+
+@app.command()
+def beat(loglevel: Annotated[str, typer.Option()] = "info") -> None:
+    """Celery beat: runs the periodic jobs of scheduler/."""
+    from tasks import app as celery_app
+
+    settings = get_settings()
+    settings.home.mkdir(parents=True, exist_ok=True)
+    celery_app.start(
+        ["beat", "--loglevel", loglevel, "--schedule", str(settings.home / "celerybeat-schedule")]
+    )
+
+
+@app.command()
+def flower() -> None:
+    """Flower, the Celery monitor (CANARY_FLOWER_ADDRESS:CANARY_FLOWER_PORT)."""
+    from tasks import app as celery_app
+
+    settings = get_settings()
+    celery_app.start(
+        [
+            "flower",
+            f"--port={settings.flower_port}",
+            f"--address={settings.flower_address}",
+            "--purge_offline_workers=60",
+        ]
+    )
+
+
+@app.command()
+def up(
+    device: Annotated[
+        list[str] | None, typer.Option(help="VERSION=DEVICE, e.g. v2=cuda:1 (default cpu)")
+    ] = None,
+) -> None:
+    """Run the local stack: broker (private Valkey unless REDIS_URL), workers, beat, Flower."""
+    from canary.stack import StackError, run_stack
+
+    devices: dict[str, str] = {}
+    for item in device or []:
+        version, _, dev = item.partition("=")
+        if not dev or not DEVICE_PATTERN.match(dev):
+            raise fail(f"--device {item!r}: expected VERSION=cpu|cuda|cuda:N")
+        devices[version] = dev
+    try:
+        raise typer.Exit(run_stack(get_settings(), devices))
+    except StackError as exc:
+        raise fail(str(exc)) from None
+
+
+# ---------------------------------------------------------------- producer side
+@app.command()
+def submit(
+    file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help=".jsonl or .csv")],
+    model_version: Annotated[
+        str | None, typer.Option("--model-version", help="For lines that name none")
+    ] = None,
+    wait: Annotated[bool, typer.Option(help="Wait until every job has finished")] = False,
+    chunk: Annotated[int, typer.Option(min=1, max=10_000)] = 500,
+) -> None:
+    """Submit every line of FILE as a job; bad lines are reported and skipped."""
+    from canary.batch import submit_file, wait_for_batch
+    from gateway.submit import BrokerUnavailable
+
+    settings = get_settings()
+    batch_id = uuid.uuid4().hex
+    try:
+        outcome = submit_file(
+            file, settings, batch_id=batch_id, default_version=model_version, chunk=chunk
+        )
+    except (ValueError, BrokerUnavailable) as exc:
+        raise fail(str(exc)) from None
+    for error in outcome.errors:
+        err.print(f"[red]{file}:{error.line}:[/] {error.message}")
+    console.print(
+        f"{outcome.created} jobs queued, {outcome.duplicates} already submitted, "
+        f"{len(outcome.errors)} lines rejected (batch {batch_id})"
+    )
+    if wait and outcome.created:
+        wait_for_batch(settings, batch_id, outcome.created)
+    if outcome.errors:
+        raise typer.Exit(1)
+
+
+@app.command()
+def status(
+    job_id: str,
+    wait: Annotated[bool, typer.Option(help="Wait until the job has finished")] = False,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait at most")] = 600.0,
+) -> None:
+    """Show one job: status, version, timings, failure, image location."""
+    from canary.report import print_job
+    from storage import jobs
+    from storage.models import TERMINAL_STATUSES
+    from storage.objects import store_from_settings
+
+    engine = _engine()
+    deadline = time.monotonic() + timeout
+    while True:
+        job = jobs.get_job(engine, job_id)
+        if job is None:
+            raise fail(f"no job {job_id}", 1)
+        if not wait or job.status in TERMINAL_STATUSES:
+            break
+        if time.monotonic() > deadline:
+            print_job(job)
+            raise fail(f"job {job_id} still {job.status} after {timeout:.0f} s", 3)
+        time.sleep(0.5)
+    image_url = None
+    if job.image_key:
+        image_url = store_from_settings(get_settings()).url(
+            job.image_key, get_settings().presign_expiry_s
+        )
+    print_job(job, image_url)
+    if job.status == "FAILED":
+        raise typer.Exit(1)
+
+
+@app.command()
+def demo(
+    jobs: Annotated[int, typer.Option(min=2, max=10_000, help="Jobs to render")] = 40,
+) -> None:
+    """The whole loop on this machine: tiny models, local stack, a batch over two versions."""
+    from canary.demo import DemoError, run_demo
+
+    try:
+        run_demo(get_settings(), jobs)
+    except DemoError as exc:
+        raise fail(str(exc), 1) from None
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

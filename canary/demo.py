@@ -1,0 +1,146 @@
+"""`canary demo`: the README's main job, end to end on embedded defaults.
+
+Builds two tiny model versions if missing, creates the schema, starts `canary up` in the
+background, submits a batch split between the versions, waits for it with a progress bar
+and prints the per-version summary. The stack is stopped afterwards.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from rich.console import Console
+
+from canary.settings import Settings, get_settings, reset_settings_cache
+from canary.stack import StackError, broker
+
+console = Console()
+PROMPTS = [
+    "a lighthouse at dusk, cinematic lighting",
+    "portrait of a dancer mid-jump, film grain",
+    "a brass teapot on linen, macro detail",
+    "a city street in the style of a woodcut print",
+    "a fox in the snow, golden hour",
+]
+
+
+class DemoError(RuntimeError):
+    pass
+
+
+def ensure_models(settings: Settings) -> None:
+    from tasks.registry import ModelNotFound, require_version_dir, version_dir
+    from tasks.tiny_model import make_tiny_model
+
+    for seed, version in enumerate(settings.versions[:2], start=1):
+        try:
+            require_version_dir(settings.resolved_model_dir, version)
+        except ModelNotFound:
+            console.print(f"building tiny model {version} (seed {seed})")
+            make_tiny_model(version_dir(settings.resolved_model_dir, version), seed)
+
+
+@contextmanager
+def background_stack(settings: Settings) -> Iterator[None]:
+    """Run `canary up` (on our broker) as a child process group until the block ends."""
+    settings.log_dir.mkdir(parents=True, exist_ok=True)
+    log_path = settings.log_dir / "stack.log"
+    with log_path.open("ab") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "canary.cli", "up"],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        wait_for_workers(settings, process, log_path)
+        yield
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGINT)
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+
+
+def wait_for_workers(
+    settings: Settings, process: subprocess.Popen, log_path: Path, timeout: float = 120.0
+) -> None:
+    from tasks.app import make_app
+
+    app = make_app(settings)
+    deadline = time.monotonic() + timeout
+    expected = {f"render-{v}-cpu" for v in settings.versions}
+    with console.status("starting the local stack (broker, workers, beat, Flower)"):
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise DemoError(f"the local stack exited early; see {log_path}")
+            replies = app.control.ping(timeout=1.0) or []
+            seen = {name.split("@")[0] for reply in replies for name in reply}
+            if expected <= seen:
+                return
+            time.sleep(0.5)
+    raise DemoError(f"workers did not come up within {timeout:.0f} s; see {log_path}")
+
+
+def run_demo(settings: Settings, n_jobs: int) -> None:
+    ensure_models(settings)
+    try:
+        with broker(settings) as broker_url:
+            # The stack we start, and our own producer, share this broker.
+            os.environ["REDIS_URL"] = broker_url
+            reset_settings_cache()
+            _render_batch(get_settings(), n_jobs)
+    except StackError as exc:
+        raise DemoError(str(exc)) from None
+
+
+def _render_batch(settings: Settings, n_jobs: int) -> None:
+    from analysis.summary import summarize
+    from canary.batch import make_producer, submit_requests, wait_for_batch
+    from canary.report import print_summary
+    from gateway.specs import validate_request
+    from storage.db import get_engine, init_db
+    from storage.objects import store_from_settings
+
+    engine = get_engine(settings.resolved_database_url)
+    init_db(engine)
+    versions = settings.versions[:2]
+    requests = [
+        validate_request(
+            {
+                "prompt": PROMPTS[i % len(PROMPTS)],
+                "seed": 1000 + i,
+                "steps": 8,
+                "width": 64,
+                "height": 64,
+                "model_version": versions[i % len(versions)],
+                "user_id": f"demo-user-{i % 7}",
+            },
+            settings,
+        )
+        for i in range(n_jobs)
+    ]
+    with background_stack(settings):
+        batch_id = uuid.uuid4().hex
+        outcome = submit_requests(
+            make_producer(settings), requests, batch_id=batch_id, source="demo", chunk=100
+        )
+        counts = wait_for_batch(settings, batch_id, outcome.created, timeout=600)
+    print_summary(summarize(engine, batch_id=batch_id), store_from_settings(settings).describe())
+    unfinished = sum(v for k, v in counts.items() if k not in ("SUCCEEDED", "FAILED"))
+    if unfinished:
+        raise DemoError(f"{unfinished} jobs did not finish in time; see {settings.log_dir}")
+    console.print(
+        f"logs: {settings.log_dir}; Flower ran at http://127.0.0.1:{settings.flower_port}"
+    )

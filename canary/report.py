@@ -1,0 +1,61 @@
+"""Terminal output of jobs and per-version summaries."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.table import Table
+
+from analysis.summary import VersionSummary
+from storage.models import Job
+
+console = Console()
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:,.0f} ms"
+
+
+def print_job(job: Job, image_url: str | None = None) -> None:
+    table = Table(show_header=False, box=None)
+    rows = {
+        "job": job.id,
+        "status": job.status,
+        "version": f"{job.model_version} (revision {job.model_revision or '-'})",
+        "worker": f"{job.worker_host or '-'} {job.device or ''}".strip(),
+        "attempts": str(job.attempts),
+        "queue wait": _ms(job.queue_wait_ms),
+        "inference": _ms(job.inference_ms),
+        "upload": _ms(job.upload_ms),
+        "end to end": _ms(job.end_to_end_ms),
+    }
+    if job.peak_vram_bytes is not None:
+        rows["peak VRAM"] = f"{job.peak_vram_bytes / 2**30:.2f} GiB"
+    if job.failure_kind:
+        rows["failure"] = f"{job.failure_kind}: {job.failure_message}"
+    if image_url:
+        rows["image"] = image_url
+    for name, value in rows.items():
+        table.add_row(f"[bold]{name}", value)
+    console.print(table)
+
+
+def print_summary(summaries: list[VersionSummary], image_location: str) -> None:
+    table = Table(title="Per-version summary")
+    for column in ("version", "jobs", "success", "P50", "P95", "P50 inference", "failures"):
+        table.add_column(column, justify="left" if column in {"version", "failures"} else "right")
+    for s in summaries:
+        rate = "-" if s.success_rate is None else f"{s.success_rate:.1%}"
+        failures = ", ".join(f"{k}: {v}" for k, v in sorted(s.failures.items())) or "none"
+        if s.pending:
+            failures += f" ({s.pending} unfinished)"
+        table.add_row(
+            s.version,
+            str(s.jobs),
+            rate,
+            _ms(s.p50_ms),
+            _ms(s.p95_ms),
+            _ms(s.p50_inference_ms),
+            failures,
+        )
+    console.print(table)
+    console.print(f"images: {image_location}/renders/<version>/<job id>.png")

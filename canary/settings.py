@@ -1,0 +1,165 @@
+"""The one source of configuration: environment variables with embedded defaults.
+
+Every process (CLI, worker, beat, API) builds its settings here; nothing else reads
+``os.environ``. Defaults make a laptop run self-contained: a SQLite file, a local
+object directory and model folders under ``CANARY_HOME`` (``./.canary``).
+"""
+
+from __future__ import annotations
+
+import json
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import AliasChoices, Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+VERSION_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="CANARY_", extra="ignore", populate_by_name=True)
+
+    home: Path = Field(default=Path(".canary"), description="Working directory for local state")
+
+    # --- services (unprefixed names, as deployments usually spell them) ---
+    redis_url: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("REDIS_URL", "CANARY_REDIS_URL"),
+        description="Broker URL; when unset, the one recorded by a running `canary up`",
+    )
+    database_url: str | None = Field(
+        default=None, validation_alias=AliasChoices("DATABASE_URL", "CANARY_DATABASE_URL")
+    )
+    storage_url: str | None = Field(
+        default=None, validation_alias=AliasChoices("STORAGE_URL", "CANARY_STORAGE_URL")
+    )
+    s3_endpoint_url: str | None = Field(
+        default=None, validation_alias=AliasChoices("S3_ENDPOINT_URL", "CANARY_S3_ENDPOINT_URL")
+    )
+    s3_region: str = Field(
+        default="us-east-1", validation_alias=AliasChoices("S3_REGION", "CANARY_S3_REGION")
+    )
+    presign_expiry_s: int = Field(default=3600, ge=1, le=7 * 24 * 3600)
+
+    # --- model versions ---
+    model_dir: Path | None = Field(
+        default=None, description="Registry: one diffusers folder per version"
+    )
+    versions: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["v1", "v2"],
+        description="Model versions that may receive jobs (comma separated in the environment)",
+    )
+
+    # --- worker binding (set by `canary worker`) ---
+    worker_model_version: str | None = None
+    worker_device: str = "cpu"
+    torch_threads: int | None = Field(
+        default=None,
+        ge=1,
+        description="CPU threads per worker process; several CPU workers on one host must "
+        "share the cores or OpenMP's spinning threads slow every one of them down",
+    )
+
+    # --- reliability ---
+    task_soft_time_limit_s: int = Field(default=300, ge=1)
+    task_time_limit_s: int = Field(default=360, ge=1)
+    visibility_timeout_s: int = Field(default=3600, ge=1)
+    max_attempts: int = Field(default=3, ge=1)
+
+    # --- job validation limits ---
+    max_prompt_chars: int = Field(default=2000, ge=1)
+    max_steps: int = Field(default=150, ge=1)
+    min_side: int = Field(default=64, ge=8)
+    max_side: int = Field(default=2048, ge=8)
+
+    republish_every_s: float = Field(
+        default=60.0, gt=0, description="How often beat re-sends jobs recorded but never sent"
+    )
+
+    # --- local stack ---
+    flower_port: int = Field(default=5555, ge=1, le=65535)
+    flower_address: str = "127.0.0.1"
+
+    @field_validator("versions", mode="before")
+    @classmethod
+    def _split_versions(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [v.strip() for v in value.split(",") if v.strip()]
+        return value
+
+    @field_validator("versions")
+    @classmethod
+    def _check_versions(cls, value: list[str]) -> list[str]:
+        import re
+
+        if not value:
+            raise ValueError("at least one model version must be configured")
+        for version in value:
+            if not re.match(VERSION_PATTERN, version):
+                raise ValueError(
+                    f"model version {version!r} must match {VERSION_PATTERN} "
+                    "(it names a queue and a storage prefix)"
+                )
+        if len(set(value)) != len(value):
+            raise ValueError("model versions must be unique")
+        return value
+
+    @model_validator(mode="after")
+    def _check_time_limits(self) -> Settings:
+        if self.task_soft_time_limit_s >= self.task_time_limit_s:
+            raise ValueError("task_soft_time_limit_s must be below task_time_limit_s")
+        if self.visibility_timeout_s <= self.task_time_limit_s:
+            raise ValueError(
+                "visibility_timeout_s must exceed task_time_limit_s, or Redis redelivers "
+                "jobs that are still running"
+            )
+        return self
+
+    # --- derived values ---
+    @property
+    def stack_file(self) -> Path:
+        """Where a running `canary up` records the broker it started."""
+        return self.home / "stack.json"
+
+    @property
+    def log_dir(self) -> Path:
+        return self.home / "logs"
+
+    @property
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{(self.home / 'canary.db').resolve()}"
+
+    @property
+    def resolved_storage_url(self) -> str:
+        return self.storage_url or f"file://{(self.home / 'objects').resolve()}"
+
+    @property
+    def resolved_model_dir(self) -> Path:
+        return (self.model_dir or self.home / "models").resolve()
+
+    @property
+    def broker_url(self) -> str:
+        """REDIS_URL, else the broker of a running local stack, else the local default."""
+        if self.redis_url:
+            return self.redis_url
+        if self.stack_file.exists():
+            try:
+                return json.loads(self.stack_file.read_text())["broker_url"]
+            except (ValueError, KeyError):
+                pass
+        return "redis://127.0.0.1:6379/0"
+
+    def queue_for(self, version: str) -> str:
+        return f"render.{version}"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()
+
+
+def reset_settings_cache() -> None:
+    """Forget cached settings (after a command changed the environment it runs in)."""
+    get_settings.cache_clear()

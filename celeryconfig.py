@@ -1,0 +1,60 @@
+"""Celery settings, derived from canary settings (the one configuration source).
+
+Reliability choices (see DESIGN.md): late acks so a crash redelivers the job, one message
+prefetched per worker process, jobs of a lost worker re-queued, and a Redis visibility
+timeout longer than the hard time limit (set for the broker and the result backend,
+the two places Celery reads it) so a running job is never handed to a second worker.
+
+``celery -A tasks`` reads the module-level names; ``build()`` gives the same values for
+any ``Settings`` (tests, tools that talk to another broker).
+"""
+
+from typing import Any
+
+from kombu import Exchange, Queue
+
+from canary.settings import Settings, get_settings
+from scheduler import schedule as periodic
+
+DEFAULT_QUEUE = "canary.default"
+
+
+def build(settings: Settings) -> dict[str, Any]:
+    render_exchange = Exchange("render", type="direct")
+    queues = [
+        Queue(settings.queue_for(v), render_exchange, routing_key=settings.queue_for(v))
+        for v in settings.versions
+    ]
+    queues.append(Queue(DEFAULT_QUEUE, routing_key=DEFAULT_QUEUE))
+    visibility = {"visibility_timeout": settings.visibility_timeout_s}
+    return {
+        "broker_url": settings.broker_url,
+        "result_backend": settings.broker_url,
+        "broker_connection_retry_on_startup": True,
+        "broker_transport_options": visibility,
+        "result_backend_transport_options": visibility,
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "worker_prefetch_multiplier": 1,
+        "task_acks_on_failure_or_timeout": True,
+        "task_ignore_result": True,
+        "task_track_started": True,
+        "task_soft_time_limit": settings.task_soft_time_limit_s,
+        "task_time_limit": settings.task_time_limit_s,
+        "task_serializer": "json",
+        "accept_content": ["json"],
+        "timezone": "UTC",
+        "enable_utc": True,
+        # Flower and `celery events` show task arguments (prompt, version, job id) in full.
+        "worker_send_task_events": True,
+        "task_send_sent_event": True,
+        "resultrepr_maxsize": 4096,
+        # Sending to a queue no version owns is an error, not a silently created queue.
+        "task_create_missing_queues": False,
+        "task_queues": queues,
+        "task_default_queue": DEFAULT_QUEUE,
+        "beat_schedule": periodic.beat_schedule(settings),
+    }
+
+
+globals().update(build(get_settings()))

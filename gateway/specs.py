@@ -1,0 +1,91 @@
+"""Validation of job requests: every path in (CLI, HTTP, golden replay) goes through here."""
+
+from __future__ import annotations
+
+import secrets
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from canary.settings import Settings
+
+MAX_SEED = 2**63 - 1
+
+
+class JobRequest(BaseModel):
+    """What a caller asks for. ``model_version`` is explicit until experiments assign it."""
+
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+    prompt: str = Field(min_length=1)
+    negative_prompt: str = ""
+    seed: int | None = Field(default=None, ge=0, le=MAX_SEED)
+    steps: int = Field(default=25, ge=1)
+    guidance: float = Field(default=7.5, ge=0.0, le=50.0, allow_inf_nan=False)
+    width: int = 512
+    height: int = 512
+    model_version: str = Field(min_length=1)
+    user_id: str | None = Field(default=None, min_length=1, max_length=200)
+    idempotency_key: str | None = Field(default=None, min_length=1, max_length=200)
+
+    @field_validator("prompt")
+    @classmethod
+    def _prompt_has_text(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("prompt must not be empty")
+        return value
+
+
+class InvalidJob(ValueError):
+    """A request that cannot be accepted; ``errors`` are human-readable, one per problem."""
+
+    def __init__(self, errors: list[str]) -> None:
+        super().__init__("; ".join(errors))
+        self.errors = errors
+
+
+def _format_pydantic(error: ValidationError) -> list[str]:
+    messages = []
+    for item in error.errors():
+        where = ".".join(str(part) for part in item["loc"]) or "request"
+        message = item["msg"]
+        if item["type"] == "extra_forbidden":
+            message = "unknown field"
+        messages.append(f"{where}: {message}")
+    return messages
+
+
+def validate_request(data: Any, settings: Settings) -> JobRequest:
+    """Parse and check a request against the schema and the configured limits."""
+    if isinstance(data, JobRequest):
+        request = data
+    else:
+        if not isinstance(data, dict):
+            raise InvalidJob([f"request must be an object, not {type(data).__name__}"])
+        try:
+            request = JobRequest.model_validate(data)
+        except ValidationError as exc:
+            raise InvalidJob(_format_pydantic(exc)) from None
+    errors = []
+    if len(request.prompt) > settings.max_prompt_chars:
+        errors.append(f"prompt: longer than {settings.max_prompt_chars} characters")
+    if len(request.negative_prompt) > settings.max_prompt_chars:
+        errors.append(f"negative_prompt: longer than {settings.max_prompt_chars} characters")
+    if request.steps > settings.max_steps:
+        errors.append(f"steps: at most {settings.max_steps}")
+    for name in ("width", "height"):
+        side = getattr(request, name)
+        if not settings.min_side <= side <= settings.max_side:
+            errors.append(f"{name}: must be between {settings.min_side} and {settings.max_side}")
+        elif side % 8:
+            errors.append(f"{name}: must be a multiple of 8, got {side}")
+    if request.model_version not in settings.versions:
+        errors.append(
+            f"model_version: unknown version {request.model_version!r} "
+            f"(configured: {', '.join(settings.versions)})"
+        )
+    if errors:
+        raise InvalidJob(errors)
+    if request.seed is None:
+        request = request.model_copy(update={"seed": secrets.randbelow(2**31)})
+    return request

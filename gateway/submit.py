@@ -1,0 +1,133 @@
+"""Job submission: validate, record QUEUED, enqueue on the version's queue.
+
+One code path for single and bulk submission. Rows are inserted in batches and messages
+published over one reused producer connection. A job id derived from an idempotency key
+makes a repeated request return the same job without a second message.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from celery import Celery
+from sqlalchemy.engine import Engine
+
+from canary.settings import Settings
+from gateway.specs import JobRequest, validate_request
+from storage import jobs
+from storage.models import FailureKind, Job, JobStatus
+from tasks.spec import RENDER_TASK, RenderSpec
+
+JOB_ID_NAMESPACE = uuid.UUID("6f1c3c1e-5a55-4a8e-9b59-0c6b1b8b7a10")
+
+
+class BrokerUnavailable(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class Submitted:
+    job_id: str
+    model_version: str
+    created: bool  # False when an earlier submission with the same key already exists
+
+
+def job_id_for(request: JobRequest) -> str:
+    if request.idempotency_key:
+        return str(uuid.uuid5(JOB_ID_NAMESPACE, request.idempotency_key))
+    return str(uuid.uuid4())
+
+
+def render_spec(job: Job) -> RenderSpec:
+    return RenderSpec(
+        job_id=job.id,
+        model_version=job.model_version,
+        prompt=job.prompt,
+        negative_prompt=job.negative_prompt,
+        seed=job.seed,
+        steps=job.steps,
+        guidance=job.guidance,
+        width=job.width,
+        height=job.height,
+    )
+
+
+class Producer:
+    """Submits jobs for one settings/engine/app triple; cheap to keep for a process."""
+
+    def __init__(self, settings: Settings, engine: Engine, app: Celery) -> None:
+        self.settings = settings
+        self.engine = engine
+        self.app = app
+
+    def submit(self, request: JobRequest | dict, *, source: str = "api") -> Submitted:
+        return self.submit_many([validate_request(request, self.settings)], source=source)[0]
+
+    def submit_many(
+        self, requests: Sequence[JobRequest], *, source: str = "api", batch_id: str | None = None
+    ) -> list[Submitted]:
+        """Record and enqueue already validated requests, in order."""
+        rows = [self._row(request, source, batch_id) for request in requests]
+        inserted = jobs.insert_new_jobs(self.engine, rows)
+        existing_ids = [row.id for row in rows if row.id not in inserted]
+        existing = {job.id: job for job in jobs.get_jobs(self.engine, existing_ids)}
+        # A job recorded earlier but never published (a crash between the two) is sent now.
+        to_send = [row for row in rows if row.id in inserted]
+        to_send += [
+            job
+            for job in existing.values()
+            if job.status == JobStatus.QUEUED and job.enqueued_at is None
+        ]
+        self.publish(to_send)
+        return [
+            Submitted(row.id, existing.get(row.id, row).model_version, row.id in inserted)
+            for row in rows
+        ]
+
+    def _row(self, request: JobRequest, source: str, batch_id: str | None) -> Job:
+        assert request.seed is not None, "validate_request assigns a seed"
+        return Job(
+            id=job_id_for(request),
+            idempotency_key=request.idempotency_key,
+            user_id=request.user_id,
+            source=source,
+            batch_id=batch_id,
+            model_version=request.model_version,
+            prompt=request.prompt,
+            negative_prompt=request.negative_prompt,
+            seed=request.seed,
+            steps=request.steps,
+            guidance=request.guidance,
+            width=request.width,
+            height=request.height,
+        )
+
+    def publish(self, rows: Sequence[Job]) -> None:
+        """Send recorded jobs to their version queues over one producer connection."""
+        sent: list[str] = []
+        try:
+            with self.app.producer_or_acquire() as producer:
+                for row in rows:
+                    self.app.send_task(
+                        RENDER_TASK,
+                        args=(row.id, render_spec(row)),
+                        queue=self.settings.queue_for(row.model_version),
+                        task_id=row.id,
+                        producer=producer,
+                    )
+                    sent.append(row.id)
+        except Exception as exc:
+            done = set(sent)
+            jobs.mark_enqueued(self.engine, sent)
+            # Keyed jobs stay QUEUED and are re-sent when the same request comes again;
+            # unkeyed ones could never be found again, so they end FAILED.
+            orphans = [r.id for r in rows if r.id not in done and not r.idempotency_key]
+            jobs.fail_unstarted(
+                self.engine, orphans, FailureKind.ENQUEUE_ERROR, f"broker refused: {exc}"
+            )
+            raise BrokerUnavailable(
+                f"could not enqueue on {self.settings.broker_url}: {exc}"
+            ) from exc
+        jobs.mark_enqueued(self.engine, sent)

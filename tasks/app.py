@@ -1,0 +1,19 @@
+"""The Celery application shared by producers, workers, beat and Flower."""
+
+from celery import Celery
+
+import celeryconfig
+from canary.settings import Settings
+
+
+def make_app(settings: Settings | None = None) -> Celery:
+    """The process-wide app from celeryconfig, or one configured for explicit settings."""
+    celery = Celery("canary", include=["tasks.render", "scheduler.maintenance"])
+    if settings is None:
+        celery.config_from_object("celeryconfig")
+    else:
+        celery.config_from_object(celeryconfig.build(settings))
+    return celery
+
+
+app = make_app()

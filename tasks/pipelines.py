@@ -1,0 +1,67 @@
+"""Load a version's diffusers pipeline once per worker process, onto one device."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from tasks.registry import require_version_dir, weights_revision
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class LoadedModel:
+    version: str
+    revision: str
+    device: str
+    pipeline: object
+    load_ms: float
+    attention: str
+
+
+def _dtype_for(device: str) -> torch.dtype:
+    return torch.float16 if device.startswith("cuda") else torch.float32
+
+
+def _enable_fast_attention(pipeline: object, device: str) -> str:
+    """xformers on CUDA when installed, else PyTorch SDPA (diffusers' default)."""
+    if device.startswith("cuda"):
+        try:
+            import xformers  # noqa: F401
+
+            pipeline.enable_xformers_memory_efficient_attention()  # type: ignore[attr-defined]
+            return "xformers"
+        except Exception as exc:  # xformers is optional; SDPA is a fine fallback
+            log.info("xformers unavailable (%s); using SDPA attention", exc)
+    return "sdpa"
+
+
+def load_pipeline(
+    model_dir: Path, version: str, device: str, torch_threads: int | None = None
+) -> LoadedModel:
+    from diffusers import DiffusionPipeline
+    from diffusers.utils import logging as diffusers_logging
+
+    diffusers_logging.set_verbosity_error()
+    diffusers_logging.disable_progress_bar()
+    if torch_threads:
+        torch.set_num_threads(torch_threads)
+    folder = require_version_dir(model_dir, version)
+    started = time.perf_counter()
+    revision = weights_revision(folder)
+    pipeline = DiffusionPipeline.from_pretrained(
+        folder, local_files_only=True, use_safetensors=True, dtype=_dtype_for(device)
+    )
+    pipeline = pipeline.to(device)
+    pipeline.set_progress_bar_config(disable=True)
+    attention = _enable_fast_attention(pipeline, device)
+    load_ms = (time.perf_counter() - started) * 1000
+    log.info(
+        "loaded %s revision %s on %s in %.0f ms (%s)", version, revision, device, load_ms, attention
+    )
+    return LoadedModel(version, revision, device, pipeline, load_ms, attention)

@@ -1,0 +1,109 @@
+"""Build a tiny random-weight Stable Diffusion pipeline entirely offline.
+
+The result is a normal diffusers folder (``model_index.json``, safetensors weights, a
+CLIP tokenizer), so it is loaded through exactly the same ``from_pretrained`` path as a
+real checkpoint. The component configs follow the tiny ones in diffusers' own tests.
+Different seeds give different weights, i.e. different "model versions".
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from diffusers import (
+    AutoencoderKL,
+    DDIMScheduler,
+    StableDiffusionPipeline,
+    UNet2DConditionModel,
+)
+from tokenizers.pre_tokenizers import ByteLevel
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+TEXT_DIM = 32
+
+
+def build_tokenizer() -> CLIPTokenizer:
+    """A byte-level CLIP BPE tokenizer with no merges: every UTF-8 byte is a token.
+
+    Real CLIP vocabularies come from the hub; this one is built from first principles
+    so that any text tokenizes without network access.
+    """
+    symbols = sorted(ByteLevel.alphabet())
+    tokens = [*symbols, *(s + "</w>" for s in symbols), "<|startoftext|>", "<|endoftext|>"]
+    vocab = {token: index for index, token in enumerate(tokens)}
+    return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=77)
+
+
+def build_tiny_pipeline(seed: int) -> StableDiffusionPipeline:
+    """A Stable Diffusion pipeline a few hundred kB in size with seeded random weights."""
+    tokenizer = build_tokenizer()
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(
+        block_out_channels=(8, 16),
+        layers_per_block=1,
+        sample_size=32,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=TEXT_DIM,
+        norm_num_groups=4,
+        attention_head_dim=4,
+    )
+    vae = AutoencoderKL(
+        block_out_channels=(8, 16),
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+        latent_channels=4,
+        norm_num_groups=4,
+        sample_size=64,
+    )
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+            hidden_size=TEXT_DIM,
+            intermediate_size=37,
+            layer_norm_eps=1e-05,
+            num_attention_heads=4,
+            num_hidden_layers=2,
+            vocab_size=len(tokenizer),
+            max_position_embeddings=77,
+            projection_dim=TEXT_DIM,
+        )
+    )
+    scheduler = DDIMScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
+    )
+    return StableDiffusionPipeline(
+        unet=unet,
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+
+
+def make_tiny_model(target: Path, seed: int) -> Path:
+    """Write a tiny pipeline to ``target`` as a diffusers folder with safetensors weights."""
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    diffusers_logging.disable_progress_bar()
+    transformers_logging.disable_progress_bar()
+    pipeline = build_tiny_pipeline(seed)
+    target.mkdir(parents=True, exist_ok=True)
+    pipeline.save_pretrained(target, safe_serialization=True)
+    return target

@@ -1,0 +1,174 @@
+"""Real services for integration tests: Redis, SQLite/PostgreSQL, tiny models, workers.
+
+Redis and PostgreSQL are the machine's own (REDIS_URL / TEST_POSTGRES_URL override the
+defaults). Each test session uses its own Redis database number and its own PostgreSQL
+schema, so nothing a developer keeps there is touched.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psycopg
+import pytest
+import redis
+from celery import Celery
+
+from canary.settings import Settings
+from gateway.submit import Producer
+from storage.db import get_engine, init_db
+from tasks.app import make_app
+from tasks.tiny_model import make_tiny_model
+
+TEST_REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/11")
+TEST_POSTGRES_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
+VERSIONS = ("v1", "v2")
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    client = redis.Redis.from_url(TEST_REDIS_URL)
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        pytest.fail(f"Redis at {TEST_REDIS_URL} is not running ({exc}); see README")
+    client.flushdb()
+    yield TEST_REDIS_URL
+    client.flushdb()
+
+
+@pytest.fixture
+def clean_redis(redis_url: str) -> str:
+    redis.Redis.from_url(redis_url).flushdb()
+    return redis_url
+
+
+@pytest.fixture(scope="session")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("models")
+    for seed, version in enumerate(VERSIONS, start=1):
+        make_tiny_model(root / version, seed)
+    return root
+
+
+@pytest.fixture(scope="session")
+def postgres_schema_url() -> Iterator[str]:
+    """A PostgreSQL URL whose search_path is a fresh schema, dropped afterwards."""
+    schema = f"canary_test_{uuid.uuid4().hex[:10]}"
+    try:
+        with psycopg.connect(TEST_POSTGRES_URL, autocommit=True) as conn:
+            conn.execute(f'CREATE SCHEMA "{schema}"')
+    except psycopg.OperationalError as exc:
+        pytest.fail(f"PostgreSQL at {TEST_POSTGRES_URL} is not running ({exc}); see README")
+    yield f"{TEST_POSTGRES_URL}?options=-csearch_path%3D{schema}"
+    with psycopg.connect(TEST_POSTGRES_URL, autocommit=True) as conn:
+        conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
+
+
+def fresh_database_url(kind: str, tmp_path: Path, postgres_url: str) -> str:
+    """An empty database of the given kind with the schema created."""
+    if kind == "sqlite":
+        url = f"sqlite:///{tmp_path / 'canary.db'}"
+    else:
+        url = postgres_url
+        engine = get_engine(url)
+        from sqlmodel import SQLModel
+
+        SQLModel.metadata.drop_all(engine)
+    init_db(get_engine(url))
+    return url
+
+
+@dataclass
+class Stack:
+    """One test's configuration plus the workers it started."""
+
+    settings: Settings
+    env: dict[str, str]
+    log_dir: Path
+    app: Celery
+    workers: list[subprocess.Popen] = field(default_factory=list)
+
+    @property
+    def engine(self):  # type: ignore[no-untyped-def]
+        return get_engine(self.settings.resolved_database_url)
+
+    def producer(self) -> Producer:
+        return Producer(self.settings, self.engine, self.app)
+
+    def start_worker(self, version: str, name: str | None = None) -> subprocess.Popen:
+        name = name or f"worker-{version}-{len(self.workers)}"
+        log = (self.log_dir / f"{name}.log").open("ab")
+        process = subprocess.Popen(
+            [sys.executable, "-m", "canary.cli", "worker", "--model-version", version],
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=PROJECT_ROOT,
+            start_new_session=True,
+        )
+        self.workers.append(process)
+        self.wait_for_worker(f"render-{version}-cpu", process, name)
+        return process
+
+    def wait_for_worker(self, node_prefix: str, process: subprocess.Popen, name: str) -> None:
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                pytest.fail(f"{name} exited: {self.log(name)}")
+            replies = self.app.control.ping(timeout=0.5) or []
+            if any(n.startswith(node_prefix) for reply in replies for n in reply):
+                return
+        pytest.fail(f"{name} did not answer within 90 s: {self.log(name)}")
+
+    def log(self, name: str) -> str:
+        path = self.log_dir / f"{name}.log"
+        return path.read_text(errors="replace")[-4000:] if path.exists() else "(no log)"
+
+    def stop_workers(self) -> None:
+        for process in self.workers:
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGTERM)
+        for process in self.workers:
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+
+
+def make_stack(
+    tmp_path: Path, redis_url: str, database_url: str, storage_url: str, model_dir: Path, **extra
+) -> Stack:
+    env = {
+        **os.environ,
+        "REDIS_URL": redis_url,
+        "DATABASE_URL": database_url,
+        "STORAGE_URL": storage_url,
+        "CANARY_MODEL_DIR": str(model_dir),
+        "CANARY_HOME": str(tmp_path / "home"),
+        "CANARY_VERSIONS": ",".join(VERSIONS),
+        "CANARY_TORCH_THREADS": "1",
+        **{k: str(v) for k, v in extra.items()},
+    }
+    settings = Settings(
+        redis_url=redis_url,
+        database_url=database_url,
+        storage_url=storage_url,
+        s3_endpoint_url=extra.get("S3_ENDPOINT_URL"),
+        model_dir=model_dir,
+        home=tmp_path / "home",
+        versions=list(VERSIONS),
+    )
+    log_dir = tmp_path / "logs"
+    log_dir.mkdir(exist_ok=True)
+    return Stack(settings, env, log_dir, make_app(settings))

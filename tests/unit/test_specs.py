@@ -1,0 +1,57 @@
+"""Validation of job requests: each bad field is named in a clear message."""
+
+from __future__ import annotations
+
+import pytest
+
+from canary.settings import Settings
+from gateway.specs import InvalidJob, validate_request
+
+SETTINGS = Settings(versions=["v1", "v2"], max_side=1024)
+GOOD = {"prompt": "a cat", "model_version": "v1", "width": 64, "height": 64}
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"prompt": ""}, "prompt: String should have at least 1 character"),
+        ({"prompt": "   "}, "prompt: String should have at least 1 character"),
+        ({"prompt": "x" * 2001}, "prompt: longer than 2000 characters"),
+        ({"width": 100}, "width: must be a multiple of 8, got 100"),
+        ({"height": 32}, "height: must be between 64 and 1024"),
+        ({"width": 4096}, "width: must be between 64 and 1024"),
+        ({"width": "wide"}, "width: Input should be a valid integer"),
+        ({"steps": 0}, "steps: Input should be greater than or equal to 1"),
+        ({"steps": 151}, "steps: at most 150"),
+        ({"guidance": float("nan")}, "guidance: Input should be a finite number"),
+        ({"seed": -1}, "seed: Input should be greater than or equal to 0"),
+        ({"seed": 2**64}, "seed: Input should be less than or equal to"),
+        ({"model_version": "v9"}, "model_version: unknown version 'v9' (configured: v1, v2)"),
+        ({"colour": "red"}, "colour: unknown field"),
+    ],
+)
+def test_bad_field_is_named(change: dict, message: str) -> None:
+    with pytest.raises(InvalidJob) as caught:
+        validate_request({**GOOD, **change}, SETTINGS)
+    assert any(e.startswith(message) for e in caught.value.errors), caught.value.errors
+
+
+def test_missing_fields_and_non_object() -> None:
+    with pytest.raises(InvalidJob) as caught:
+        validate_request({"width": 64}, SETTINGS)
+    assert {"prompt: Field required", "model_version: Field required"} <= set(caught.value.errors)
+    with pytest.raises(InvalidJob, match="request must be an object, not list"):
+        validate_request(["a cat"], SETTINGS)
+
+
+def test_all_problems_reported_at_once() -> None:
+    with pytest.raises(InvalidJob) as caught:
+        validate_request({**GOOD, "width": 100, "height": 12, "model_version": "zz"}, SETTINGS)
+    assert len(caught.value.errors) == 3
+
+
+def test_good_request_gets_a_seed_and_keeps_the_rest() -> None:
+    request = validate_request({**GOOD, "prompt": "  a cat  "}, SETTINGS)
+    assert request.prompt == "a cat"
+    assert request.seed is not None and 0 <= request.seed < 2**31
+    assert validate_request({**GOOD, "seed": 7}, SETTINGS).seed == 7
