@@ -9,9 +9,10 @@ from pathlib import Path
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from canary.settings import Settings
-from gateway.bulk import LineError, ParsedLine, read_requests
-from gateway.specs import JobRequest
-from gateway.submit import Producer
+from gateway.bulk import LineError, read_requests
+from gateway.service import Gateway
+from gateway.specs import InvalidJob
+from gateway.submit import PreparedJob
 from storage import jobs
 from storage.db import get_engine
 from storage.models import JobStatus
@@ -35,22 +36,22 @@ def _progress() -> Progress:
     )
 
 
-def make_producer(settings: Settings) -> Producer:
-    """A producer on the broker these settings name (not the process-wide app's)."""
+def make_gateway(settings: Settings) -> Gateway:
+    """A gateway on the broker these settings name (not the process-wide app's)."""
     from tasks.app import make_app
 
-    return Producer(settings, get_engine(settings.resolved_database_url), make_app(settings))
+    return Gateway(settings, get_engine(settings.resolved_database_url), make_app(settings))
 
 
-def submit_requests(
-    producer: Producer, requests: list[JobRequest], *, batch_id: str, source: str, chunk: int
+def submit_prepared(
+    gateway: Gateway, jobs_in: list[PreparedJob], *, batch_id: str, source: str, chunk: int
 ) -> BatchOutcome:
     outcome = BatchOutcome()
     with _progress() as progress:
-        task = progress.add_task("submitting", total=len(requests))
-        for start in range(0, len(requests), chunk):
-            part = requests[start : start + chunk]
-            for submitted in producer.submit_many(part, source=source, batch_id=batch_id):
+        task = progress.add_task("submitting", total=len(jobs_in))
+        for start in range(0, len(jobs_in), chunk):
+            part = jobs_in[start : start + chunk]
+            for submitted in gateway.submit_many(part, source=source, batch_id=batch_id):
                 outcome.job_ids.append(submitted.job_id)
                 if submitted.created:
                     outcome.created += 1
@@ -68,17 +69,22 @@ def submit_file(
     default_version: str | None = None,
     chunk: int = 500,
 ) -> BatchOutcome:
-    """Validate the whole file first (errors by line), then submit the good lines in chunks."""
-    good: list[JobRequest] = []
+    """Validate and assign the whole file first (errors by line), then submit in chunks.
+
+    Lines without a model_version are assigned by the experiment, as over HTTP.
+    """
+    gateway = make_gateway(settings)
+    good: list[PreparedJob] = []
     errors: list[LineError] = []
     for item in read_requests(path, settings, default_version=default_version):
-        if isinstance(item, ParsedLine):
-            good.append(item.request)
-        else:
+        if isinstance(item, LineError):
             errors.append(item)
-    outcome = submit_requests(
-        make_producer(settings), good, batch_id=batch_id, source="bulk", chunk=chunk
-    )
+            continue
+        try:
+            good.append(gateway.prepare(item.request))
+        except InvalidJob as exc:
+            errors.append(LineError(item.line, str(exc)))
+    outcome = submit_prepared(gateway, good, batch_id=batch_id, source="bulk", chunk=chunk)
     outcome.errors = errors
     return outcome
 

@@ -107,17 +107,17 @@ def run_demo(settings: Settings, n_jobs: int) -> None:
 
 def _render_batch(settings: Settings, n_jobs: int) -> None:
     from analysis.summary import summarize
-    from canary.batch import make_producer, submit_requests, wait_for_batch
+    from canary.batch import make_gateway, submit_prepared, wait_for_batch
     from canary.report import print_summary
-    from gateway.specs import validate_request
     from storage.db import get_engine, init_db
     from storage.objects import store_from_settings
 
     engine = get_engine(settings.resolved_database_url)
     init_db(engine)
     versions = settings.versions[:2]
-    requests = [
-        validate_request(
+    gateway = make_gateway(settings)
+    jobs_in = [
+        gateway.prepare(
             {
                 "prompt": PROMPTS[i % len(PROMPTS)],
                 "seed": 1000 + i,
@@ -126,16 +126,13 @@ def _render_batch(settings: Settings, n_jobs: int) -> None:
                 "height": 64,
                 "model_version": versions[i % len(versions)],
                 "user_id": f"demo-user-{i % 7}",
-            },
-            settings,
+            }
         )
         for i in range(n_jobs)
     ]
     with background_stack(settings):
         batch_id = uuid.uuid4().hex
-        outcome = submit_requests(
-            make_producer(settings), requests, batch_id=batch_id, source="demo", chunk=100
-        )
+        outcome = submit_prepared(gateway, jobs_in, batch_id=batch_id, source="demo", chunk=100)
         counts = wait_for_batch(settings, batch_id, outcome.created, timeout=600)
     print_summary(summarize(engine, batch_id=batch_id), store_from_settings(settings).describe())
     unfinished = sum(v for k, v in counts.items() if k not in ("SUCCEEDED", "FAILED"))

@@ -52,6 +52,10 @@ class Settings(BaseSettings):
         description="Model versions that may receive jobs (comma separated in the environment)",
     )
 
+    experiment_file: Path | None = Field(
+        default=None, description="YAML experiment file; without one, jobs name their version"
+    )
+
     # --- worker binding (set by `canary worker`) ---
     worker_model_version: str | None = None
     worker_device: str = "cpu"

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from fnv_hash_fast import fnv1a_32
+
 __all__ = [
     "FNV32_OFFSET_BASIS",
     "FNV32_PRIME",
@@ -33,12 +35,6 @@ __all__ = [
 FNV32_OFFSET_BASIS = 0x811C9DC5
 FNV32_PRIME = 0x01000193
 NUM_BUCKETS = 10_000
-_MASK32 = 0xFFFFFFFF
-
-# FNV state after hashing a seed, so bucket() only walks the user id's bytes. Keyed by
-# seed (one per experiment/rollout: few), never by user; cleared if it ever grows large.
-_seed_states: dict[str, int] = {}
-_MAX_SEEDS = 4096
 
 
 def _encode(text: str) -> bytes:
@@ -46,30 +42,9 @@ def _encode(text: str) -> bytes:
     return text.encode("utf-8", "surrogatepass")
 
 
-def _fnv1a32_update(state: int, data: bytes) -> int:
-    """Continue a 32-bit FNV-1a hash from ``state`` over ``data``.
-
-    Exact despite masking only once per 4 bytes: XOR with a byte touches only the low 8 bits
-    and the low 32 bits of a product depend only on the low 32 bits of its factors. Masking
-    every 4 bytes keeps the ints small (never masking is quadratic in the input length); the
-    unrolled loop is also faster than the textbook one on CPython 3.11. bucket() inlines it.
-    """
-    prime = FNV32_PRIME
-    h = state
-    head = len(data) & 3
-    if head:
-        for b in data[:head]:
-            h = (h ^ b) * prime
-        data = data[head:]
-    it = iter(data)
-    for b0, b1, b2, b3 in zip(it, it, it, it, strict=False):
-        h = ((((((((h ^ b0) * prime) ^ b1) * prime) ^ b2) * prime) ^ b3) * prime) & _MASK32
-    return h & _MASK32
-
-
 def fnv1a32(data: str) -> int:
     """32-bit FNV-1a of ``data``'s UTF-8 bytes (GrowthBook's ``hashFnv32a`` for ASCII)."""
-    return _fnv1a32_update(FNV32_OFFSET_BASIS, _encode(data))
+    return fnv1a_32(_encode(data))
 
 
 def growthbook_hash(seed: str, value: str, version: int = 2) -> float | None:
@@ -101,28 +76,8 @@ def bucket(seed: str, user_id: str) -> int:
     than 0.7296/429_496.7296 = 1.7e-6 relative (1 part in ~588,700), assuming the 32-bit
     hash is uniform. That is far below what any experiment can detect.
     """
-    h = _seed_states.get(seed)
-    if h is None:
-        if len(_seed_states) >= _MAX_SEEDS:
-            _seed_states.clear()
-        h = _seed_states[seed] = _fnv1a32_update(FNV32_OFFSET_BASIS, _encode(seed))
-    # _fnv1a32_update(h, user id bytes), inlined: this is the per-request hot path.
-    prime = FNV32_PRIME
-    mask = _MASK32
-    data = user_id.encode("utf-8", "surrogatepass")
-    head = len(data) & 3
-    if head:
-        for b in data[:head]:
-            h = (h ^ b) * prime
-        data = data[head:]
-    it = iter(data)
-    for b0, b1, b2, b3 in zip(it, it, it, it, strict=False):
-        h = ((((((((h ^ b0) * prime) ^ b1) * prime) ^ b2) * prime) ^ b3) * prime) & mask
-    # Second round over str(inner hash): at most 10 ASCII digits, so mask once at the end.
-    h2 = FNV32_OFFSET_BASIS
-    for b in str(h & mask).encode("ascii"):
-        h2 = (h2 ^ b) * prime
-    return (h2 & mask) % NUM_BUCKETS
+    inner = fnv1a_32(_encode(seed + user_id))
+    return fnv1a_32(str(inner).encode("ascii")) % NUM_BUCKETS
 
 
 def bucket_ranges(

@@ -5,15 +5,32 @@ from __future__ import annotations
 import secrets
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+)
 
 from canary.settings import Settings
 
 MAX_SEED = 2**63 - 1
 
 
+class UserAttributesIn(BaseModel):
+    """Optional facts about the user for segmentation; unknown ones come from the database."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    signed_up_at: AwareDatetime | None = None
+    generations_7d: int | None = Field(default=None, ge=0)
+    style_tag_uses: int | None = Field(default=None, ge=0)
+
+
 class JobRequest(BaseModel):
-    """What a caller asks for. ``model_version`` is explicit until experiments assign it."""
+    """What a caller asks for. Without ``model_version`` the experiment assigns one."""
 
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
 
@@ -24,9 +41,10 @@ class JobRequest(BaseModel):
     guidance: float = Field(default=7.5, ge=0.0, le=50.0, allow_inf_nan=False)
     width: int = 512
     height: int = 512
-    model_version: str = Field(min_length=1)
+    model_version: str | None = Field(default=None, min_length=1)
     user_id: str | None = Field(default=None, min_length=1, max_length=200)
     idempotency_key: str | None = Field(default=None, min_length=1, max_length=200)
+    user_attributes: UserAttributesIn | None = None
 
     @field_validator("prompt")
     @classmethod
@@ -79,7 +97,7 @@ def validate_request(data: Any, settings: Settings) -> JobRequest:
             errors.append(f"{name}: must be between {settings.min_side} and {settings.max_side}")
         elif side % 8:
             errors.append(f"{name}: must be a multiple of 8, got {side}")
-    if request.model_version not in settings.versions:
+    if request.model_version is not None and request.model_version not in settings.versions:
         errors.append(
             f"model_version: unknown version {request.model_version!r} "
             f"(configured: {', '.join(settings.versions)})"

@@ -15,7 +15,7 @@ from celery import Celery
 from sqlalchemy.engine import Engine
 
 from canary.settings import Settings
-from gateway.specs import JobRequest, validate_request
+from gateway.specs import JobRequest
 from storage import jobs
 from storage.models import FailureKind, Job, JobStatus
 from tasks.spec import RENDER_TASK, RenderSpec
@@ -25,6 +25,17 @@ JOB_ID_NAMESPACE = uuid.UUID("6f1c3c1e-5a55-4a8e-9b59-0c6b1b8b7a10")
 
 class BrokerUnavailable(RuntimeError):
     pass
+
+
+@dataclass(frozen=True)
+class PreparedJob:
+    """A validated request with the version that will serve it and why."""
+
+    request: JobRequest
+    model_version: str
+    experiment: str | None = None
+    arm: str | None = None
+    segment: str | None = None
 
 
 @dataclass(frozen=True)
@@ -62,14 +73,16 @@ class Producer:
         self.engine = engine
         self.app = app
 
-    def submit(self, request: JobRequest | dict, *, source: str = "api") -> Submitted:
-        return self.submit_many([validate_request(request, self.settings)], source=source)[0]
-
     def submit_many(
-        self, requests: Sequence[JobRequest], *, source: str = "api", batch_id: str | None = None
+        self,
+        jobs_in: Sequence[PreparedJob],
+        *,
+        source: str = "api",
+        batch_id: str | None = None,
+        api_key_id: str | None = None,
     ) -> list[Submitted]:
-        """Record and enqueue already validated requests, in order."""
-        rows = [self._row(request, source, batch_id) for request in requests]
+        """Record and enqueue prepared jobs, in order."""
+        rows = [self._row(job, source, batch_id, api_key_id) for job in jobs_in]
         inserted = jobs.insert_new_jobs(self.engine, rows)
         existing_ids = [row.id for row in rows if row.id not in inserted]
         existing = {job.id: job for job in jobs.get_jobs(self.engine, existing_ids)}
@@ -86,7 +99,9 @@ class Producer:
             for row in rows
         ]
 
-    def _row(self, request: JobRequest, source: str, batch_id: str | None) -> Job:
+    @staticmethod
+    def _row(job: PreparedJob, source: str, batch_id: str | None, api_key_id: str | None) -> Job:
+        request = job.request
         assert request.seed is not None, "validate_request assigns a seed"
         return Job(
             id=job_id_for(request),
@@ -94,7 +109,11 @@ class Producer:
             user_id=request.user_id,
             source=source,
             batch_id=batch_id,
-            model_version=request.model_version,
+            api_key_id=api_key_id,
+            experiment=job.experiment,
+            arm=job.arm,
+            segment=job.segment,
+            model_version=job.model_version,
             prompt=request.prompt,
             negative_prompt=request.negative_prompt,
             seed=request.seed,

@@ -52,6 +52,12 @@ class Job(SQLModel, table=True):
     source: str = Field(default="api", max_length=32)
     batch_id: str | None = Field(default=None, index=True, max_length=64)
 
+    # the assignment (experiment is None when the caller pinned the version)
+    experiment: str | None = Field(default=None, max_length=100)
+    arm: str | None = Field(default=None, max_length=16)
+    segment: str | None = Field(default=None, max_length=32)
+    api_key_id: str | None = Field(default=None, max_length=36, index=True)
+
     # the spec
     model_version: str = Field(max_length=64)
     prompt: str
@@ -87,3 +93,57 @@ class Job(SQLModel, table=True):
     upload_ms: float | None = None
     end_to_end_ms: float | None = None
     peak_vram_bytes: int | None = None
+
+
+class Arm(StrEnum):
+    BASELINE = "baseline"
+    CANDIDATE = "candidate"
+
+
+class Assignment(SQLModel, table=True):
+    """A user's sticky assignment in an experiment; also its exposure record.
+
+    One row per (experiment, user), written on first exposure. ``segment`` is the segment at
+    that moment and stays the user's stratum. ``arm`` only ever moves baseline -> candidate
+    (a ramp-up reaching the user's bucket); a rollback overrides it without rewriting it.
+    """
+
+    __tablename__ = "assignments"
+
+    experiment: str = Field(primary_key=True, max_length=100)
+    user_id: str = Field(primary_key=True, max_length=200)
+    arm: str = Field(max_length=16)
+    variant: str = Field(max_length=64)
+    segment: str = Field(max_length=32)
+    stage: str = Field(max_length=100)
+    first_seen: datetime = Field(default_factory=utcnow, sa_column=_utc_column(index=True))
+    last_seen: datetime = Field(default_factory=utcnow, sa_column=_utc_column())
+    promoted_at: datetime | None = Field(default=None, sa_column=_utc_column())
+
+
+class UserProfile(SQLModel, table=True):
+    """What is known about a user beyond their jobs (first report of sign-up time wins)."""
+
+    __tablename__ = "users"
+
+    user_id: str = Field(primary_key=True, max_length=200)
+    signed_up_at: datetime | None = Field(default=None, sa_column=_utc_column())
+
+
+class ApiKeyRole(StrEnum):
+    CLIENT = "client"
+    OPERATOR = "operator"
+
+
+class ApiKey(SQLModel, table=True):
+    """An API key; only its SHA-256 is stored (keys are 256-bit random, so no salt/KDF)."""
+
+    __tablename__ = "api_keys"
+
+    id: str = Field(primary_key=True, max_length=36)
+    name: str = Field(max_length=100)
+    role: str = Field(max_length=16)
+    key_hash: str = Field(unique=True, max_length=64)
+    prefix: str = Field(max_length=16)
+    created_at: datetime = Field(default_factory=utcnow, sa_column=_utc_column())
+    revoked_at: datetime | None = Field(default=None, sa_column=_utc_column())

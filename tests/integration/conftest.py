@@ -23,7 +23,7 @@ import redis
 from celery import Celery
 
 from canary.settings import Settings
-from gateway.submit import Producer
+from gateway.service import Gateway
 from storage.db import get_engine, init_db
 from tasks.app import make_app
 from tasks.tiny_model import make_tiny_model
@@ -102,8 +102,8 @@ class Stack:
     def engine(self):  # type: ignore[no-untyped-def]
         return get_engine(self.settings.resolved_database_url)
 
-    def producer(self) -> Producer:
-        return Producer(self.settings, self.engine, self.app)
+    def gateway(self) -> Gateway:
+        return Gateway(self.settings, self.engine, self.app)
 
     def start_worker(self, version: str, name: str | None = None) -> subprocess.Popen:
         name = name or f"worker-{version}-{len(self.workers)}"

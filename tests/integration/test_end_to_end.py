@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from gateway.specs import validate_request
 from storage import jobs
 from storage.models import TERMINAL_STATUSES, Job, JobStatus
 from storage.objects import open_store
@@ -53,9 +52,9 @@ def s3_stack(
 
 
 def test_twenty_jobs_split_across_two_versions(s3_stack: Stack) -> None:
-    producer = s3_stack.producer()
+    gateway = s3_stack.gateway()
     requests = [
-        validate_request(
+        gateway.prepare(
             {
                 "prompt": f"test scene number {i}",
                 "seed": 500 + i,
@@ -64,19 +63,19 @@ def test_twenty_jobs_split_across_two_versions(s3_stack: Stack) -> None:
                 "height": SIZES[i % len(SIZES)][1],
                 "model_version": VERSIONS[i % 2],
                 "user_id": f"user-{i}",
-            },
-            s3_stack.settings,
+            }
         )
         for i in range(20)
     ]
-    submitted = producer.submit_many(requests, source="test")
+    submitted = gateway.submit_many(requests, source="test")
     assert all(s.created for s in submitted)
     rows = {row.id: row for row in wait_finished(s3_stack, [s.job_id for s in submitted])}
 
     store = open_store(
         s3_stack.settings.resolved_storage_url, endpoint_url=s3_stack.settings.s3_endpoint_url
     )
-    for request, sub in zip(requests, submitted, strict=True):
+    for prepared, sub in zip(requests, submitted, strict=True):
+        request = prepared.request
         row = rows[sub.job_id]
         assert row.status == JobStatus.SUCCEEDED, (row.failure_kind, row.failure_message)
         # routed to, and served by, the version it was tagged with
@@ -98,10 +97,10 @@ def test_twenty_jobs_split_across_two_versions(s3_stack: Stack) -> None:
 
 
 def test_same_seed_same_version_same_bytes_and_versions_differ(s3_stack: Stack) -> None:
-    producer = s3_stack.producer()
+    gateway = s3_stack.gateway()
     spec = {"prompt": "a red bicycle", "seed": 1234, "steps": 5, "width": 64, "height": 64}
     submitted = [
-        producer.submit({**spec, "model_version": version}) for version in ("v1", "v1", "v2")
+        gateway.submit({**spec, "model_version": version}) for version in ("v1", "v1", "v2")
     ]
     rows = {r.id: r for r in wait_finished(s3_stack, [s.job_id for s in submitted])}
     store = open_store(

@@ -48,7 +48,7 @@ BAD_REQUESTS = [
     ({"prompt": "x", "model_version": "v1", "height": 8192}, "height: must be between"),
     ({"prompt": "x", "model_version": "nope"}, "unknown version 'nope'"),
     ({"prompt": "x", "model_version": "v1", "steps": -3}, "steps"),
-    ({"prompt": "x"}, "model_version: Field required"),
+    ({"prompt": "x"}, "user_id: required when model_version is not given"),
 ]
 
 
@@ -57,16 +57,16 @@ def test_invalid_request_is_rejected_and_nothing_enqueued(
     stack: Stack, request_data: dict, message: str
 ) -> None:
     with pytest.raises(InvalidJob, match=message):
-        stack.producer().submit(request_data)
+        stack.gateway().submit(request_data)
     assert queue_lengths(stack) == {"v1": 0, "v2": 0}
     assert job_count(stack) == 0
 
 
 def test_same_idempotency_key_gives_one_job_and_one_message(stack: Stack) -> None:
-    producer = stack.producer()
+    gateway = stack.gateway()
     spec = {"prompt": "a boat", "model_version": "v2", "idempotency_key": "client-42"}
-    first = producer.submit(spec)
-    second = producer.submit(spec)
+    first = gateway.submit(spec)
+    second = gateway.submit(spec)
     assert first.job_id == second.job_id
     assert (first.created, second.created) == (True, False)
     assert queue_lengths(stack) == {"v1": 0, "v2": 1}
@@ -119,7 +119,7 @@ def test_bulk_file_reports_bad_lines_and_submits_good_ones_once(
 
 
 def test_status_command_shows_a_job(stack: Stack) -> None:
-    submitted = stack.producer().submit({"prompt": "a kite", "model_version": "v1", "seed": 3})
+    submitted = stack.gateway().submit({"prompt": "a kite", "model_version": "v1", "seed": 3})
     result = run_cli(stack, "status", submitted.job_id)
     assert result.returncode == 0, result.stderr
     assert submitted.job_id in result.stdout and "QUEUED" in result.stdout

@@ -1,0 +1,310 @@
+"""Deterministic, sticky, stratified assignment of users to model versions.
+
+The pure step (namespace, allowlist, segment share, hash) needs no I/O and matches a
+GrowthBook SDK given the same seed: hash version 2, coverage 1, weights
+``[1 - share, share]``, so the candidate owns the bucket range ``[1 - share, 1)``. As the
+share grows that range only grows, which makes ramp-ups monotone.
+
+Stickiness: a user's first assignment (arm and segment) is stored. Later requests use the
+stored segment, so a user whose segment changes is not moved, and the stored arm is never
+demoted when shares shrink. A ramp-up that reaches the user's bucket promotes them to the
+candidate (otherwise configured and observed shares would drift apart, and the
+sample-ratio check would fire). A rollback sends everyone to the baseline.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import func, or_, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.engine import Engine
+
+from gateway.experiments import Experiment, ExperimentConfig
+from gateway.hashing import NUM_BUCKETS, bucket, bucket_ranges, growthbook_hash
+from gateway.segments import SEGMENTS, SegmentRules, UserAttributes, segment_of
+from storage.models import Arm, Assignment, Job, UserProfile, utcnow
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """Which version serves a user, and why."""
+
+    variant: str
+    experiment: str | None = None
+    arm: str | None = None
+    segment: str | None = None
+    reason: str = "default"  # default | hash | sticky | promoted | allowlist | rollback
+
+
+def in_namespace(user_id: str, namespace_id: str, start: float, end: float) -> bool:
+    """GrowthBook's ``inNamespace``: hash v1 of the user under ``"__" + namespace id``."""
+    n = growthbook_hash("__" + namespace_id, user_id, 1)
+    return n is not None and start <= n < end
+
+
+class CompiledExperiment:
+    """An experiment with its per-segment bucket thresholds precomputed for the hot path."""
+
+    __slots__ = ("allowlist", "baseline", "candidate", "experiment", "name", "seed", "stage",
+                 "starts")  # fmt: skip
+
+    def __init__(self, experiment: Experiment) -> None:
+        self.experiment = experiment
+        self.name = experiment.name
+        self.seed = experiment.hash_seed
+        self.baseline = experiment.baseline
+        self.candidate = experiment.candidate
+        self.stage = experiment.stage
+        self.allowlist = frozenset(experiment.allowlist)
+        stage = experiment.current_stage
+        # GrowthBook's getBucketRanges(2, 1, [1 - share, share])[1][0]: where the candidate starts
+        self.starts = {
+            segment: bucket_ranges(2, 1.0, [1 - stage.share(segment), stage.share(segment)])[1][0]
+            for segment in SEGMENTS
+        }
+
+    def contains(self, user_id: str) -> bool:
+        ns = self.experiment.namespace
+        return ns is None or in_namespace(user_id, ns.id, ns.start, ns.end)
+
+    def hashed_arm(self, user_id: str, segment: str) -> str:
+        n = bucket(self.seed, user_id) / NUM_BUCKETS
+        return Arm.CANDIDATE if n >= self.starts[segment] else Arm.BASELINE
+
+    def version(self, arm: str) -> str:
+        return self.candidate if arm == Arm.CANDIDATE else self.baseline
+
+
+class Assigner:
+    """The pure step: experiment config in, a decision per (user, segment) out."""
+
+    def __init__(self, config: ExperimentConfig) -> None:
+        self.config = config
+        self.experiments = [CompiledExperiment(e) for e in config.experiments]
+
+    @property
+    def rules(self) -> SegmentRules:
+        return self.config.segments
+
+    def experiment_for(self, user_id: str) -> CompiledExperiment | None:
+        for experiment in self.experiments:
+            if experiment.contains(user_id):
+                return experiment
+        return None
+
+    def decide(self, user_id: str, segment: str) -> Decision:
+        """Assignment without stickiness (used for first exposures and by benchmarks)."""
+        experiment = self.experiment_for(user_id)
+        if experiment is None:
+            return Decision(self.config.default_version)
+        override = self.override(experiment, user_id, segment)
+        if override is not None:
+            return override
+        arm = experiment.hashed_arm(user_id, segment)
+        return Decision(experiment.version(arm), experiment.name, arm, segment, "hash")
+
+    @staticmethod
+    def override(experiment: CompiledExperiment, user_id: str, segment: str) -> Decision | None:
+        if experiment.experiment.rolled_back:
+            return Decision(experiment.baseline, experiment.name, Arm.BASELINE, segment, "rollback")
+        if user_id in experiment.allowlist:
+            return Decision(
+                experiment.candidate, experiment.name, Arm.CANDIDATE, segment, "allowlist"
+            )
+        return None
+
+
+class AttributeSource:
+    """User attributes from the database: sign-up time and counts from the job records."""
+
+    def __init__(self, engine: Engine, rules: SegmentRules) -> None:
+        self.engine = engine
+        self.rules = rules
+
+    def load(self, user_id: str, now: datetime) -> UserAttributes:
+        since = now - timedelta(days=self.rules.high_frequency_window_days)
+        style = or_(
+            *(func.lower(Job.prompt).contains(tag.lower()) for tag in self.rules.style_tags)
+        )
+        live = Job.source != "golden"
+        with self.engine.connect() as connection:
+            signed_up = connection.execute(
+                select(UserProfile.signed_up_at).where(UserProfile.user_id == user_id)
+            ).scalar()
+            recent = connection.execute(
+                select(func.count())
+                .select_from(Job)
+                .where(Job.user_id == user_id, Job.created_at >= since, live)
+            ).scalar_one()
+            styled = connection.execute(
+                select(func.count()).select_from(Job).where(Job.user_id == user_id, style, live)
+            ).scalar_one()
+        return UserAttributes(signed_up, recent, styled)
+
+    def remember_signup(self, user_id: str, signed_up_at: datetime) -> None:
+        statement = _insert(self.engine)(UserProfile).values(
+            user_id=user_id, signed_up_at=signed_up_at
+        )
+        with self.engine.begin() as connection:
+            connection.execute(statement.on_conflict_do_nothing())
+
+
+def _insert(engine: Engine):  # type: ignore[no-untyped-def]
+    return pg_insert if engine.dialect.name == "postgresql" else sqlite_insert
+
+
+@dataclass(slots=True)
+class _Sticky:
+    arm: str
+    segment: str
+    touched: datetime
+
+
+class StickyAssigner:
+    """Assignment with stored first assignments and cheap exposure records.
+
+    A bounded per-process cache keeps repeat requests free of database reads; ``last_seen``
+    is written at most once per ``touch_interval`` per user and process.
+    """
+
+    def __init__(
+        self,
+        assigner: Assigner,
+        engine: Engine,
+        *,
+        cache_size: int = 100_000,
+        touch_interval: timedelta = timedelta(hours=1),
+    ) -> None:
+        self.assigner = assigner
+        self.engine = engine
+        self.attributes = AttributeSource(engine, assigner.rules)
+        self.cache: OrderedDict[tuple[str, str], _Sticky] = OrderedDict()
+        self.cache_size = cache_size
+        self.touch_interval = touch_interval
+
+    def assign(
+        self, user_id: str, given: UserAttributes | None = None, now: datetime | None = None
+    ) -> Decision:
+        now = now or utcnow()
+        if given is not None and given.signed_up_at is not None:
+            self.attributes.remember_signup(user_id, given.signed_up_at)
+        experiment = self.assigner.experiment_for(user_id)
+        if experiment is None:
+            return Decision(self.assigner.config.default_version)
+        sticky = self._stored(experiment.name, user_id)
+        if sticky is None:
+            attributes = given or UserAttributes()
+            if attributes.missing():
+                attributes = attributes.merged(self.attributes.load(user_id, now))
+            segment = segment_of(attributes, self.assigner.rules, now)
+            override = self.assigner.override(experiment, user_id, segment)
+            if override is not None and override.reason == "rollback":
+                return override  # nobody is newly enrolled while rolled back
+            if override is None:
+                arm = experiment.hashed_arm(user_id, segment)
+                override = Decision(experiment.version(arm), experiment.name, arm, segment, "hash")
+            return self._record_first(experiment, user_id, override, now)
+        override = self.assigner.override(experiment, user_id, sticky.segment)
+        if override is not None:
+            self._touch(experiment.name, user_id, sticky, now)
+            return override
+        if (
+            sticky.arm == Arm.BASELINE
+            and experiment.hashed_arm(user_id, sticky.segment) == Arm.CANDIDATE
+        ):
+            self._promote(experiment, user_id, sticky, now)
+            return Decision(
+                experiment.candidate, experiment.name, Arm.CANDIDATE, sticky.segment, "promoted"
+            )
+        self._touch(experiment.name, user_id, sticky, now)
+        return Decision(
+            experiment.version(sticky.arm), experiment.name, sticky.arm, sticky.segment, "sticky"
+        )
+
+    # --- storage ---------------------------------------------------------------------
+    def _stored(self, experiment: str, user_id: str) -> _Sticky | None:
+        key = (experiment, user_id)
+        cached = self.cache.get(key)
+        if cached is not None:
+            self.cache.move_to_end(key)
+            return cached
+        with self.engine.connect() as connection:
+            row = connection.execute(
+                select(Assignment.arm, Assignment.segment, Assignment.last_seen).where(
+                    Assignment.experiment == experiment, Assignment.user_id == user_id
+                )
+            ).first()
+        if row is None:
+            return None
+        return self._cache(key, _Sticky(row.arm, row.segment, row.last_seen))
+
+    def _cache(self, key: tuple[str, str], sticky: _Sticky) -> _Sticky:
+        self.cache[key] = sticky
+        if len(self.cache) > self.cache_size:
+            self.cache.popitem(last=False)
+        return sticky
+
+    def _record_first(
+        self, experiment: CompiledExperiment, user_id: str, decision: Decision, now: datetime
+    ) -> Decision:
+        assert decision.arm is not None and decision.segment is not None
+        statement = _insert(self.engine)(Assignment).values(
+            experiment=experiment.name,
+            user_id=user_id,
+            arm=decision.arm,
+            variant=decision.variant,
+            segment=decision.segment,
+            stage=experiment.stage,
+            first_seen=now,
+            last_seen=now,
+        )
+        with self.engine.begin() as connection:
+            connection.execute(statement.on_conflict_do_nothing())
+        # Another process may have enrolled the user first: its record wins.
+        self.cache.pop((experiment.name, user_id), None)
+        stored = self._stored(experiment.name, user_id)
+        if stored is None or (stored.arm, stored.segment) == (decision.arm, decision.segment):
+            return decision
+        return Decision(
+            experiment.version(stored.arm), experiment.name, stored.arm, stored.segment, "sticky"
+        )
+
+    def _touch(self, experiment: str, user_id: str, sticky: _Sticky, now: datetime) -> None:
+        last = (
+            sticky.touched if sticky.touched.tzinfo else sticky.touched.replace(tzinfo=now.tzinfo)
+        )
+        if now - last < self.touch_interval:
+            return
+        sticky.touched = now
+        with self.engine.begin() as connection:
+            connection.execute(
+                update(Assignment)
+                .where(Assignment.experiment == experiment, Assignment.user_id == user_id)
+                .values(last_seen=now)
+            )
+
+    def _promote(
+        self, experiment: CompiledExperiment, user_id: str, sticky: _Sticky, now: datetime
+    ) -> None:
+        with self.engine.begin() as connection:
+            connection.execute(
+                update(Assignment)
+                .where(
+                    Assignment.experiment == experiment.name,
+                    Assignment.user_id == user_id,
+                    Assignment.arm == Arm.BASELINE,
+                )
+                .values(
+                    arm=Arm.CANDIDATE,
+                    variant=experiment.candidate,
+                    stage=experiment.stage,
+                    promoted_at=now,
+                    last_seen=now,
+                )
+            )
+        sticky.arm = Arm.CANDIDATE
+        sticky.touched = now

@@ -1,0 +1,104 @@
+"""The gateway: the one entry point (HTTP API, bulk CLI, golden replay) for new jobs.
+
+Validates, assigns a version through the experiment (unless the caller may pin one and
+does), then hands the job to the producer. Every access path goes through here, so every
+path assigns the same way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from celery import Celery
+from sqlalchemy.engine import Engine
+
+from canary.settings import Settings
+from gateway.assignment import Assigner, Decision, StickyAssigner
+from gateway.experiment_source import ExperimentSource
+from gateway.experiments import ExperimentConfig
+from gateway.segments import UserAttributes
+from gateway.specs import InvalidJob, JobRequest, validate_request
+from gateway.submit import PreparedJob, Producer, Submitted
+
+
+class Gateway:
+    def __init__(
+        self,
+        settings: Settings,
+        engine: Engine,
+        app: Celery,
+        experiments: ExperimentSource | None = None,
+    ) -> None:
+        self.settings = settings
+        self.producer = Producer(settings, engine, app)
+        self.experiments = experiments or ExperimentSource.from_settings(settings)
+        self._config: ExperimentConfig | None = None
+        self._sticky: StickyAssigner | None = None
+
+    @property
+    def sticky(self) -> StickyAssigner:
+        """The sticky assigner for the current config, rebuilt when the config changes."""
+        config = self.experiments.config
+        if self._sticky is None or config is not self._config:
+            self._config = config
+            self._sticky = StickyAssigner(Assigner(config), self.producer.engine)
+        return self._sticky
+
+    def assign(self, request: JobRequest) -> Decision:
+        if request.user_id is None:
+            raise InvalidJob(["user_id: required when model_version is not given"])
+        given = None
+        if request.user_attributes is not None:
+            given = UserAttributes(**request.user_attributes.model_dump())
+        return self.sticky.assign(request.user_id, given)
+
+    def prepare(self, data: Any, *, may_pin_version: bool = True) -> PreparedJob:
+        """Validate one request and decide its version; raises InvalidJob."""
+        request = validate_request(data, self.settings)
+        if request.model_version is not None:
+            if not may_pin_version:
+                raise InvalidJob(["model_version: only operator keys may choose the version"])
+            return PreparedJob(request, request.model_version)
+        decision = self.assign(request)
+        return PreparedJob(
+            request, decision.variant, decision.experiment, decision.arm, decision.segment
+        )
+
+    def prepare_all(
+        self, items: Sequence[Any], *, may_pin_version: bool = True
+    ) -> list[PreparedJob]:
+        """All-or-nothing: every item is checked; errors carry the item's index."""
+        prepared: list[PreparedJob] = []
+        errors: list[str] = []
+        for index, item in enumerate(items):
+            try:
+                prepared.append(self.prepare(item, may_pin_version=may_pin_version))
+            except InvalidJob as exc:
+                errors.extend(f"jobs.{index}.{message}" for message in exc.errors)
+        if errors:
+            raise InvalidJob(errors)
+        return prepared
+
+    def submit(
+        self,
+        data: Any,
+        *,
+        source: str = "api",
+        api_key_id: str | None = None,
+        may_pin_version: bool = True,
+    ) -> Submitted:
+        job = self.prepare(data, may_pin_version=may_pin_version)
+        return self.producer.submit_many([job], source=source, api_key_id=api_key_id)[0]
+
+    def submit_many(
+        self,
+        jobs: Sequence[PreparedJob],
+        *,
+        source: str = "api",
+        batch_id: str | None = None,
+        api_key_id: str | None = None,
+    ) -> list[Submitted]:
+        return self.producer.submit_many(
+            jobs, source=source, batch_id=batch_id, api_key_id=api_key_id
+        )
