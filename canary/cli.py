@@ -20,8 +20,12 @@ app = typer.Typer(
 )
 models_app = typer.Typer(help="Model versions in the local registry.", no_args_is_help=True)
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
+keys_app = typer.Typer(
+    help="API keys (stored hashed; a token is shown once).", no_args_is_help=True
+)
 app.add_typer(models_app, name="models")
 app.add_typer(db_app, name="db")
+app.add_typer(keys_app, name="keys")
 console = Console()
 err = Console(stderr=True)
 
@@ -84,7 +88,58 @@ def models_list() -> None:
         console.print(f"{version}\t{weights_revision(version_dir(model_dir, version))}")
 
 
+@keys_app.command("create")
+def keys_create(
+    name: Annotated[str, typer.Option(help="Who or what uses the key")],
+    role: Annotated[str, typer.Option(help="client or operator")] = "client",
+) -> None:
+    """Create an API key and print its token (the only time it is shown)."""
+    from gateway.auth import create_key
+    from storage.models import ApiKeyRole
+
+    try:
+        key_role = ApiKeyRole(role)
+    except ValueError:
+        roles = ", ".join(r.value for r in ApiKeyRole)
+        raise fail(f"role {role!r} is not one of: {roles}") from None
+    key, token = create_key(_engine(), name, key_role)
+    err.print(f"created {key.role} key {key.id} ({key.name}); store the token now:")
+    print(token)
+
+
+@keys_app.command("list")
+def keys_list() -> None:
+    """Keys with their role and prefix (never the token)."""
+    from gateway.auth import list_keys
+
+    for key in list_keys(_engine()):
+        state = f"revoked {key.revoked_at:%Y-%m-%d}" if key.revoked_at else "active"
+        console.print(f"{key.id}  {key.prefix}…  {key.role:8}  {state:18}  {key.name}")
+
+
+@keys_app.command("revoke")
+def keys_revoke(key_id: str) -> None:
+    """Revoke a key; requests with it get 401 within seconds."""
+    from gateway.auth import revoke_key
+
+    if not revoke_key(_engine(), key_id):
+        raise fail(f"no active key {key_id}", 1)
+    console.print(f"revoked {key_id}")
+
+
 # ---------------------------------------------------------------- processes
+@app.command()
+def api(
+    host: Annotated[str, typer.Option()] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535)] = 8000,
+    workers: Annotated[int, typer.Option(min=1)] = 1,
+) -> None:
+    """The HTTP API (OpenAPI schema at /openapi.json, docs at /docs)."""
+    import uvicorn
+
+    uvicorn.run("gateway.api:create_app", factory=True, host=host, port=port, workers=workers)
+
+
 @app.command()
 def worker(
     model_version: Annotated[str, typer.Option("--model-version", help="Version to serve")],

@@ -82,6 +82,13 @@ class Settings(BaseSettings):
         default=60.0, gt=0, description="How often beat re-sends jobs recorded but never sent"
     )
 
+    # --- HTTP API ---
+    api_max_batch: int = Field(default=100, ge=1, le=10_000)
+    api_max_body_bytes: int = Field(default=1_048_576, ge=1024)
+    show_variant_to_clients: bool = Field(
+        default=False, description="Whether client keys see which version served a job"
+    )
+
     # --- local stack ---
     flower_port: int = Field(default=5555, ge=1, le=65535)
     flower_address: str = "127.0.0.1"

@@ -47,7 +47,7 @@ class Job(SQLModel, table=True):
     __table_args__ = (Index("ix_jobs_version_status", "model_version", "status"),)
 
     id: str = Field(primary_key=True, max_length=36)
-    idempotency_key: str | None = Field(default=None, unique=True, max_length=200)
+    idempotency_key: str | None = Field(default=None, unique=True, max_length=300)
     user_id: str | None = Field(default=None, index=True, max_length=200)
     source: str = Field(default="api", max_length=32)
     batch_id: str | None = Field(default=None, index=True, max_length=64)
