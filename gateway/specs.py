@@ -53,6 +53,20 @@ class JobRequest(BaseModel):
             raise ValueError("prompt must not be empty")
         return value
 
+    @field_validator("prompt", "negative_prompt", "user_id", "idempotency_key")
+    @classmethod
+    def _storable_text(cls, value: str | None) -> str | None:
+        """Text every database can store: no NUL characters, no lone UTF-16 surrogates."""
+        if value is None:
+            return value
+        if "\x00" in value:
+            raise ValueError("must not contain NUL characters")
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError("must be valid Unicode (lone surrogate characters)") from None
+        return value
+
 
 class InvalidJob(ValueError):
     """A request that cannot be accepted; ``errors`` are human-readable, one per problem."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from enum import StrEnum
 
-from sqlalchemy import Column, DateTime, Index
+from sqlalchemy import BigInteger, Column, DateTime, Index
 from sqlmodel import Field, SQLModel
 
 
@@ -62,7 +62,7 @@ class Job(SQLModel, table=True):
     model_version: str = Field(max_length=64)
     prompt: str
     negative_prompt: str = ""
-    seed: int
+    seed: int = Field(sa_column=Column(BigInteger, nullable=False))
     steps: int
     guidance: float
     width: int
@@ -92,7 +92,7 @@ class Job(SQLModel, table=True):
     inference_ms: float | None = None
     upload_ms: float | None = None
     end_to_end_ms: float | None = None
-    peak_vram_bytes: int | None = None
+    peak_vram_bytes: int | None = Field(default=None, sa_column=Column(BigInteger))
 
 
 class Arm(StrEnum):

@@ -145,7 +145,7 @@ def test_idempotency_key_returns_the_same_job_once(api_stack) -> None:
 
 
 def test_authentication_and_roles(api_stack) -> None:
-    stack, tokens, client = api_stack
+    _, tokens, client = api_stack
     assert client.post("/v1/jobs", json=JOB).status_code == 401
     assert client.post("/v1/jobs", json=JOB, headers=auth("cr_not-a-key")).status_code == 401
     assert (
@@ -164,7 +164,7 @@ def test_authentication_and_roles(api_stack) -> None:
 
 
 def test_revoked_key_is_refused(api_stack) -> None:
-    stack, tokens, client = api_stack
+    stack, tokens, _ = api_stack
     from gateway.auth import list_keys, revoke_key
 
     key = next(k for k in list_keys(stack.engine) if k.name == "client2")
@@ -194,7 +194,7 @@ def test_bad_input_is_a_clear_4xx_and_enqueues_nothing(api_stack, body, status, 
 
 
 def test_malformed_json_unknown_job_and_missing_image(api_stack) -> None:
-    stack, tokens, client = api_stack
+    _, tokens, client = api_stack
     headers = {**auth(tokens["client"]), "Content-Type": "application/json"}
     assert client.post("/v1/jobs", content=b"{not json", headers=headers).status_code == 422
     assert client.get("/v1/jobs/nope", headers=auth(tokens["client"])).status_code == 404

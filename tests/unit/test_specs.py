@@ -28,6 +28,8 @@ GOOD = {"prompt": "a cat", "model_version": "v1", "width": 64, "height": 64}
         ({"seed": 2**64}, "seed: Input should be less than or equal to"),
         ({"model_version": "v9"}, "model_version: unknown version 'v9' (configured: v1, v2)"),
         ({"colour": "red"}, "colour: unknown field"),
+        ({"prompt": "a\x00b"}, "prompt: Value error, must not contain NUL"),
+        ({"user_id": "\ud800"}, "user_id: Input should be a valid string"),
     ],
 )
 def test_bad_field_is_named(change: dict, message: str) -> None:
