@@ -32,8 +32,38 @@ PROMPTS = [
 ]
 
 
+DEMO_EXPERIMENT = """\
+# Written by `canary demo`: v2 is the candidate, at its 50% stage.
+default_version: {baseline}
+experiments:
+  - name: demo-canary
+    seed: demo-canary
+    baseline: {baseline}
+    candidate: {candidate}
+    allowlist: [dogfood-user]
+    stages:
+      - {{name: internal, shares: {{default: 0.0}}}}
+      - {{name: 5%, shares: {{default: 0.05}}}}
+      - {{name: 15%, shares: {{default: 0.15}}}}
+      - {{name: 50%, shares: {{default: 0.5}}}}
+      - {{name: 100%, shares: {{default: 1.0}}}}
+    stage: 50%
+"""
+
+
 class DemoError(RuntimeError):
     pass
+
+
+def ensure_experiment(settings: Settings) -> Path:
+    """The configured experiment file, else a demo one (baseline v1, candidate v2 at 50%)."""
+    if settings.experiment_file is not None:
+        return settings.experiment_file
+    path = settings.home / "demo-experiment.yaml"
+    baseline, candidate = settings.versions[:2]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(DEMO_EXPERIMENT.format(baseline=baseline, candidate=candidate))
+    return path
 
 
 def ensure_models(settings: Settings) -> None:
@@ -94,11 +124,15 @@ def wait_for_workers(
 
 
 def run_demo(settings: Settings, n_jobs: int) -> None:
+    if len(settings.versions) < 2:
+        raise DemoError("the demo needs two configured versions (CANARY_VERSIONS)")
     ensure_models(settings)
+    experiment_file = ensure_experiment(settings)
     try:
         with broker(settings) as broker_url:
-            # The stack we start, and our own producer, share this broker.
+            # The stack we start, and our own gateway, share this broker and experiment.
             os.environ["REDIS_URL"] = broker_url
+            os.environ["CANARY_EXPERIMENT_FILE"] = str(experiment_file.resolve())
             reset_settings_cache()
             _render_batch(get_settings(), n_jobs)
     except StackError as exc:
@@ -114,7 +148,6 @@ def _render_batch(settings: Settings, n_jobs: int) -> None:
 
     engine = get_engine(settings.resolved_database_url)
     init_db(engine)
-    versions = settings.versions[:2]
     gateway = make_gateway(settings)
     jobs_in = [
         gateway.prepare(
@@ -124,12 +157,15 @@ def _render_batch(settings: Settings, n_jobs: int) -> None:
                 "steps": 8,
                 "width": 64,
                 "height": 64,
-                "model_version": versions[i % len(versions)],
-                "user_id": f"demo-user-{i % 7}",
+                "user_id": f"demo-user-{i}",
             }
         )
         for i in range(n_jobs)
     ]
+    console.print(
+        f"experiment {settings.experiment_file}: each demo user is assigned a version "
+        "by the gateway (sticky, 50% stage)"
+    )
     with background_stack(settings):
         batch_id = uuid.uuid4().hex
         outcome = submit_prepared(gateway, jobs_in, batch_id=batch_id, source="demo", chunk=100)
