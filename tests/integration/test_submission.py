@@ -125,3 +125,41 @@ def test_status_command_shows_a_job(stack: Stack) -> None:
     assert submitted.job_id in result.stdout and "QUEUED" in result.stdout
     missing = run_cli(stack, "status", "no-such-job")
     assert missing.returncode == 1 and "no job no-such-job" in missing.stderr
+
+
+def test_bulk_cli_assigns_versions_like_the_api(stack: Stack, tmp_path: Path) -> None:
+    """Lines without a model_version go through the same experiment assignment."""
+    from gateway.assignment import Assigner
+    from gateway.experiments import parse_config
+
+    experiment = {
+        "default_version": "v1",
+        "experiments": [
+            {
+                "name": "bulk-canary",
+                "baseline": "v1",
+                "candidate": "v2",
+                "stages": [{"name": "50%", "shares": {"default": 0.5}}],
+                "stage": "50%",
+            }
+        ],
+    }
+    experiment_file = tmp_path / "experiment.json"  # JSON is YAML too
+    experiment_file.write_text(json.dumps(experiment))
+    stack.env["CANARY_EXPERIMENT_FILE"] = str(experiment_file)
+    users = [f"bulk-user-{i}" for i in range(20)]
+    path = tmp_path / "jobs.jsonl"
+    path.write_text("\n".join(json.dumps({"prompt": "p", "user_id": u}) for u in users) + "\n")
+    assert run_cli(stack, "db", "init").returncode == 0
+    result = run_cli(stack, "submit", str(path))
+    assert result.returncode == 0, result.stderr
+
+    expected = Assigner(parse_config(experiment, ["v1", "v2"]))
+    with Session(stack.engine) as session:
+        rows = {r.user_id: r for r in session.exec(select(Job)).all()}
+    assert set(rows) == set(users)
+    for user in users:
+        decision = expected.decide(user, "everyone_else")
+        assert rows[user].model_version == decision.variant
+        assert (rows[user].experiment, rows[user].arm) == ("bulk-canary", decision.arm)
+    assert {r.model_version for r in rows.values()} == {"v1", "v2"}
