@@ -163,3 +163,36 @@ def test_bulk_cli_assigns_versions_like_the_api(stack: Stack, tmp_path: Path) ->
         assert rows[user].model_version == decision.variant
         assert (rows[user].experiment, rows[user].arm) == ("bulk-canary", decision.arm)
     assert {r.model_version for r in rows.values()} == {"v1", "v2"}
+
+
+def test_jobs_recorded_but_never_sent_are_republished(stack: Stack) -> None:
+    """A producer that died between the insert and the publish leaves a QUEUED row behind."""
+    from datetime import timedelta
+
+    from scheduler.maintenance import republish_unsent
+    from storage.models import utcnow
+
+    old, fresh = (
+        Job(
+            id=f"orphan-{i}",
+            model_version="v2",
+            prompt="lost",
+            seed=1,
+            steps=2,
+            guidance=7.5,
+            width=64,
+            height=64,
+            created_at=utcnow() - age,
+        )
+        for i, age in enumerate((timedelta(minutes=5), timedelta(seconds=5)))
+    )
+    with Session(stack.engine) as session:
+        session.add_all([old, fresh])
+        session.commit()
+    producer = stack.gateway().producer
+    assert republish_unsent(producer, timedelta(seconds=60)) == 1
+    assert queue_lengths(stack) == {"v1": 0, "v2": 1}
+    with Session(stack.engine) as session:
+        assert session.get(Job, "orphan-0").enqueued_at is not None
+        assert session.get(Job, "orphan-1").enqueued_at is None  # too young: maybe in flight
+    assert republish_unsent(producer, timedelta(seconds=60)) == 0
