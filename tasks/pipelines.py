@@ -24,6 +24,19 @@ class LoadedModel:
     attention: str
 
 
+def quiet_model_libraries() -> None:
+    """Keep diffusers/transformers to errors: their import-time notices (e.g. "torchvision
+    not installed") and progress bars would otherwise fill every worker log."""
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.set_verbosity_error()
+    transformers_logging.disable_progress_bar()
+    from diffusers.utils import logging as diffusers_logging
+
+    diffusers_logging.set_verbosity_error()
+    diffusers_logging.disable_progress_bar()
+
+
 def _dtype_for(device: str) -> torch.dtype:
     return torch.float16 if device.startswith("cuda") else torch.float32
 
@@ -44,11 +57,9 @@ def _enable_fast_attention(pipeline: object, device: str) -> str:
 def load_pipeline(
     model_dir: Path, version: str, device: str, torch_threads: int | None = None
 ) -> LoadedModel:
+    quiet_model_libraries()
     from diffusers import DiffusionPipeline
-    from diffusers.utils import logging as diffusers_logging
 
-    diffusers_logging.set_verbosity_error()
-    diffusers_logging.disable_progress_bar()
     if torch_threads:
         torch.set_num_threads(torch_threads)
     folder = require_version_dir(model_dir, version)

@@ -9,16 +9,16 @@ Different seeds give different weights, i.e. different "model versions".
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
-from diffusers import (
-    AutoencoderKL,
-    DDIMScheduler,
-    StableDiffusionPipeline,
-    UNet2DConditionModel,
-)
 from tokenizers.pre_tokenizers import ByteLevel
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+from tasks.pipelines import quiet_model_libraries
+
+if TYPE_CHECKING:
+    from diffusers import StableDiffusionPipeline
+    from transformers import CLIPTokenizer
 
 TEXT_DIM = 32
 
@@ -29,6 +29,8 @@ def build_tokenizer() -> CLIPTokenizer:
     Real CLIP vocabularies come from the hub; this one is built from first principles
     so that any text tokenizes without network access.
     """
+    from transformers import CLIPTokenizer
+
     symbols = sorted(ByteLevel.alphabet())
     tokens = [*symbols, *(s + "</w>" for s in symbols), "<|startoftext|>", "<|endoftext|>"]
     vocab = {token: index for index, token in enumerate(tokens)}
@@ -37,6 +39,15 @@ def build_tokenizer() -> CLIPTokenizer:
 
 def build_tiny_pipeline(seed: int) -> StableDiffusionPipeline:
     """A Stable Diffusion pipeline a few hundred kB in size with seeded random weights."""
+    quiet_model_libraries()
+    from diffusers import (
+        AutoencoderKL,
+        DDIMScheduler,
+        StableDiffusionPipeline,
+        UNet2DConditionModel,
+    )
+    from transformers import CLIPTextConfig, CLIPTextModel
+
     tokenizer = build_tokenizer()
     torch.manual_seed(seed)
     unet = UNet2DConditionModel(
@@ -98,11 +109,6 @@ def build_tiny_pipeline(seed: int) -> StableDiffusionPipeline:
 
 def make_tiny_model(target: Path, seed: int) -> Path:
     """Write a tiny pipeline to ``target`` as a diffusers folder with safetensors weights."""
-    from diffusers.utils import logging as diffusers_logging
-    from transformers.utils import logging as transformers_logging
-
-    diffusers_logging.disable_progress_bar()
-    transformers_logging.disable_progress_bar()
     pipeline = build_tiny_pipeline(seed)
     target.mkdir(parents=True, exist_ok=True)
     pipeline.save_pretrained(target, safe_serialization=True)
