@@ -71,6 +71,11 @@ class Settings(BaseSettings):
     task_time_limit_s: int = Field(default=360, ge=1)
     visibility_timeout_s: int = Field(default=3600, ge=1)
     max_attempts: int = Field(default=3, ge=1)
+    upload_attempts: int = Field(default=4, ge=1)
+    upload_backoff_s: float = Field(default=0.5, ge=0)
+    fault_injection: bool = Field(
+        default=False, description="Honour [[fault:...]] markers in prompts (tests only)"
+    )
 
     # --- job validation limits ---
     max_prompt_chars: int = Field(default=2000, ge=1)

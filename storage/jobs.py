@@ -56,8 +56,9 @@ def get_jobs(engine: Engine, job_ids: Sequence[str]) -> list[Job]:
         return list(session.exec(select(Job).where(Job.id.in_(job_ids))))  # type: ignore[attr-defined]
 
 
-def claim(engine: Engine, job_id: str, started_at: datetime, **worker: Any) -> bool:
-    """QUEUED/RUNNING -> RUNNING and count the attempt; False when already finished.
+def claim(engine: Engine, job_id: str, started_at: datetime, **worker: Any) -> int | None:
+    """QUEUED/RUNNING -> RUNNING and count the attempt; returns the attempt number, or None
+    when the job has already finished.
 
     RUNNING is claimable because a job whose worker died is redelivered in that state.
     """
@@ -67,9 +68,15 @@ def claim(engine: Engine, job_id: str, started_at: datetime, **worker: Any) -> b
         .values(
             status=JobStatus.RUNNING, attempts=Job.attempts + 1, started_at=started_at, **worker
         )
+        .returning(Job.attempts)
     )
     with engine.begin() as connection:
-        return connection.execute(statement).rowcount == 1
+        return connection.execute(statement).scalar()
+
+
+def count_misroute(engine: Engine, job_id: str) -> None:
+    with engine.begin() as connection:
+        connection.execute(update(Job).where(Job.id == job_id).values(misroutes=Job.misroutes + 1))
 
 
 def finish(engine: Engine, job_id: str, status: JobStatus, **fields: Any) -> bool:

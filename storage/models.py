@@ -27,12 +27,14 @@ class FailureKind(StrEnum):
     BLACK_IMAGE = "black_image"
     BLANK_IMAGE = "blank_image"
     NAN_OUTPUT = "nan_output"
+    NSFW_FILTERED = "nsfw_filtered"
     OOM = "oom"
     TIMEOUT = "timeout"
     MODEL_LOAD = "model_load"
     STORAGE_ERROR = "storage_error"
     INVALID_JOB = "invalid_job"
     ENQUEUE_ERROR = "enqueue_error"
+    WORKER_LOST = "worker_lost"
     ERROR = "error"
 
 
@@ -71,6 +73,7 @@ class Job(SQLModel, table=True):
     # lifecycle
     status: str = Field(default=JobStatus.QUEUED, max_length=16)
     attempts: int = 0
+    misroutes: int = 0  # deliveries to a worker of another version (re-routed, not rendered)
     created_at: datetime = Field(default_factory=utcnow, sa_column=_utc_column(index=True))
     enqueued_at: datetime | None = Field(default=None, sa_column=_utc_column())
     started_at: datetime | None = Field(default=None, sa_column=_utc_column())

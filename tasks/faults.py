@@ -1,0 +1,72 @@
+"""Fault injection for tests: markers in a prompt make the real code path fail on purpose.
+
+Only active when ``CANARY_FAULT_INJECTION=true`` (never in production). Markers, e.g.
+``"a cat [[fault:nan]]"``:
+
+- ``nan``: the pipeline's latents turn to NaN mid-denoising (real NaN detection follows)
+- ``oom``: torch.cuda.OutOfMemoryError from inside the pipeline on every try
+- ``oom-once``: the same, on the first try only (the OOM retry path succeeds)
+- ``nsfw``: the safety-checker hook flags the image
+- ``slow=S``: each denoising step sleeps S seconds (a long render to kill mid-way)
+- ``upload-slow=S``: the upload sleeps S seconds first (to kill mid-upload)
+- ``upload-error=N``: the first N upload attempts raise ConnectionError
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+MARKER = re.compile(r"\[\[fault:([a-z-]+)(?:=([0-9.]+))?\]\]")
+
+
+@dataclass(frozen=True)
+class Faults:
+    nan: bool = False
+    oom: bool = False
+    oom_once: bool = False
+    nsfw: bool = False
+    slow_s: float = 0.0
+    upload_slow_s: float = 0.0
+    upload_errors: int = 0
+
+    @classmethod
+    def parse(cls, prompt: str, enabled: bool) -> Faults:
+        if not enabled:
+            return NO_FAULTS
+        found: dict[str, Any] = {}
+        for name, value in MARKER.findall(prompt):
+            if name in ("nan", "oom", "nsfw"):
+                found[name] = True
+            elif name == "oom-once":
+                found["oom_once"] = True
+            elif name == "slow":
+                found["slow_s"] = float(value or 1)
+            elif name == "upload-slow":
+                found["upload_slow_s"] = float(value or 1)
+            elif name == "upload-error":
+                found["upload_errors"] = int(float(value or 1))
+        return cls(**found) if found else NO_FAULTS
+
+    def step_callback(self, attempt: int):  # type: ignore[no-untyped-def]
+        """A diffusers ``callback_on_step_end`` that injects the render faults, or None."""
+        if not (self.nan or self.oom or self.slow_s or (self.oom_once and attempt == 0)):
+            return None
+
+        def inject(pipeline: Any, step: int, timestep: Any, kwargs: dict) -> dict:
+            if self.slow_s:
+                time.sleep(self.slow_s)
+            if self.oom or (self.oom_once and attempt == 0):
+                raise torch.cuda.OutOfMemoryError("CUDA out of memory (injected)")
+            if self.nan:
+                kwargs["latents"] = torch.full_like(kwargs["latents"], float("nan"))
+            return kwargs
+
+        return inject
+
+
+NO_FAULTS = Faults()
