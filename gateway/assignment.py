@@ -190,13 +190,13 @@ class StickyAssigner:
         self, user_id: str, given: UserAttributes | None = None, now: datetime | None = None
     ) -> Decision:
         now = now or utcnow()
-        if given is not None and given.signed_up_at is not None:
-            self.attributes.remember_signup(user_id, given.signed_up_at)
         experiment = self.assigner.experiment_for(user_id)
         if experiment is None:
             return Decision(self.assigner.config.default_version)
         sticky = self._stored(experiment.name, user_id)
         if sticky is None:
+            if given is not None and given.signed_up_at is not None:
+                self.attributes.remember_signup(user_id, given.signed_up_at)
             attributes = given or UserAttributes()
             if attributes.missing():
                 attributes = attributes.merged(self.attributes.load(user_id, now))

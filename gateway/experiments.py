@@ -34,11 +34,17 @@ from typing import Annotated, Any
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 from gateway.segments import SEGMENTS, SegmentRules
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:%-]{0,99}$"
 Share = Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False)]
+
+
+def _field_error(path: str, message: str) -> PydanticCustomError:
+    """A cross-field error reported at ``path`` below the validated model (see ``_format``)."""
+    return PydanticCustomError("field_error", "{message}", {"path": path, "message": message})
 
 
 class ExperimentFileError(ValueError):
@@ -108,21 +114,28 @@ class Experiment(BaseModel):
     @model_validator(mode="after")
     def _consistent(self) -> Experiment:
         if self.baseline == self.candidate:
-            raise ValueError("baseline and candidate must be different versions")
+            raise _field_error(
+                "candidate", f"must differ from the baseline (both are {self.baseline!r})"
+            )
         names = [s.name for s in self.stages]
-        if len(set(names)) != len(names):
-            raise ValueError("stage names must be unique")
+        for index, name in enumerate(names):
+            if name in names[:index]:
+                raise _field_error(f"stages.{index}.name", f"duplicate stage name {name!r}")
         if self.stage not in names:
-            raise ValueError(f"stage {self.stage!r} is not one of the stages ({', '.join(names)})")
+            raise _field_error(
+                "stage", f"{self.stage!r} is not one of the stages ({', '.join(names)})"
+            )
         for segment in ("default", *SEGMENTS):
             previous = None
-            for stage in self.stages:
+            for index, stage in enumerate(self.stages):
                 share = stage.share(segment)
                 if previous is not None and share < previous[1]:
-                    raise ValueError(
-                        f"stages: the {segment} share falls from {previous[1]} at "
-                        f"{previous[0]!r} to {share} at {stage.name!r}; a ramp may only grow "
-                        "(use rolled_back to send everyone to the baseline)"
+                    inherited = "" if segment in stage.shares else " (its default share)"
+                    raise _field_error(
+                        f"stages.{index}.shares.{segment}",
+                        f"the {segment} share falls from {previous[1]} at {previous[0]!r} to "
+                        f"{share}{inherited} at {stage.name!r}; a ramp may only grow "
+                        "(use rolled_back to send everyone to the baseline)",
                     )
                 previous = (stage.name, share)
         return self
@@ -142,20 +155,31 @@ class ExperimentConfig(BaseModel):
     @model_validator(mode="after")
     def _namespaces_disjoint(self) -> ExperimentConfig:
         names = [e.name for e in self.experiments]
-        if len(set(names)) != len(names):
-            raise ValueError("experiment names must be unique")
-        if len(self.experiments) > 1 and any(not e.namespace for e in self.experiments):
-            raise ValueError("with several experiments, every one needs a namespace range")
-        spans_by_id: dict[str, list[tuple[float, float, str]]] = {}
-        for experiment in self.experiments:
+        for index, name in enumerate(names):
+            if name in names[:index]:
+                raise _field_error(f"experiments.{index}.name", f"duplicate experiment {name!r}")
+        if len(self.experiments) > 1:
+            for index, experiment in enumerate(self.experiments):
+                if not experiment.namespace:
+                    raise _field_error(
+                        f"experiments.{index}.namespace",
+                        "required when there are several experiments (a namespace range "
+                        "keeps their users apart)",
+                    )
+        spans_by_id: dict[str, list[tuple[float, float, int]]] = {}
+        for index, experiment in enumerate(self.experiments):
             if experiment.namespace:
                 ns = experiment.namespace
-                spans_by_id.setdefault(ns.id, []).append((ns.start, ns.end, experiment.name))
+                spans_by_id.setdefault(ns.id, []).append((ns.start, ns.end, index))
         for key, spans in spans_by_id.items():
             spans.sort()
             for (_, end, first), (start, _, second) in itertools.pairwise(spans):
                 if start < end:
-                    raise ValueError(f"namespace {key!r}: ranges of {first} and {second} overlap")
+                    raise _field_error(
+                        f"experiments.{second}.namespace",
+                        f"range of {names[second]} overlaps the range of {names[first]} "
+                        f"in namespace {key!r}",
+                    )
         return self
 
     def check_versions(self, known: list[str]) -> list[str]:
@@ -179,7 +203,10 @@ class ExperimentConfig(BaseModel):
 def _format(error: ValidationError) -> list[str]:
     out = []
     for item in error.errors():
-        where = ".".join(str(p) for p in item["loc"]) or "file"
+        loc = [str(p) for p in item["loc"]]
+        if item["type"] == "field_error":
+            loc.append(item["ctx"]["path"])
+        where = ".".join(loc) or "file"
         message = item["msg"].removeprefix("Value error, ")
         if item["type"] == "extra_forbidden":
             message = "unknown field"

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -55,8 +55,12 @@ class UserAttributes:
 def segment_of(attributes: UserAttributes, rules: SegmentRules, now: datetime) -> str:
     signed_up = attributes.signed_up_at
     if signed_up is not None:
-        if signed_up.tzinfo is None and now.tzinfo is not None:
-            now = now.replace(tzinfo=None)
+        if (signed_up.tzinfo is None) != (now.tzinfo is None):
+            # naive times are UTC (the storage convention; SQLite gives them back naive)
+            if signed_up.tzinfo is None:
+                signed_up = signed_up.replace(tzinfo=UTC)
+            else:
+                now = now.replace(tzinfo=UTC)
         if now - signed_up <= timedelta(days=rules.new_user_days):
             return NEW_USER
     generations = attributes.generations_7d

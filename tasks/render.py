@@ -94,13 +94,16 @@ def _low_memory(pipeline: object, enabled: bool) -> Iterator[None]:
     if not enabled:
         yield
         return
+    vae = getattr(pipeline, "vae", None)
     pipeline.enable_attention_slicing()  # type: ignore[attr-defined]
-    pipeline.enable_vae_slicing()  # type: ignore[attr-defined]
+    if vae is not None:
+        vae.enable_slicing()
     try:
         yield
     finally:
         pipeline.disable_attention_slicing()  # type: ignore[attr-defined]
-        pipeline.disable_vae_slicing()  # type: ignore[attr-defined]
+        if vae is not None:
+            vae.disable_slicing()
 
 
 def upload(ctx: WorkerContext, key: str, png: bytes, faults: Faults = NO_FAULTS) -> float:
