@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 
+from tasks.postprocess import PostProcessor, VersionConfig, load_version_config
 from tasks.registry import require_version_dir, weights_revision
 
 log = logging.getLogger(__name__)
@@ -22,6 +23,11 @@ class LoadedModel:
     pipeline: object
     load_ms: float
     attention: str
+    config: VersionConfig
+
+    @property
+    def postprocess(self) -> PostProcessor:
+        return PostProcessor(self.config)
 
 
 def quiet_model_libraries() -> None:
@@ -64,6 +70,7 @@ def load_pipeline(
         torch.set_num_threads(torch_threads)
     folder = require_version_dir(model_dir, version)
     started = time.perf_counter()
+    config = load_version_config(folder)
     revision = weights_revision(folder)
     pipeline = DiffusionPipeline.from_pretrained(
         folder, local_files_only=True, use_safetensors=True, dtype=_dtype_for(device)
@@ -75,4 +82,4 @@ def load_pipeline(
     log.info(
         "loaded %s revision %s on %s in %.0f ms (%s)", version, revision, device, load_ms, attention
     )
-    return LoadedModel(version, revision, device, pipeline, load_ms, attention)
+    return LoadedModel(version, revision, device, pipeline, load_ms, attention, config)

@@ -52,6 +52,7 @@ def render_image(model: LoadedModel, spec: RenderSpec, faults: Faults = NO_FAULT
     and VAE slicing (less memory, same image up to float noise); a second OOM fails it.
     """
     on_cuda = model.device.startswith("cuda")
+    width, height = model.config.render_size or (int(spec["width"]), int(spec["height"]))
     for attempt in range(2):
         generator = torch.Generator(device=model.device).manual_seed(int(spec["seed"]))
         if on_cuda:
@@ -64,8 +65,8 @@ def render_image(model: LoadedModel, spec: RenderSpec, faults: Faults = NO_FAULT
                     negative_prompt=spec["negative_prompt"] or None,
                     num_inference_steps=int(spec["steps"]),
                     guidance_scale=float(spec["guidance"]),
-                    width=int(spec["width"]),
-                    height=int(spec["height"]),
+                    width=width,
+                    height=height,
                     generator=generator,
                     output_type="np",
                     callback_on_step_end=faults.step_callback(attempt),
@@ -80,13 +81,14 @@ def render_image(model: LoadedModel, spec: RenderSpec, faults: Faults = NO_FAULT
     inference_ms = (time.perf_counter() - started) * 1000
     peak = int(torch.cuda.max_memory_allocated(model.device)) if on_cuda else None
     flagged = getattr(output, "nsfw_content_detected", None)
-    if faults.nsfw or (flagged and any(flagged)):
+    if model.config.safety_filter and (faults.nsfw or (flagged and any(flagged))):
         raise RenderFailure(FailureKind.NSFW_FILTERED, "the safety checker flagged the image")
     image = np.asarray(output.images[0])
     problem = classify_output(image)
     if problem is not None:
         raise RenderFailure(*problem)
-    return RenderResult(encode_png(image), inference_ms, peak)
+    final = model.postprocess(image, int(spec["width"]), int(spec["height"]))
+    return RenderResult(encode_png(final), inference_ms, peak)
 
 
 @contextmanager
@@ -131,10 +133,9 @@ def upload(ctx: WorkerContext, key: str, png: bytes, faults: Faults = NO_FAULTS)
     return (time.perf_counter() - started) * 1000
 
 
-def encode_png(image: np.ndarray) -> bytes:
-    pixels = (np.clip(image, 0.0, 1.0) * 255).round().astype(np.uint8)
+def encode_png(image: Image.Image) -> bytes:
     buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, format="PNG")
+    image.save(buffer, format="PNG")
     return buffer.getvalue()
 
 
