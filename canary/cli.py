@@ -144,6 +144,9 @@ def api(
 def worker(
     model_version: Annotated[str, typer.Option("--model-version", help="Version to serve")],
     device: Annotated[str, typer.Option(help="cpu, cuda or cuda:N")] = "cpu",
+    name: Annotated[
+        str | None, typer.Option(help="Node name (default render-VERSION-DEVICE)")
+    ] = None,
     loglevel: Annotated[str, typer.Option()] = "info",
 ) -> None:
     """A render worker bound to one model version and one device (concurrency 1)."""
@@ -161,12 +164,16 @@ def worker(
     except ModelNotFound as exc:
         raise fail(str(exc)) from None
     # The binding travels in the environment so the pool's child processes see it too.
+    import socket
+
+    default_name = f"render-{model_version}-{device.replace(':', '')}"
+    node = f"{name or default_name}@{socket.gethostname()}"
     os.environ["CANARY_WORKER_MODEL_VERSION"] = model_version
     os.environ["CANARY_WORKER_DEVICE"] = device
+    os.environ["CANARY_WORKER_NODE"] = node
     reset_settings_cache()
     from tasks import app as celery_app
 
-    node = f"render-{model_version}-{device.replace(':', '')}@%h"
     celery_app.worker_main(
         [
             "worker",
@@ -316,6 +323,45 @@ def status(
         )
     print_job(job, image_url)
     if job.status == "FAILED":
+        raise typer.Exit(1)
+
+
+@app.command()
+def hotfix(
+    model_version: Annotated[str, typer.Option("--model-version", help="Version to patch")],
+    weights: Annotated[str, typer.Option(help="A diffusers folder path or s3://bucket/prefix")],
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for the workers")] = 900.0,
+) -> None:
+    """Publish new weights for a version; its online workers swap them in between jobs."""
+    from canary.hotfix import hotfix as run_hotfix
+    from tasks.app import make_app
+    from tasks.registry import ModelNotFound
+
+    settings = get_settings()
+    if model_version not in settings.versions:
+        raise fail(f"unknown version {model_version!r}")
+    try:
+        outcome = run_hotfix(settings, make_app(settings), model_version, weights, timeout)
+    except ModelNotFound as exc:
+        raise fail(str(exc)) from None
+    console.print(f"published {model_version} revision {outcome.revision} from {weights}")
+    for node in outcome.workers:
+        if node in outcome.updated:
+            console.print(
+                f"  {node}: serving {outcome.revision} after {outcome.updated[node]:.2f} s"
+            )
+        elif node in outcome.errors:
+            console.print(f"  {node}: [red]{outcome.errors[node]}[/] (still on the old revision)")
+        else:
+            console.print(f"  {node}: [yellow]no report within {timeout:.0f} s[/]")
+    if not outcome.workers:
+        console.print("  no worker of this version is online; new workers will load it")
+    console.print(
+        f"all workers on the new revision in {outcome.elapsed_s:.2f} s"
+        if outcome.complete
+        else f"incomplete after {outcome.elapsed_s:.2f} s"
+    )
+    if not outcome.complete:
         raise typer.Exit(1)
 
 

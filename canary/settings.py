@@ -59,6 +59,7 @@ class Settings(BaseSettings):
     # --- worker binding (set by `canary worker`) ---
     worker_model_version: str | None = None
     worker_device: str = "cpu"
+    worker_node: str | None = None
     torch_threads: int | None = Field(
         default=None,
         ge=1,

@@ -150,3 +150,28 @@ class ApiKey(SQLModel, table=True):
     prefix: str = Field(max_length=16)
     created_at: datetime = Field(default_factory=utcnow, sa_column=_utc_column())
     revoked_at: datetime | None = Field(default=None, sa_column=_utc_column())
+
+
+class ModelRevision(SQLModel, table=True):
+    """A published revision of a version's weights (`canary hotfix`); the newest is current."""
+
+    __tablename__ = "model_revisions"
+
+    id: int | None = Field(default=None, primary_key=True)
+    version: str = Field(max_length=64, index=True)
+    revision: str = Field(max_length=64)
+    source: str = Field(max_length=1000)
+    published_at: datetime = Field(default_factory=utcnow, sa_column=_utc_column())
+
+
+class WorkerRecord(SQLModel, table=True):
+    """What each render worker last reported: which revision it serves, or why not."""
+
+    __tablename__ = "workers"
+
+    node: str = Field(primary_key=True, max_length=255)
+    version: str = Field(max_length=64, index=True)
+    device: str = Field(max_length=32)
+    revision: str | None = Field(default=None, max_length=64)
+    error: str | None = None
+    updated_at: datetime = Field(default_factory=utcnow, sa_column=_utc_column())

@@ -63,12 +63,20 @@ def _enable_fast_attention(pipeline: object, device: str) -> str:
 def load_pipeline(
     model_dir: Path, version: str, device: str, torch_threads: int | None = None
 ) -> LoadedModel:
+    """Load a version from the registry folder ``model_dir/version``."""
+    folder = require_version_dir(model_dir, version)
+    return load_pipeline_from(folder, version, device, torch_threads)
+
+
+def load_pipeline_from(
+    folder: Path, version: str, device: str, torch_threads: int | None = None
+) -> LoadedModel:
+    """Load any diffusers folder as ``version`` (a published hot-fix revision, say)."""
     quiet_model_libraries()
     from diffusers import DiffusionPipeline
 
     if torch_threads:
         torch.set_num_threads(torch_threads)
-    folder = require_version_dir(model_dir, version)
     started = time.perf_counter()
     config = load_version_config(folder)
     revision = weights_revision(folder)

@@ -17,7 +17,9 @@ from sqlalchemy.engine import Engine
 from canary.settings import Settings, get_settings
 from storage.db import get_engine
 from storage.objects import ObjectStore, store_from_settings
-from tasks.pipelines import LoadedModel, load_pipeline
+from tasks import revisions
+from tasks.pipelines import LoadedModel, load_pipeline_from
+from tasks.registry import require_version_dir
 
 log = logging.getLogger(__name__)
 
@@ -48,23 +50,45 @@ class WorkerContext:
     def hostname(self) -> str:
         return socket.gethostname()
 
+    @property
+    def node(self) -> str:
+        return self.settings.worker_node or f"render-{self.version}@{self.hostname}"
+
     def ensure_model(self) -> LoadedModel:
-        """The loaded model, loading it now if the process has none yet."""
+        """The loaded model, loading it now if the process has none yet.
+
+        The version's newest published revision (`canary hotfix`) wins over the registry
+        folder, so a worker started after a hot fix serves the fixed weights.
+        """
         if self.model is None:
             if self.version is None:
                 raise RuntimeError("this worker is not bound to a model version")
             try:
-                self.model = load_pipeline(
-                    self.settings.resolved_model_dir,
-                    self.version,
-                    self.device,
-                    self.settings.torch_threads,
+                published = revisions.current(self.engine, self.version)
+                if published is None:
+                    folder = require_version_dir(self.settings.resolved_model_dir, self.version)
+                else:
+                    folder = revisions.fetch(published.source, self.settings, self.version)
+                self.model = load_pipeline_from(
+                    folder, self.version, self.device, self.settings.torch_threads
                 )
                 self.load_error = None
             except Exception as exc:
                 self.load_error = f"{type(exc).__name__}: {exc}"
+                self.report(error=self.load_error)
                 raise
+            self.report()
         return self.model
+
+    def swap(self, model: LoadedModel) -> None:
+        """Serve ``model`` from the next job on (called between jobs)."""
+        self.model = model
+        self.report()
+
+    def report(self, error: str | None = None) -> None:
+        assert self.version is not None
+        revision = self.model.revision if self.model else None
+        revisions.report(self.engine, self.node, self.version, self.device, revision, error)
 
 
 _context: WorkerContext | None = None

@@ -28,7 +28,7 @@ from storage.db import get_engine, init_db
 from tasks.app import make_app
 from tasks.tiny_model import make_tiny_model
 
-TEST_REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/11")
+TEST_REDIS_SERVER = os.environ.get("TEST_REDIS_SERVER", "redis://127.0.0.1:6379")
 TEST_POSTGRES_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 VERSIONS = ("v1", "v2")
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -36,14 +36,28 @@ PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 @pytest.fixture(scope="session")
 def redis_url() -> Iterator[str]:
-    client = redis.Redis.from_url(TEST_REDIS_URL)
+    """A database number of the machine's Redis that no other test session is using.
+
+    Sessions claim a number with a lock key in database 0, so two test runs on one machine
+    (a developer's and CI's) never consume each other's jobs or flush each other's queues.
+    """
+    control = redis.Redis.from_url(f"{TEST_REDIS_SERVER}/0")
     try:
-        client.ping()
+        control.ping()
     except redis.RedisError as exc:
-        pytest.fail(f"Redis at {TEST_REDIS_URL} is not running ({exc}); see README")
+        pytest.fail(f"Redis at {TEST_REDIS_SERVER} is not running ({exc}); see README")
+    for db in range(1, 16):
+        lock = f"canary-render:test-session:{db}"
+        if control.set(lock, os.getpid(), nx=True, ex=4 * 3600):
+            break
+    else:
+        pytest.fail("every Redis database 1-15 is claimed by another test session")
+    url = f"{TEST_REDIS_SERVER}/{db}"
+    client = redis.Redis.from_url(url)
     client.flushdb()
-    yield TEST_REDIS_URL
+    yield url
     client.flushdb()
+    control.delete(lock)
 
 
 @pytest.fixture
@@ -105,11 +119,15 @@ class Stack:
     def gateway(self) -> Gateway:
         return Gateway(self.settings, self.engine, self.app)
 
-    def start_worker(self, version: str, name: str | None = None) -> subprocess.Popen:
+    def start_worker(
+        self, version: str, name: str | None = None, node: str | None = None
+    ) -> subprocess.Popen:
+        """Start a worker subprocess; ``node`` sets its Celery node name (else the default)."""
         name = name or f"worker-{version}-{len(self.workers)}"
         log = (self.log_dir / f"{name}.log").open("ab")
+        node_args = ["--name", node] if node else []
         process = subprocess.Popen(
-            [sys.executable, "-m", "canary.cli", "worker", "--model-version", version],
+            [sys.executable, "-m", "canary.cli", "worker", "--model-version", version, *node_args],
             env=self.env,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -117,7 +135,7 @@ class Stack:
             start_new_session=True,
         )
         self.workers.append(process)
-        self.wait_for_worker(f"render-{version}-cpu", process, name)
+        self.wait_for_worker(node or f"render-{version}-cpu", process, name)
         return process
 
     def wait_for_worker(self, node_prefix: str, process: subprocess.Popen, name: str) -> None:
