@@ -366,6 +366,42 @@ def hotfix(
 
 
 @app.command()
+def retire(
+    model_version: Annotated[str, typer.Option("--model-version", help="Version to retire")],
+    reroute_to: Annotated[
+        str | None, typer.Option(help="Move its queued jobs to this version instead of draining")
+    ] = None,
+    retention_days: Annotated[float, typer.Option(min=0)] = 7.0,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for the drain")] = 3600.0,
+) -> None:
+    """Retire a version: no new jobs, queue drained (or re-routed), its workers stopped."""
+    from canary.retire import RetireError
+    from canary.retire import retire as run_retire
+    from tasks.app import make_app
+
+    settings = get_settings()
+    try:
+        outcome = run_retire(
+            settings,
+            make_app(settings),
+            _engine(),
+            model_version,
+            reroute_to=reroute_to,
+            retention_days=retention_days,
+            timeout=timeout,
+        )
+    except RetireError as exc:
+        raise fail(str(exc), 1) from None
+    if reroute_to:
+        console.print(f"re-routed {outcome.rerouted} queued jobs to {reroute_to}")
+    console.print(
+        f"retired {model_version} in {outcome.elapsed_s:.1f} s; stopped "
+        f"{', '.join(outcome.stopped) or 'no workers'}; images and logs are deleted after "
+        f"{retention_days:g} days, job records are kept"
+    )
+
+
+@app.command()
 def demo(
     jobs: Annotated[int, typer.Option(min=2, max=10_000, help="Jobs to render")] = 40,
 ) -> None:

@@ -20,6 +20,8 @@ from gateway.experiments import ExperimentConfig
 from gateway.segments import UserAttributes
 from gateway.specs import InvalidJob, JobRequest, validate_request
 from gateway.submit import PreparedJob, Producer, Submitted
+from storage.models import Arm
+from storage.versions import RetiredVersions
 
 
 class Gateway:
@@ -35,6 +37,7 @@ class Gateway:
         self.experiments = experiments or ExperimentSource.from_settings(settings)
         self._config: ExperimentConfig | None = None
         self._sticky: StickyAssigner | None = None
+        self.retired = RetiredVersions(engine)
 
     @property
     def sticky(self) -> StickyAssigner:
@@ -56,14 +59,32 @@ class Gateway:
     def prepare(self, data: Any, *, may_pin_version: bool = True) -> PreparedJob:
         """Validate one request and decide its version; raises InvalidJob."""
         request = validate_request(data, self.settings)
+        retired = self.retired.get()
         if request.model_version is not None:
             if not may_pin_version:
                 raise InvalidJob(["model_version: only operator keys may choose the version"])
+            if request.model_version in retired:
+                raise InvalidJob([f"model_version: {request.model_version!r} is retired"])
             return PreparedJob(request, request.model_version)
         decision = self.assign(request)
+        if decision.variant in retired:
+            decision = self._instead_of_retired(decision, retired)
         return PreparedJob(
             request, decision.variant, decision.experiment, decision.arm, decision.segment
         )
+
+    def _instead_of_retired(self, decision: Decision, retired: frozenset[str]) -> Decision:
+        """A retired arm's users go to the experiment's other version while it is live."""
+        config = self.experiments.config
+        if decision.experiment is not None:
+            experiment = config.experiment(decision.experiment)
+            if decision.variant == experiment.candidate:
+                other, arm = experiment.baseline, Arm.BASELINE
+            else:
+                other, arm = experiment.candidate, Arm.CANDIDATE
+            if other not in retired:
+                return Decision(other, experiment.name, arm, decision.segment, "retired")
+        raise InvalidJob([f"model_version: {decision.variant!r} is retired and has no successor"])
 
     def prepare_all(
         self, items: Sequence[Any], *, may_pin_version: bool = True

@@ -175,3 +175,15 @@ class WorkerRecord(SQLModel, table=True):
     revision: str | None = Field(default=None, max_length=64)
     error: str | None = None
     updated_at: datetime = Field(default_factory=utcnow, sa_column=_utc_column())
+
+
+class VersionState(SQLModel, table=True):
+    """A version's lifecycle beyond the configuration: retirement and clean-up."""
+
+    __tablename__ = "version_states"
+
+    version: str = Field(primary_key=True, max_length=64)
+    retired_at: datetime | None = Field(default=None, sa_column=_utc_column())
+    rerouted_to: str | None = Field(default=None, max_length=64)
+    retention_days: float = 7.0
+    purged_at: datetime | None = Field(default=None, sa_column=_utc_column())

@@ -8,7 +8,15 @@ from canary.settings import Settings
 
 def make_app(settings: Settings | None = None) -> Celery:
     """The process-wide app from celeryconfig, or one configured for explicit settings."""
-    celery = Celery("canary", include=["tasks.render", "tasks.hotfix", "scheduler.maintenance"])
+    celery = Celery(
+        "canary",
+        include=[
+            "tasks.render",
+            "tasks.hotfix",
+            "scheduler.maintenance",
+            "scheduler.retention",
+        ],
+    )
     if settings is None:
         celery.config_from_object("celeryconfig")
     else:

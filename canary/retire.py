@@ -1,0 +1,107 @@
+"""`canary retire`: stop routing to a version, drain or re-route its queue, stop its workers.
+
+Job records stay as they are (read-only history); the retention job in scheduler/ deletes
+the version's images and logs once its retention period has passed.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from celery import Celery
+from sqlalchemy import update
+from sqlalchemy.engine import Engine
+
+from canary.hotfix import online_workers
+from canary.settings import Settings
+from storage import versions
+from storage.models import Job, JobStatus
+from tasks.spec import RENDER_TASK
+
+
+class RetireError(RuntimeError):
+    pass
+
+
+@dataclass
+class RetireOutcome:
+    version: str
+    rerouted: int = 0
+    stopped: list[str] = field(default_factory=list)
+    elapsed_s: float = 0.0
+
+
+def queue_depth(app: Celery, queue: str) -> int:
+    with app.connection_for_read() as connection:
+        try:
+            declared = connection.default_channel.queue_declare(queue=queue, passive=True)
+        except connection.channel_errors:  # Redis drops the key of an empty queue
+            return 0
+        return declared.message_count
+
+
+def reroute_queued(app: Celery, engine: Engine, settings: Settings, version: str, to: str) -> int:
+    """Move every message waiting on ``render.<version>`` to ``render.<to>``, re-tagged."""
+    moved = 0
+    source = settings.queue_for(version)
+    with app.connection_for_write() as connection:
+        channel = connection.default_channel
+        while (message := channel.basic_get(queue=source, no_ack=False)) is not None:
+            args, _kwargs, _embed = message.decode()
+            job_id, spec = args
+            with engine.begin() as db:
+                db.execute(
+                    update(Job)
+                    .where(Job.id == job_id, Job.status == JobStatus.QUEUED)
+                    .values(model_version=to)
+                )
+            app.send_task(
+                RENDER_TASK,
+                args=(job_id, {**spec, "model_version": to}),
+                queue=settings.queue_for(to),
+                task_id=job_id,
+            )
+            message.ack()  # only after the copy is on its new queue: nothing is lost
+            moved += 1
+    return moved
+
+
+def wait_until_drained(app: Celery, queue: str, nodes: list[str], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        busy = app.control.inspect(destination=nodes, timeout=1.0).active() or {} if nodes else {}
+        if queue_depth(app, queue) == 0 and not any(busy.values()):
+            return
+        time.sleep(0.5)
+    raise RetireError(f"{queue} still has work after {timeout:.0f} s; retire again to continue")
+
+
+def retire(
+    settings: Settings,
+    app: Celery,
+    engine: Engine,
+    version: str,
+    *,
+    reroute_to: str | None = None,
+    retention_days: float = 7.0,
+    timeout: float = 3600.0,
+) -> RetireOutcome:
+    if version not in settings.versions:
+        raise RetireError(f"unknown version {version!r}")
+    if reroute_to is not None and (reroute_to == version or reroute_to not in settings.versions):
+        raise RetireError(f"cannot re-route {version} to {reroute_to!r}")
+    started = time.monotonic()
+    outcome = RetireOutcome(version)
+    # First: no new jobs (gateways see this within seconds).
+    versions.retire(engine, version, rerouted_to=reroute_to, retention_days=retention_days)
+    queue = settings.queue_for(version)
+    nodes = online_workers(app, queue)
+    if reroute_to is not None:
+        outcome.rerouted = reroute_queued(app, engine, settings, version, reroute_to)
+    wait_until_drained(app, queue, nodes, timeout)
+    if nodes:
+        app.control.shutdown(destination=nodes)  # warm: each finishes what it holds
+        outcome.stopped = nodes
+    outcome.elapsed_s = time.monotonic() - started
+    return outcome

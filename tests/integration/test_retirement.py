@@ -1,0 +1,126 @@
+"""Retiring a version: no new jobs, queue drained or re-routed, workers stopped, retention."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from gateway.specs import InvalidJob
+from scheduler.retention import purge_retired
+from storage import jobs, versions
+from storage.models import TERMINAL_STATUSES, JobStatus
+from storage.objects import open_store
+from tests.integration.conftest import PROJECT_ROOT, Stack, fresh_database_url, make_stack
+
+pytestmark = pytest.mark.integration
+
+JOB = {"prompt": "a kettle", "steps": 3, "width": 64, "height": 64}
+
+
+@pytest.fixture
+def stack(
+    tmp_path: Path, clean_redis: str, postgres_schema_url: str, model_dir: Path
+) -> Iterator[Stack]:
+    database_url = fresh_database_url("sqlite", tmp_path, postgres_schema_url)
+    stack = make_stack(tmp_path, clean_redis, database_url, f"file://{tmp_path / 'o'}", model_dir)
+    yield stack
+    stack.stop_workers()
+
+
+def retire(stack: Stack, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "canary.cli", "retire", *args, "--timeout", "120"],
+        env={**stack.env, "COLUMNS": "200"},
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+
+
+def wait(stack: Stack, ids: list[str]) -> dict:
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        rows = {r.id: r for r in jobs.get_jobs(stack.engine, ids)}
+        if all(r.status in TERMINAL_STATUSES for r in rows.values()):
+            return rows
+        time.sleep(0.2)
+    pytest.fail("jobs did not finish")
+
+
+def test_retire_drains_stops_workers_and_refuses_new_jobs(stack: Stack) -> None:
+    stack.start_worker("v1")
+    v2_worker = stack.start_worker("v2")
+    gateway = stack.gateway()
+    ids = [gateway.submit({**JOB, "model_version": "v2", "seed": i}).job_id for i in range(6)]
+    result = retire(stack, "--model-version", "v2")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "retired v2" in result.stdout and "render-v2-cpu@" in result.stdout
+    rows = wait(stack, ids)  # nothing queued was lost: the drain finished them
+    assert {r.status for r in rows.values()} == {JobStatus.SUCCEEDED}
+    v2_worker.wait(timeout=30)  # its worker shut down
+    assert stack.workers[0].poll() is None  # v1's did not
+    with pytest.raises(InvalidJob, match="'v2' is retired"):
+        stack.gateway().submit({**JOB, "model_version": "v2"})
+    assert len(jobs.get_jobs(stack.engine, ids)) == 6  # records stay readable
+
+
+def test_retire_can_reroute_queued_jobs_to_the_baseline(stack: Stack) -> None:
+    gateway = stack.gateway()
+    ids = [gateway.submit({**JOB, "model_version": "v2", "seed": i}).job_id for i in range(4)]
+    stack.start_worker("v1")  # no v2 worker: its jobs wait in render.v2
+    result = retire(stack, "--model-version", "v2", "--reroute-to", "v1")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "re-routed 4 queued jobs to v1" in result.stdout
+    rows = wait(stack, ids)
+    assert {(r.status, r.model_version, r.worker_version) for r in rows.values()} == {
+        (JobStatus.SUCCEEDED, "v1", "v1")
+    }
+    assert sum(r.misroutes for r in rows.values()) == 0
+
+
+def test_assignment_avoids_a_retired_arm(stack: Stack, tmp_path: Path) -> None:
+    import yaml
+
+    experiment = {
+        "default_version": "v1",
+        "experiments": [
+            {
+                "name": "all-in",
+                "baseline": "v1",
+                "candidate": "v2",
+                "stages": [{"name": "100%", "shares": {"default": 1.0}}],
+                "stage": "100%",
+            }
+        ],
+    }
+    path = tmp_path / "experiment.yaml"
+    path.write_text(yaml.safe_dump(experiment))
+    stack.settings = stack.settings.model_copy(update={"experiment_file": path})
+    assert stack.gateway().prepare({**JOB, "user_id": "u1"}).model_version == "v2"
+    versions.retire(stack.engine, "v2", rerouted_to=None, retention_days=7)
+    prepared = stack.gateway().prepare({**JOB, "user_id": "u1"})
+    assert (prepared.model_version, prepared.arm) == ("v1", "baseline")
+
+
+def test_retention_deletes_images_and_logs_but_keeps_records(stack: Stack) -> None:
+    store = open_store(stack.settings.resolved_storage_url)
+    for version in ("v1", "v2"):
+        for i in range(3):
+            store.put(f"renders/{version}/job-{i}.png", b"png")
+    log_dir = stack.settings.log_dir
+    log_dir.mkdir(parents=True, exist_ok=True)
+    (log_dir / "worker-v2.log").write_text("old log")
+    (log_dir / "worker-v1.log").write_text("live log")
+    versions.retire(stack.engine, "v2", rerouted_to=None, retention_days=7)
+    assert purge_retired(stack.settings, store) == {}  # not yet: 7 days have not passed
+    versions.retire(stack.engine, "v2", rerouted_to=None, retention_days=0)
+    assert purge_retired(stack.settings, store) == {"v2": 3}
+    assert store.list("renders/v2/") == [] and len(store.list("renders/v1/")) == 3
+    assert not (log_dir / "worker-v2.log").exists() and (log_dir / "worker-v1.log").exists()
+    assert purge_retired(stack.settings, store) == {}  # once
