@@ -8,6 +8,8 @@ Only active when ``CANARY_FAULT_INJECTION=true`` (never in production). Markers,
 - ``oom-once``: the same, on the first try only (the OOM retry path succeeds)
 - ``nsfw``: the safety-checker hook flags the image
 - ``slow=S``: each denoising step sleeps S seconds (a long render to kill mid-way)
+- ``hang=S``: the first step sleeps S seconds and ignores the soft time limit (a stuck
+  kernel, which only the hard time limit stops)
 - ``upload-slow=S``: the upload sleeps S seconds first (to kill mid-upload)
 - ``upload-error=N``: the first N upload attempts raise ConnectionError
 """
@@ -31,6 +33,7 @@ class Faults:
     oom_once: bool = False
     nsfw: bool = False
     slow_s: float = 0.0
+    hang_s: float = 0.0
     upload_slow_s: float = 0.0
     upload_errors: int = 0
 
@@ -46,6 +49,8 @@ class Faults:
                 found["oom_once"] = True
             elif name == "slow":
                 found["slow_s"] = float(value or 1)
+            elif name == "hang":
+                found["hang_s"] = float(value or 60)
             elif name == "upload-slow":
                 found["upload_slow_s"] = float(value or 1)
             elif name == "upload-error":
@@ -54,13 +59,17 @@ class Faults:
 
     def step_callback(self, attempt: int):  # type: ignore[no-untyped-def]
         """A diffusers ``callback_on_step_end`` that injects the render faults, or None."""
-        if not (self.nan or self.oom or self.slow_s or (self.oom_once and attempt == 0)):
+        if not (
+            self.nan or self.oom or self.slow_s or self.hang_s or (self.oom_once and attempt == 0)
+        ):
             return None
 
         def inject(pipeline: Any, step: int, timestep: Any, kwargs: dict) -> dict:
             if self.slow_s:
                 time.sleep(self.slow_s)
-            if self.oom or (self.oom_once and attempt == 0):
+            if self.hang_s and step == 0:
+                _hang(self.hang_s)
+            if oom_now:
                 raise torch.cuda.OutOfMemoryError("CUDA out of memory (injected)")
             if self.nan:
                 kwargs["latents"] = torch.full_like(kwargs["latents"], float("nan"))
@@ -70,3 +79,14 @@ class Faults:
 
 
 NO_FAULTS = Faults()
+
+
+def _hang(seconds: float) -> None:
+    from celery.exceptions import SoftTimeLimitExceeded
+
+    deadline = time.monotonic() + seconds
+    while (left := deadline - time.monotonic()) > 0:
+        try:
+            time.sleep(left)
+        except SoftTimeLimitExceeded:
+            continue

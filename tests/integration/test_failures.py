@@ -70,6 +70,7 @@ def submit(stack: Stack, prompt: str, version: str = "v1", steps: int = 3) -> st
         ("[[fault:upload-error=2]]", JobStatus.SUCCEEDED, None),
         ("[[fault:upload-error=9]]", JobStatus.FAILED, FailureKind.STORAGE_ERROR),
         ("[[fault:slow=1.5]]", JobStatus.FAILED, FailureKind.TIMEOUT),
+        ("[[fault:hang=30]]", JobStatus.FAILED, FailureKind.TIMEOUT),
     ],
 )
 def test_each_failure_kind_is_recorded(
@@ -127,3 +128,24 @@ def test_unknown_version_tag_fails_loudly(stack: Stack) -> None:
     row = wait(stack, ["bad-tag"])["bad-tag"]
     assert (row.status, row.failure_kind) == (JobStatus.FAILED, FailureKind.INVALID_JOB)
     assert "'v9'" in (row.failure_message or "")
+
+
+def test_a_version_whose_weights_do_not_load_fails_its_jobs_as_model_load(
+    tmp_path: Path, clean_redis: str, postgres_schema_url: str, model_dir: Path
+) -> None:
+    import shutil
+
+    registry = tmp_path / "registry"
+    shutil.copytree(model_dir, registry)
+    weights = registry / "v2" / "unet" / "diffusion_pytorch_model.safetensors"
+    weights.write_bytes(b"not safetensors")
+    database_url = fresh_database_url("sqlite", tmp_path, postgres_schema_url)
+    stack = make_stack(tmp_path, clean_redis, database_url, f"file://{tmp_path / 'o'}", registry)
+    stack.start_worker("v2")
+    try:
+        job_id = submit(stack, "a tree", version="v2")
+        row = wait(stack, [job_id])[job_id]
+        assert (row.status, row.failure_kind) == (JobStatus.FAILED, FailureKind.MODEL_LOAD)
+        assert "safetensors" in (row.failure_message or "").lower()
+    finally:
+        stack.stop_workers()
