@@ -59,9 +59,8 @@ class Faults:
 
     def step_callback(self, attempt: int):  # type: ignore[no-untyped-def]
         """A diffusers ``callback_on_step_end`` that injects the render faults, or None."""
-        if not (
-            self.nan or self.oom or self.slow_s or self.hang_s or (self.oom_once and attempt == 0)
-        ):
+        oom_now = self.oom or (self.oom_once and attempt == 0)
+        if not (self.nan or oom_now or self.slow_s or self.hang_s):
             return None
 
         def inject(pipeline: Any, step: int, timestep: Any, kwargs: dict) -> dict:
