@@ -24,7 +24,9 @@ from celery import Celery
 
 from canary.settings import Settings
 from gateway.service import Gateway
+from storage import jobs
 from storage.db import get_engine, init_db
+from storage.models import TERMINAL_STATUSES, Job
 from tasks.app import make_app
 from tasks.tiny_model import make_tiny_model
 
@@ -148,8 +150,21 @@ class Stack:
                 return
         pytest.fail(f"{name} did not answer within 90 s: {self.log(name)}")
 
+    def wait_finished(self, job_ids: list[str], timeout: float = 120) -> dict[str, Job]:
+        """Poll until every job is SUCCEEDED or FAILED; fail with the worker logs if not."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            rows = {row.id: row for row in jobs.get_jobs(self.engine, job_ids)}
+            if len(rows) == len(set(job_ids)) and all(
+                row.status in TERMINAL_STATUSES for row in rows.values()
+            ):
+                return rows
+            time.sleep(0.2)
+        logs = "\n".join(self.log(p.name) for p in sorted(self.log_dir.glob("*.log")))
+        pytest.fail(f"jobs did not finish in {timeout:.0f} s; worker logs:\n{logs}")
+
     def log(self, name: str) -> str:
-        path = self.log_dir / f"{name}.log"
+        path = self.log_dir / (name if name.endswith(".log") else f"{name}.log")
         return path.read_text(errors="replace")[-4000:] if path.exists() else "(no log)"
 
     def stop_workers(self) -> None:

@@ -3,32 +3,19 @@
 from __future__ import annotations
 
 import io
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
-from storage import jobs
-from storage.models import TERMINAL_STATUSES, Job, JobStatus
+from storage.models import JobStatus
 from storage.objects import open_store
 from tests.integration.conftest import VERSIONS, Stack, fresh_database_url, make_stack
 
 pytestmark = pytest.mark.integration
 
 SIZES = [(64, 64), (96, 64), (64, 128)]
-
-
-def wait_finished(stack: Stack, job_ids: list[str], timeout: float = 180) -> list[Job]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        rows = jobs.get_jobs(stack.engine, job_ids)
-        if len(rows) == len(job_ids) and all(r.status in TERMINAL_STATUSES for r in rows):
-            return rows
-        time.sleep(0.3)
-    logs = "\n".join(stack.log(f"worker-{v}-{i}") for i, v in enumerate(VERSIONS))
-    pytest.fail(f"jobs did not finish in {timeout} s; worker logs:\n{logs}")
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -69,7 +56,7 @@ def test_twenty_jobs_split_across_two_versions(s3_stack: Stack) -> None:
     ]
     submitted = gateway.submit_many(requests, source="test")
     assert all(s.created for s in submitted)
-    rows = {row.id: row for row in wait_finished(s3_stack, [s.job_id for s in submitted])}
+    rows = s3_stack.wait_finished([s.job_id for s in submitted], timeout=180)
 
     store = open_store(
         s3_stack.settings.resolved_storage_url, endpoint_url=s3_stack.settings.s3_endpoint_url
@@ -102,7 +89,7 @@ def test_same_seed_same_version_same_bytes_and_versions_differ(s3_stack: Stack) 
     submitted = [
         gateway.submit({**spec, "model_version": version}) for version in ("v1", "v1", "v2")
     ]
-    rows = {r.id: r for r in wait_finished(s3_stack, [s.job_id for s in submitted])}
+    rows = s3_stack.wait_finished([s.job_id for s in submitted], timeout=180)
     store = open_store(
         s3_stack.settings.resolved_storage_url, endpoint_url=s3_stack.settings.s3_endpoint_url
     )

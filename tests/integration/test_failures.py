@@ -14,7 +14,7 @@ import pytest
 from celery import Celery
 
 from storage import jobs
-from storage.models import TERMINAL_STATUSES, FailureKind, Job, JobStatus
+from storage.models import FailureKind, Job, JobStatus
 from storage.objects import open_store
 from tasks.spec import RENDER_TASK
 from tests.integration.conftest import Stack, fresh_database_url, make_stack
@@ -45,16 +45,6 @@ def stack(
     stack.stop_workers()
 
 
-def wait(stack: Stack, job_ids: list[str], timeout: float = 120) -> dict[str, Job]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        rows = {r.id: r for r in jobs.get_jobs(stack.engine, job_ids)}
-        if len(rows) == len(job_ids) and all(r.status in TERMINAL_STATUSES for r in rows.values()):
-            return rows
-        time.sleep(0.2)
-    pytest.fail("jobs did not finish: " + stack.log("worker-v1-0")[-3000:])
-
-
 def submit(stack: Stack, prompt: str, version: str = "v1", steps: int = 3) -> str:
     request = {"prompt": prompt, "model_version": version, "steps": steps, "seed": 9}
     return stack.gateway().submit({**request, "width": 64, "height": 64}).job_id
@@ -77,7 +67,7 @@ def test_each_failure_kind_is_recorded(
     stack: Stack, marker: str, status: JobStatus, kind: FailureKind | None
 ) -> None:
     job_id = submit(stack, f"a lamp {marker}")
-    row = wait(stack, [job_id])[job_id]
+    row = stack.wait_finished([job_id])[job_id]
     assert (row.status, row.failure_kind) == (status, kind), row.failure_message
     store = open_store(stack.settings.resolved_storage_url)
     assert store.exists(f"renders/v1/{job_id}.png") == (status == JobStatus.SUCCEEDED)
@@ -90,7 +80,7 @@ def test_misrouted_message_is_sent_to_its_own_queue_and_counted(stack: Stack) ->
     time.sleep(0.1)
     job = jobs.get_job(stack.engine, job_id)
     assert job is not None
-    wait(stack, [job_id])
+    stack.wait_finished([job_id])
     # now deliberately deliver a v2-tagged copy of a fresh job to v1's queue
     other = Job.model_validate({**job.model_dump(), "id": "misrouted-1", "status": "QUEUED"})
     other.idempotency_key = None
@@ -108,7 +98,7 @@ def test_misrouted_message_is_sent_to_its_own_queue_and_counted(stack: Stack) ->
     }
     app: Celery = stack.app
     app.send_task(RENDER_TASK, args=(other.id, spec), queue="render.v1")
-    row = wait(stack, [other.id])[other.id]
+    row = stack.wait_finished([other.id])[other.id]
     assert row.status == JobStatus.SUCCEEDED
     assert row.worker_version == "v2" and row.misroutes == 1
     assert "re-routing" in stack.log("worker-v1-0")
@@ -116,7 +106,7 @@ def test_misrouted_message_is_sent_to_its_own_queue_and_counted(stack: Stack) ->
 
 def test_unknown_version_tag_fails_loudly(stack: Stack) -> None:
     job_id = submit(stack, "a boat")
-    wait(stack, [job_id])
+    stack.wait_finished([job_id])
     spec_row = jobs.get_job(stack.engine, job_id)
     assert spec_row is not None
     orphan = Job.model_validate({**spec_row.model_dump(), "id": "bad-tag", "status": "QUEUED"})
@@ -125,7 +115,7 @@ def test_unknown_version_tag_fails_loudly(stack: Stack) -> None:
     spec = {"job_id": "bad-tag", "model_version": "v9", "prompt": "x", "negative_prompt": ""}
     spec |= {"seed": 1, "steps": 2, "guidance": 7.5, "width": 64, "height": 64}
     stack.app.send_task(RENDER_TASK, args=("bad-tag", spec), queue="render.v1")
-    row = wait(stack, ["bad-tag"])["bad-tag"]
+    row = stack.wait_finished(["bad-tag"])["bad-tag"]
     assert (row.status, row.failure_kind) == (JobStatus.FAILED, FailureKind.INVALID_JOB)
     assert "'v9'" in (row.failure_message or "")
 
@@ -144,7 +134,7 @@ def test_a_version_whose_weights_do_not_load_fails_its_jobs_as_model_load(
     stack.start_worker("v2")
     try:
         job_id = submit(stack, "a tree", version="v2")
-        row = wait(stack, [job_id])[job_id]
+        row = stack.wait_finished([job_id])[job_id]
         assert (row.status, row.failure_kind) == (JobStatus.FAILED, FailureKind.MODEL_LOAD)
         assert "safetensors" in (row.failure_message or "").lower()
     finally:

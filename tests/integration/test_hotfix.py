@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from storage import jobs
-from storage.models import TERMINAL_STATUSES, JobStatus
+from storage.models import JobStatus
 from storage.objects import open_store
 from tasks import revisions
 from tasks.registry import weights_revision
@@ -42,14 +40,9 @@ def render_revisions(stack: Stack, version: str, n: int) -> set[str]:
         ).job_id
         for i in range(n)
     ]
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        rows = jobs.get_jobs(stack.engine, ids)
-        if all(r.status in TERMINAL_STATUSES for r in rows):
-            assert {r.status for r in rows} == {JobStatus.SUCCEEDED}
-            return {r.model_revision for r in rows if r.model_revision}
-        time.sleep(0.2)
-    pytest.fail("jobs did not finish")
+    rows = stack.wait_finished(ids).values()
+    assert {r.status for r in rows} == {JobStatus.SUCCEEDED}
+    return {r.model_revision for r in rows if r.model_revision}
 
 
 def hotfix(stack: Stack, weights: Path) -> subprocess.CompletedProcess[str]:

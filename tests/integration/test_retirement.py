@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,7 +12,7 @@ import pytest
 from gateway.specs import InvalidJob
 from scheduler.retention import purge_retired
 from storage import jobs, versions
-from storage.models import TERMINAL_STATUSES, JobStatus
+from storage.models import JobStatus
 from storage.objects import open_store
 from tests.integration.conftest import PROJECT_ROOT, Stack, fresh_database_url, make_stack
 
@@ -43,16 +42,6 @@ def retire(stack: Stack, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def wait(stack: Stack, ids: list[str]) -> dict:
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        rows = {r.id: r for r in jobs.get_jobs(stack.engine, ids)}
-        if all(r.status in TERMINAL_STATUSES for r in rows.values()):
-            return rows
-        time.sleep(0.2)
-    pytest.fail("jobs did not finish")
-
-
 def test_retire_drains_stops_workers_and_refuses_new_jobs(stack: Stack) -> None:
     stack.start_worker("v1")
     v2_worker = stack.start_worker("v2")
@@ -61,7 +50,7 @@ def test_retire_drains_stops_workers_and_refuses_new_jobs(stack: Stack) -> None:
     result = retire(stack, "--model-version", "v2")
     assert result.returncode == 0, result.stdout + result.stderr
     assert "retired v2" in result.stdout and "render-v2-cpu@" in result.stdout
-    rows = wait(stack, ids)  # nothing queued was lost: the drain finished them
+    rows = stack.wait_finished(ids)  # nothing queued was lost: the drain finished them
     assert {r.status for r in rows.values()} == {JobStatus.SUCCEEDED}
     v2_worker.wait(timeout=30)  # its worker shut down
     assert stack.workers[0].poll() is None  # v1's did not
@@ -77,7 +66,7 @@ def test_retire_can_reroute_queued_jobs_to_the_baseline(stack: Stack) -> None:
     result = retire(stack, "--model-version", "v2", "--reroute-to", "v1")
     assert result.returncode == 0, result.stdout + result.stderr
     assert "re-routed 4 queued jobs to v1" in result.stdout
-    rows = wait(stack, ids)
+    rows = stack.wait_finished(ids)
     assert {(r.status, r.model_version, r.worker_version) for r in rows.values()} == {
         (JobStatus.SUCCEEDED, "v1", "v1")
     }
