@@ -219,3 +219,48 @@ def test_batch_is_all_or_nothing_and_bounded(api_stack) -> None:
     assert accepted.status_code == 202
     assert len({j["job_id"] for j in accepted.json()["jobs"]}) == 3
     assert queued(stack) == 3
+
+
+def test_s3_images_are_served_by_presigned_url(
+    tmp_path: Path, clean_redis: str, model_dir: Path, s3_bucket_url: tuple[str, str]
+) -> None:
+    import urllib.request
+
+    from sqlmodel import Session
+
+    from storage.db import get_engine, init_db
+    from storage.models import Job
+    from storage.objects import open_store
+
+    bucket_url, endpoint = s3_bucket_url
+    database_url = f"sqlite:///{tmp_path / 'api.db'}"
+    init_db(get_engine(database_url))
+    stack = make_stack(
+        tmp_path, clean_redis, database_url, bucket_url, model_dir, S3_ENDPOINT_URL=endpoint
+    )
+    _, token = create_key(stack.engine, "ops", ApiKeyRole.OPERATOR)
+    store = open_store(bucket_url, endpoint_url=endpoint)
+    store.put("renders/v1/done-1.png", b"\x89PNG fake", content_type="image/png")
+    with Session(stack.engine) as session:
+        session.add(
+            Job(
+                id="done-1",
+                model_version="v1",
+                prompt="p",
+                seed=1,
+                steps=1,
+                guidance=7.5,
+                width=64,
+                height=64,
+                status="SUCCEEDED",
+                image_key="renders/v1/done-1.png",
+            )
+        )
+        session.commit()
+    with TestClient(create_app(stack.settings)) as client:
+        body = client.get("/v1/jobs/done-1", headers=auth(token)).json()
+        assert body["image_url"].startswith(endpoint) and "Signature=" in body["image_url"]
+        with urllib.request.urlopen(body["image_url"], timeout=10) as response:
+            assert response.read() == b"\x89PNG fake"
+        redirect = client.get("/v1/jobs/done-1/image", headers=auth(token), follow_redirects=False)
+        assert redirect.status_code == 307 and redirect.headers["location"].startswith(endpoint)
