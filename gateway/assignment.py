@@ -101,6 +101,9 @@ class Assigner:
         experiment = self.experiment_for(user_id)
         if experiment is None:
             return Decision(self.config.default_version)
+        return self.decide_in(experiment, user_id, segment)
+
+    def decide_in(self, experiment: CompiledExperiment, user_id: str, segment: str) -> Decision:
         override = self.override(experiment, user_id, segment)
         if override is not None:
             return override
@@ -201,13 +204,10 @@ class StickyAssigner:
             if attributes.missing():
                 attributes = attributes.merged(self.attributes.load(user_id, now))
             segment = segment_of(attributes, self.assigner.rules, now)
-            override = self.assigner.override(experiment, user_id, segment)
-            if override is not None and override.reason == "rollback":
-                return override  # nobody is newly enrolled while rolled back
-            if override is None:
-                arm = experiment.hashed_arm(user_id, segment)
-                override = Decision(experiment.version(arm), experiment.name, arm, segment, "hash")
-            return self._record_first(experiment, user_id, override, now)
+            decision = self.assigner.decide_in(experiment, user_id, segment)
+            if decision.reason == "rollback":
+                return decision  # nobody is newly enrolled while rolled back
+            return self._record_first(experiment, user_id, decision, now)
         override = self.assigner.override(experiment, user_id, sticky.segment)
         if override is not None:
             self._touch(experiment.name, user_id, sticky, now)
