@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
 
 from sqlalchemy import event
 from sqlalchemy.engine import Engine, make_url
-from sqlmodel import Session, SQLModel, create_engine
+from sqlmodel import SQLModel, create_engine
 
 from storage import models  # noqa: F401  (registers the tables on the metadata)
 
@@ -47,19 +45,3 @@ def get_engine(url: str) -> Engine:
 def init_db(engine: Engine) -> None:
     """Create missing tables (idempotent)."""
     SQLModel.metadata.create_all(engine)
-
-
-def drop_db(engine: Engine) -> None:
-    SQLModel.metadata.drop_all(engine)
-
-
-@contextmanager
-def session_scope(engine: Engine) -> Iterator[Session]:
-    """A session that commits on success and rolls back on error."""
-    with Session(engine, expire_on_commit=False) as session:
-        try:
-            yield session
-            session.commit()
-        except BaseException:
-            session.rollback()
-            raise
