@@ -1,0 +1,271 @@
+"""Crash safety with real worker processes: kills, a broker restart and warm shutdowns lose
+no job and duplicate none (one success record, one image object per job)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+import redis
+
+from gateway.submit import render_spec
+from storage import jobs
+from storage.models import FailureKind, JobStatus, utcnow
+from storage.objects import open_store
+from tasks.spec import RENDER_TASK
+from tests.integration.conftest import Stack, make_stack
+
+pytestmark = pytest.mark.integration
+
+# short limits so a lost worker's message is redelivered within seconds
+LIMITS = {
+    "CANARY_TASK_SOFT_TIME_LIMIT_S": "20",
+    "CANARY_TASK_TIME_LIMIT_S": "25",
+    "CANARY_VISIBILITY_TIMEOUT_S": "30",
+    "CANARY_FAULT_INJECTION": "true",
+}
+
+
+def local_stack(tmp_path: Path, redis_url: str, model_dir: Path, **extra: str) -> Stack:
+    from storage.db import get_engine, init_db
+
+    database_url = f"sqlite:///{tmp_path / 'crash.db'}"
+    init_db(get_engine(database_url))
+    settings = {**LIMITS, **extra}
+    return make_stack(
+        tmp_path, redis_url, database_url, f"file://{tmp_path / 'o'}", model_dir, **settings
+    )
+
+
+@pytest.fixture
+def stack(tmp_path: Path, clean_redis: str, model_dir: Path) -> Iterator[Stack]:
+    stack = local_stack(tmp_path, clean_redis, model_dir)
+    yield stack
+    stack.stop_workers()
+
+
+def submit(stack: Stack, n: int, marker: str, steps: int = 4) -> list[str]:
+    gateway = stack.gateway()
+    return [
+        gateway.submit(
+            {
+                "prompt": f"scene {i} {marker}",
+                "model_version": "v1",
+                "seed": i,
+                "steps": steps,
+                "width": 64,
+                "height": 64,
+            }
+        ).job_id
+        for i in range(n)
+    ]
+
+
+def pool_children(worker: subprocess.Popen) -> list[int]:
+    out = subprocess.run(["pgrep", "-P", str(worker.pid)], capture_output=True, text=True)
+    return [int(pid) for pid in out.stdout.split()]
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 60, what: str = "") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.05)
+    pytest.fail(f"timed out waiting for {what}")
+
+
+def running(stack: Stack, job_ids: list[str], since: datetime | None = None) -> list[str]:
+    """Jobs being rendered now (an attempt started after ``since``, if given)."""
+    rows = jobs.get_jobs(stack.engine, job_ids)
+    return [
+        r.id
+        for r in rows
+        if r.status == JobStatus.RUNNING and (since is None or _aware(r.started_at) > since)
+    ]
+
+
+def _aware(when: datetime | None) -> datetime:
+    if when is None:
+        return datetime.min.replace(tzinfo=UTC)
+    return when if when.tzinfo else when.replace(tzinfo=UTC)
+
+
+def assert_exactly_once(stack: Stack, job_ids: list[str]) -> dict:
+    rows = stack.wait_finished(job_ids, timeout=180)
+    assert {r.status for r in rows.values()} == {JobStatus.SUCCEEDED}, {
+        r.id: (r.status, r.failure_kind, r.failure_message) for r in rows.values()
+    }
+    store = open_store(stack.settings.resolved_storage_url)
+    assert sorted(store.list("renders/v1/")) == sorted(f"renders/v1/{i}.png" for i in job_ids)
+    return rows
+
+
+def test_sigkill_of_the_pool_child_mid_render_loses_and_duplicates_nothing(stack: Stack) -> None:
+    worker = stack.start_worker("v1")
+    job_ids = submit(stack, 6, "[[fault:slow=0.3]]")
+    since = None
+    for _ in range(3):
+        wait_until(lambda s=since: running(stack, job_ids, s), what="a job being rendered")
+        time.sleep(0.4)  # inside the denoising loop
+        (child,) = pool_children(worker)
+        since = utcnow()
+        os.kill(child, signal.SIGKILL)
+    rows = assert_exactly_once(stack, job_ids)
+    assert sum(r.attempts for r in rows.values()) >= len(job_ids) + 3
+    assert worker.poll() is None  # the parent replaced its child and kept going
+
+
+def test_sigkill_mid_upload_loses_and_duplicates_nothing(stack: Stack) -> None:
+    worker = stack.start_worker("v1")
+    (job_id,) = submit(stack, 1, "[[fault:upload-slow=3]]", steps=2)
+    wait_until(lambda: running(stack, [job_id]), what="the job to start")
+    time.sleep(1.5)  # rendering takes well under a second: now it is uploading
+    (child,) = pool_children(worker)
+    os.kill(child, signal.SIGKILL)
+    rows = assert_exactly_once(stack, [job_id])
+    assert rows[job_id].attempts == 2
+
+
+def test_killing_the_whole_worker_redelivers_to_the_next_one(
+    tmp_path: Path, clean_redis: str, model_dir: Path
+) -> None:
+    # the message of a dead worker comes back after the visibility timeout: keep it short
+    stack = local_stack(
+        tmp_path,
+        clean_redis,
+        model_dir,
+        CANARY_TASK_SOFT_TIME_LIMIT_S="4",
+        CANARY_TASK_TIME_LIMIT_S="6",
+        CANARY_VISIBILITY_TIMEOUT_S="8",
+    )
+    try:
+        worker = stack.start_worker("v1")
+        (job_id,) = submit(stack, 1, "[[fault:slow=0.5]]")
+        wait_until(lambda: running(stack, [job_id]), what="the job to start")
+        os.killpg(worker.pid, signal.SIGKILL)
+        worker.wait()
+        stack.start_worker("v1")
+        rows = assert_exactly_once(stack, [job_id])
+        assert rows[job_id].attempts == 2
+    finally:
+        stack.stop_workers()
+
+
+def test_warm_shutdown_finishes_the_current_job(stack: Stack) -> None:
+    worker = stack.start_worker("v1")
+    job_ids = submit(stack, 3, "[[fault:slow=0.4]]")
+    wait_until(lambda: running(stack, job_ids), what="a running job")
+    (in_flight,) = running(stack, job_ids)
+    worker.send_signal(signal.SIGTERM)  # warm shutdown: finish what you hold, take no more
+    assert worker.wait(timeout=60) == 0
+    row = jobs.get_job(stack.engine, in_flight)
+    assert row is not None and row.status == JobStatus.SUCCEEDED
+    stack.start_worker("v1")  # the rest were never taken: the next worker does them
+    assert_exactly_once(stack, job_ids)
+
+
+def test_redelivery_of_a_finished_job_does_not_render_it_again(stack: Stack) -> None:
+    stack.start_worker("v1")
+    (job_id,) = submit(stack, 1, "")
+    before = assert_exactly_once(stack, [job_id])[job_id]
+    store = open_store(stack.settings.resolved_storage_url)
+    image = store.get(f"renders/v1/{job_id}.png")
+    spec = render_spec(before)
+    stack.app.send_task(RENDER_TASK, args=(job_id, spec), queue="render.v1", task_id=job_id)
+    wait_until(
+        lambda: stack.log("worker-v1-0").count(f"canary.render[{job_id}] succeeded") == 2,
+        what="the redelivered message to be handled",
+    )
+    after = jobs.get_job(stack.engine, job_id)
+    assert after is not None
+    assert (after.attempts, after.finished_at, after.inference_ms) == (
+        before.attempts,
+        before.finished_at,
+        before.inference_ms,
+    )
+    assert store.get(f"renders/v1/{job_id}.png") == image
+
+
+def test_a_job_that_kills_its_worker_every_time_ends_as_worker_lost(
+    tmp_path: Path, clean_redis: str, model_dir: Path
+) -> None:
+    stack = local_stack(tmp_path, clean_redis, model_dir, CANARY_MAX_ATTEMPTS="2")
+    try:
+        worker = stack.start_worker("v1")
+        (job_id,) = submit(stack, 1, "[[fault:slow=0.5]]")
+        for attempt in (1, 2):
+
+            def on_attempt(n: int = attempt) -> bool:
+                row = jobs.get_job(stack.engine, job_id)
+                return row is not None and row.attempts == n and row.status == "RUNNING"
+
+            wait_until(on_attempt, what=f"attempt {attempt}")
+            (child,) = pool_children(worker)
+            os.kill(child, signal.SIGKILL)
+        row = stack.wait_finished([job_id], timeout=120)[job_id]
+        assert (row.status, row.failure_kind) == (JobStatus.FAILED, FailureKind.WORKER_LOST)
+        assert row.attempts == 3 and "2 attempts" in (row.failure_message or "")
+    finally:
+        stack.stop_workers()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_redis(port: int, data_dir: Path) -> subprocess.Popen:
+    server = shutil.which("redis-server")
+    if server is None:
+        pytest.fail("redis-server is not installed (scripts/services.sh installs it)")
+    process = subprocess.Popen(
+        [server, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(data_dir),
+         "--appendonly", "yes", "--appendfsync", "always", "--save", ""],
+        stdout=subprocess.DEVNULL,
+    )  # fmt: skip
+    client = redis.Redis(port=port)
+    wait_until(lambda: _pings(client), timeout=20, what="redis to start")
+    return process
+
+
+def _pings(client: redis.Redis) -> bool:
+    try:
+        return bool(client.ping())
+    except redis.ConnectionError:
+        return False
+
+
+def test_broker_restart_mid_batch_loses_and_duplicates_nothing(
+    tmp_path: Path, model_dir: Path
+) -> None:
+    port = free_port()
+    data_dir = tmp_path / "redis"
+    data_dir.mkdir()
+    broker = start_redis(port, data_dir)
+    stack = local_stack(tmp_path, f"redis://127.0.0.1:{port}/0", model_dir)
+    try:
+        stack.start_worker("v1")
+        job_ids = submit(stack, 8, "[[fault:slow=0.2]]")
+        wait_until(
+            lambda: sum(r.status == "SUCCEEDED" for r in jobs.get_jobs(stack.engine, job_ids)) >= 2,
+            what="two finished jobs",
+        )
+        broker.kill()  # SIGKILL: no goodbye; the append-only file holds every write
+        broker.wait()
+        time.sleep(1)
+        broker = start_redis(port, data_dir)
+        assert_exactly_once(stack, job_ids)
+    finally:
+        stack.stop_workers()
+        broker.terminate()
+        broker.wait()
