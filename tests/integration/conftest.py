@@ -205,3 +205,12 @@ def make_stack(
     log_dir = tmp_path / "logs"
     log_dir.mkdir(exist_ok=True)
     return Stack(settings, env, log_dir, make_app(settings))
+
+
+def local_stack(tmp_path: Path, redis_url: str, model_dir: Path, **extra: str) -> Stack:
+    """A stack on a fresh SQLite file and a local object directory (no PostgreSQL, no S3)."""
+    database_url = f"sqlite:///{tmp_path / 'canary.db'}"
+    init_db(get_engine(database_url))
+    return make_stack(
+        tmp_path, redis_url, database_url, f"file://{tmp_path / 'objects'}", model_dir, **extra
+    )

@@ -21,7 +21,7 @@ from storage import jobs
 from storage.models import FailureKind, JobStatus, utcnow
 from storage.objects import open_store
 from tasks.spec import RENDER_TASK
-from tests.integration.conftest import Stack, make_stack
+from tests.integration.conftest import Stack, local_stack
 
 pytestmark = pytest.mark.integration
 
@@ -34,20 +34,13 @@ LIMITS = {
 }
 
 
-def local_stack(tmp_path: Path, redis_url: str, model_dir: Path, **extra: str) -> Stack:
-    from storage.db import get_engine, init_db
-
-    database_url = f"sqlite:///{tmp_path / 'crash.db'}"
-    init_db(get_engine(database_url))
-    settings = {**LIMITS, **extra}
-    return make_stack(
-        tmp_path, redis_url, database_url, f"file://{tmp_path / 'o'}", model_dir, **settings
-    )
+def crash_stack(tmp_path: Path, redis_url: str, model_dir: Path, **extra: str) -> Stack:
+    return local_stack(tmp_path, redis_url, model_dir, **{**LIMITS, **extra})
 
 
 @pytest.fixture
 def stack(tmp_path: Path, clean_redis: str, model_dir: Path) -> Iterator[Stack]:
-    stack = local_stack(tmp_path, clean_redis, model_dir)
+    stack = crash_stack(tmp_path, clean_redis, model_dir)
     yield stack
     stack.stop_workers()
 
@@ -139,7 +132,7 @@ def test_killing_the_whole_worker_redelivers_to_the_next_one(
     tmp_path: Path, clean_redis: str, model_dir: Path
 ) -> None:
     # the message of a dead worker comes back after the visibility timeout: keep it short
-    stack = local_stack(
+    stack = crash_stack(
         tmp_path,
         clean_redis,
         model_dir,
@@ -198,7 +191,7 @@ def test_redelivery_of_a_finished_job_does_not_render_it_again(stack: Stack) -> 
 def test_a_job_that_kills_its_worker_every_time_ends_as_worker_lost(
     tmp_path: Path, clean_redis: str, model_dir: Path
 ) -> None:
-    stack = local_stack(tmp_path, clean_redis, model_dir, CANARY_MAX_ATTEMPTS="2")
+    stack = crash_stack(tmp_path, clean_redis, model_dir, CANARY_MAX_ATTEMPTS="2")
     try:
         worker = stack.start_worker("v1")
         (job_id,) = submit(stack, 1, "[[fault:slow=0.5]]")
@@ -252,7 +245,7 @@ def test_broker_restart_mid_batch_loses_and_duplicates_nothing(
     data_dir = tmp_path / "redis"
     data_dir.mkdir()
     broker = start_redis(port, data_dir)
-    stack = local_stack(tmp_path, f"redis://127.0.0.1:{port}/0", model_dir)
+    stack = crash_stack(tmp_path, f"redis://127.0.0.1:{port}/0", model_dir)
     try:
         stack.start_worker("v1")
         job_ids = submit(stack, 8, "[[fault:slow=0.2]]")

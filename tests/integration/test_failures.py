@@ -17,21 +17,16 @@ from storage import jobs
 from storage.models import FailureKind, Job, JobStatus
 from storage.objects import open_store
 from tasks.spec import RENDER_TASK
-from tests.integration.conftest import Stack, fresh_database_url, make_stack
+from tests.integration.conftest import Stack, local_stack
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-def stack(
-    tmp_path: Path, clean_redis: str, postgres_schema_url: str, model_dir: Path
-) -> Iterator[Stack]:
-    database_url = fresh_database_url("sqlite", tmp_path, postgres_schema_url)
-    stack = make_stack(
+def stack(tmp_path: Path, clean_redis: str, model_dir: Path) -> Iterator[Stack]:
+    stack = local_stack(
         tmp_path,
         clean_redis,
-        database_url,
-        f"file://{tmp_path / 'objects'}",
         model_dir,
         CANARY_FAULT_INJECTION="true",
         CANARY_UPLOAD_BACKOFF_S="0.05",
@@ -121,7 +116,7 @@ def test_unknown_version_tag_fails_loudly(stack: Stack) -> None:
 
 
 def test_a_version_whose_weights_do_not_load_fails_its_jobs_as_model_load(
-    tmp_path: Path, clean_redis: str, postgres_schema_url: str, model_dir: Path
+    tmp_path: Path, clean_redis: str, model_dir: Path
 ) -> None:
     import shutil
 
@@ -129,8 +124,7 @@ def test_a_version_whose_weights_do_not_load_fails_its_jobs_as_model_load(
     shutil.copytree(model_dir, registry)
     weights = registry / "v2" / "unet" / "diffusion_pytorch_model.safetensors"
     weights.write_bytes(b"not safetensors")
-    database_url = fresh_database_url("sqlite", tmp_path, postgres_schema_url)
-    stack = make_stack(tmp_path, clean_redis, database_url, f"file://{tmp_path / 'o'}", registry)
+    stack = local_stack(tmp_path, clean_redis, registry)
     stack.start_worker("v2")
     try:
         job_id = submit(stack, "a tree", version="v2")

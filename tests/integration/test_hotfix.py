@@ -14,17 +14,14 @@ from storage.objects import open_store
 from tasks import revisions
 from tasks.registry import weights_revision
 from tasks.tiny_model import make_tiny_model
-from tests.integration.conftest import PROJECT_ROOT, Stack, fresh_database_url, make_stack
+from tests.integration.conftest import PROJECT_ROOT, Stack, local_stack
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-def stack(
-    tmp_path: Path, clean_redis: str, postgres_schema_url: str, model_dir: Path
-) -> Iterator[Stack]:
-    database_url = fresh_database_url("sqlite", tmp_path, postgres_schema_url)
-    stack = make_stack(tmp_path, clean_redis, database_url, f"file://{tmp_path / 'o'}", model_dir)
+def stack(tmp_path: Path, clean_redis: str, model_dir: Path) -> Iterator[Stack]:
+    stack = local_stack(tmp_path, clean_redis, model_dir)
     stack.start_worker("v1", node="render-v1-a")
     stack.start_worker("v1", node="render-v1-b")
     stack.start_worker("v2")

@@ -14,7 +14,7 @@ from scheduler.retention import purge_retired
 from storage import jobs, versions
 from storage.models import JobStatus
 from storage.objects import open_store
-from tests.integration.conftest import PROJECT_ROOT, Stack, fresh_database_url, make_stack
+from tests.integration.conftest import PROJECT_ROOT, Stack, local_stack
 
 pytestmark = pytest.mark.integration
 
@@ -22,11 +22,8 @@ JOB = {"prompt": "a kettle", "steps": 3, "width": 64, "height": 64}
 
 
 @pytest.fixture
-def stack(
-    tmp_path: Path, clean_redis: str, postgres_schema_url: str, model_dir: Path
-) -> Iterator[Stack]:
-    database_url = fresh_database_url("sqlite", tmp_path, postgres_schema_url)
-    stack = make_stack(tmp_path, clean_redis, database_url, f"file://{tmp_path / 'o'}", model_dir)
+def stack(tmp_path: Path, clean_redis: str, model_dir: Path) -> Iterator[Stack]:
+    stack = local_stack(tmp_path, clean_redis, model_dir)
     yield stack
     stack.stop_workers()
 
