@@ -17,6 +17,9 @@ from canary.settings import Settings, get_settings
 from scheduler import schedule as periodic
 
 DEFAULT_QUEUE = "canary.default"
+BEAT_MAX_LOOP_S = 5
+# a beat that dies without releasing the lock hands over to a waiting one after this long
+BEAT_LOCK_TIMEOUT_S = 30
 
 
 def build(settings: Settings) -> dict[str, Any]:
@@ -47,8 +50,15 @@ def build(settings: Settings) -> dict[str, Any]:
         "task_time_limit": settings.task_time_limit_s,
         "task_serializer": "json",
         "accept_content": ["json"],
-        "timezone": "UTC",
+        # beat reads crontab entries (the nightly golden run) in this zone
+        "timezone": settings.golden_timezone,
         "enable_utc": True,
+        # RedBeat keeps the schedule in Redis behind a lock: a second beat (a failover
+        # replica, or one started by mistake) waits instead of triggering runs twice.
+        "beat_scheduler": "redbeat.RedBeatScheduler",
+        "redbeat_redis_url": settings.broker_url,
+        "redbeat_lock_timeout": BEAT_LOCK_TIMEOUT_S,
+        "beat_max_loop_interval": BEAT_MAX_LOOP_S,
         # Flower and `celery events` show task arguments (prompt, version, job id) in full.
         "worker_send_task_events": True,
         "task_send_sent_event": True,

@@ -25,7 +25,12 @@ keys_app = typer.Typer(
 )
 app.add_typer(models_app, name="models")
 app.add_typer(db_app, name="db")
+golden_app = typer.Typer(
+    help="The golden set: nightly replay through both versions, grading, reports.",
+    no_args_is_help=True,
+)
 app.add_typer(keys_app, name="keys")
+app.add_typer(golden_app, name="golden")
 console = Console()
 err = Console(stderr=True)
 
@@ -75,6 +80,17 @@ def models_make_tiny(
     console.print(f"built {version} (seed {seed}) at {target}, revision {weights_revision(target)}")
 
 
+@models_app.command("make-tiny-scorer")
+def models_make_tiny_scorer(
+    target: Path, seed: Annotated[int, typer.Option(help="Weights seed")] = 0
+) -> None:
+    """Build a tiny random-weight CLIP scorer folder (for CANARY_GOLDEN_SCORER_DIR tests)."""
+    from tasks.tiny_model import make_tiny_scorer
+
+    make_tiny_scorer(target, seed)
+    console.print(f"built a tiny CLIP scorer at {target} (its scores are meaningless)")
+
+
 @models_app.command("list")
 def models_list() -> None:
     """Versions present in the model directory, with their weights revision."""
@@ -91,7 +107,7 @@ def models_list() -> None:
 @keys_app.command("create")
 def keys_create(
     name: Annotated[str, typer.Option(help="Who or what uses the key")],
-    role: Annotated[str, typer.Option(help="client or operator")] = "client",
+    role: Annotated[str, typer.Option(help="client, operator or grader")] = "client",
 ) -> None:
     """Create an API key and print its token (the only time it is shown)."""
     from gateway.auth import create_key
@@ -211,14 +227,10 @@ def scheduler_worker(loglevel: Annotated[str, typer.Option()] = "info") -> None:
 
 @app.command()
 def beat(loglevel: Annotated[str, typer.Option()] = "info") -> None:
-    """Celery beat: runs the periodic jobs of scheduler/."""
+    """Celery beat: runs the periodic jobs of scheduler/ (one active beat per broker)."""
     from tasks import app as celery_app
 
-    settings = get_settings()
-    settings.home.mkdir(parents=True, exist_ok=True)
-    celery_app.start(
-        ["beat", "--loglevel", loglevel, "--schedule", str(settings.home / "celerybeat-schedule")]
-    )
+    celery_app.start(["beat", "--loglevel", loglevel])
 
 
 @app.command()
@@ -399,6 +411,101 @@ def retire(
         f"{', '.join(outcome.stopped) or 'no workers'}; images and logs are deleted after "
         f"{retention_days:g} days, job records are kept"
     )
+
+
+# ---------------------------------------------------------------- golden set
+@golden_app.command("run")
+def golden_run(
+    run_id: Annotated[str | None, typer.Option(help="Run id (default: manual-<time>)")] = None,
+    resume: Annotated[
+        str | None, typer.Option(help="Resume this run's submission instead of starting one")
+    ] = None,
+    set_file: Annotated[Path | None, typer.Option(help="Golden set file")] = None,
+    baseline: Annotated[str | None, typer.Option(help="Default: the experiment's")] = None,
+    candidate: Annotated[str | None, typer.Option(help="Default: the experiment's")] = None,
+    wait: Annotated[bool, typer.Option(help="Wait for the images and check them")] = False,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait at most")] = 3600.0,
+) -> None:
+    """Replay the golden set through the baseline and the candidate now."""
+    from canary import golden as golden_cli
+    from scheduler.golden_replay import GoldenRunRefused
+    from scheduler.golden_set import GoldenSetError
+
+    settings = get_settings()
+    try:
+        if resume:
+            outcome = golden_cli.resume_run(settings, resume)
+        else:
+            outcome = golden_cli.start_run(
+                settings, run_id=run_id, set_file=set_file, baseline=baseline, candidate=candidate
+            )
+    except GoldenSetError as exc:
+        raise fail("invalid golden set:\n  " + "\n  ".join(exc.errors)) from None
+    except GoldenRunRefused as exc:
+        raise fail(str(exc)) from None
+    console.print(
+        f"golden run {outcome.run_id}: {outcome.status}, {outcome.new_jobs} new jobs"
+        + ("" if outcome.created or resume else " (the run existed; nothing enqueued twice)")
+    )
+    if not wait:
+        return
+    if not golden_cli.wait_and_check(settings, outcome.run_id, timeout):
+        raise fail(f"golden run {outcome.run_id} not complete after {timeout:.0f} s", 3)
+    from analysis.golden_report import report_for_run
+
+    report = report_for_run(_engine(), outcome.run_id)
+    assert report is not None
+    golden_cli.print_report(report)
+
+
+@golden_app.command("report")
+def golden_report(
+    run_id: str,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write the JSON here")] = None,
+    html_out: Annotated[Path | None, typer.Option("--html", help="Write the HTML here")] = None,
+) -> None:
+    """Summary table of a golden run; optionally its JSON and HTML reports."""
+    import json
+
+    from analysis.golden_html import render_report_html
+    from analysis.golden_report import report_for_run
+    from canary import golden as golden_cli
+
+    report = report_for_run(_engine(), run_id)
+    if report is None:
+        raise fail(f"no golden run {run_id}", 1)
+    golden_cli.print_report(report)
+    if json_out:
+        json_out.write_text(json.dumps(report, indent=2))
+        console.print(f"JSON report: {json_out}")
+    if html_out:
+        html_out.write_text(render_report_html(report))
+        console.print(f"HTML report: {html_out}")
+
+
+@golden_app.command("list")
+def golden_list(limit: Annotated[int, typer.Option(min=1)] = 20) -> None:
+    """Recent golden runs."""
+    from rich.table import Table
+
+    from storage import golden
+
+    engine = _engine()
+    table = Table(title="Golden runs")
+    for column in ("run", "trigger", "status", "created", "cases", "versions", "checked"):
+        table.add_column(column)
+    for run in golden.list_runs(engine, limit):
+        checked = golden.run_progress(engine, run.id).get("checked", 0)
+        table.add_row(
+            run.id,
+            run.trigger,
+            run.status,
+            f"{run.created_at:%Y-%m-%d %H:%M}",
+            str(run.case_count),
+            f"{run.baseline} vs {run.candidate}",
+            f"{checked}/{2 * run.case_count}",
+        )
+    console.print(table)
 
 
 @app.command()

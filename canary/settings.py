@@ -88,6 +88,34 @@ class Settings(BaseSettings):
         default=60.0, gt=0, description="How often beat re-sends jobs recorded but never sent"
     )
 
+    # --- golden set ---
+    golden_set_file: Path = Field(
+        default=Path(__file__).resolve().parent.parent / "golden" / "golden-set.yaml",
+        description="The curated cases replayed through both versions every night",
+    )
+    golden_schedule: str = Field(
+        default="30 2 * * *",
+        description="When the nightly golden run starts: a crontab (minute hour day month "
+        "weekday) in golden_timezone, or 'every N' seconds (tests and demos)",
+    )
+    golden_timezone: str = Field(default="UTC", description="IANA zone of golden_schedule")
+    golden_experiment: str | None = Field(
+        default=None,
+        description="Experiment whose baseline and candidate the golden run compares "
+        "(default: the experiment file's first; without a file, the first two versions)",
+    )
+    golden_scorer_dir: Path | None = Field(
+        default=None, description="Local CLIP model folder scoring expected elements (optional)"
+    )
+    golden_check_every_s: float = Field(
+        default=30.0, gt=0, description="How often beat checks finished golden images"
+    )
+    golden_lease_s: float = Field(
+        default=300.0,
+        gt=0,
+        description="How long a run's submitter holds it before another process may resume it",
+    )
+
     # --- HTTP API ---
     api_max_batch: int = Field(default=100, ge=1, le=10_000)
     api_max_body_bytes: int = Field(default=1_048_576, ge=1024)
@@ -121,6 +149,25 @@ class Settings(BaseSettings):
                 )
         if len(set(value)) != len(value):
             raise ValueError("model versions must be unique")
+        return value
+
+    @field_validator("golden_schedule")
+    @classmethod
+    def _valid_schedule(cls, value: str) -> str:
+        from scheduler.schedule import parse_schedule
+
+        parse_schedule(value)
+        return value
+
+    @field_validator("golden_timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {value!r} (use an IANA name)") from None
         return value
 
     @model_validator(mode="after")

@@ -13,12 +13,14 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from canary.settings import Settings, get_settings
 from gateway.auth import KeyVerifier, Principal
+from gateway.golden_api import golden_router
+from gateway.http_auth import Caller, require_role
 from gateway.service import Gateway
 from gateway.specs import InvalidJob, JobRequest
 from gateway.submit import BrokerUnavailable, Submitted
 from storage import jobs
 from storage.db import get_engine
-from storage.models import Job, JobStatus
+from storage.models import ApiKeyRole, Job, JobStatus
 from storage.objects import ObjectNotFound, ObjectStore, store_from_settings
 
 # ---------------------------------------------------------------- schemas
@@ -129,33 +131,9 @@ async def _empty_receive() -> Message:
     return {"type": "http.disconnect"}
 
 
-# ---------------------------------------------------------------- auth
-
-
-def _principal(
-    request: Request,
-    authorization: Annotated[str | None, Header()] = None,
-    x_api_key: Annotated[str | None, Header()] = None,
-) -> Principal:
-    """The caller, from ``Authorization: Bearer <key>`` or ``X-API-Key``; else 401."""
-    token = x_api_key
-    if authorization:
-        scheme, _, value = authorization.partition(" ")
-        if scheme.lower() == "bearer" and value.strip():
-            token = value.strip()
-    verifier: KeyVerifier = request.app.state.verifier
-    found = verifier.verify(token) if token else None
-    if found is None:
-        raise HTTPException(
-            401, "missing or unknown API key", headers={"WWW-Authenticate": "Bearer"}
-        )
-    return found
-
-
-Caller = Annotated[Principal, Depends(_principal)]
-
-
 # ---------------------------------------------------------------- app
+
+Submitter = Annotated[Principal, Depends(require_role(ApiKeyRole.CLIENT, ApiKeyRole.OPERATOR))]
 
 
 def _validation_messages(exc: RequestValidationError) -> list[str]:
@@ -253,7 +231,7 @@ def create_app(
     )
     def submit_job(
         body: JobRequest,
-        caller: Caller,
+        caller: Submitter,
         response: Response,
         idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
     ) -> JobAccepted:
@@ -270,7 +248,7 @@ def create_app(
         return accepted(submitted)
 
     @app.post("/v1/jobs:batch", status_code=202, response_model=BatchAccepted)
-    def submit_batch(body: BatchIn, caller: Caller) -> BatchAccepted:
+    def submit_batch(body: BatchIn, caller: Submitter) -> BatchAccepted:
         """Queue up to the configured number of jobs; nothing is queued if any is invalid."""
         if len(body.jobs) > settings.api_max_batch:
             raise InvalidJob([f"jobs: at most {settings.api_max_batch} per batch"])
@@ -336,6 +314,7 @@ def create_app(
         except ObjectNotFound:
             raise HTTPException(404, f"the image of job {job_id} is gone") from None
 
+    app.include_router(golden_router(settings, engine, store))
     return app
 
 

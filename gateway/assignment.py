@@ -19,13 +19,12 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sqlalchemy import func, or_, select, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Engine
 
 from gateway.experiments import Experiment, ExperimentConfig
 from gateway.hashing import NUM_BUCKETS, bucket, bucket_ranges, growthbook_hash
 from gateway.segments import SEGMENTS, SegmentRules, UserAttributes, segment_of
+from storage.db import dialect_insert
 from storage.models import Arm, Assignment, Job, UserProfile, utcnow
 
 
@@ -149,15 +148,11 @@ class AttributeSource:
         return UserAttributes(signed_up, recent, styled)
 
     def remember_signup(self, user_id: str, signed_up_at: datetime) -> None:
-        statement = _insert(self.engine)(UserProfile).values(
+        statement = dialect_insert(self.engine)(UserProfile).values(
             user_id=user_id, signed_up_at=signed_up_at
         )
         with self.engine.begin() as connection:
             connection.execute(statement.on_conflict_do_nothing())
-
-
-def _insert(engine: Engine):  # type: ignore[no-untyped-def]
-    return pg_insert if engine.dialect.name == "postgresql" else sqlite_insert
 
 
 @dataclass(slots=True)
@@ -252,7 +247,7 @@ class StickyAssigner:
         self, experiment: CompiledExperiment, user_id: str, decision: Decision, now: datetime
     ) -> Decision:
         assert decision.arm is not None and decision.segment is not None
-        statement = _insert(self.engine)(Assignment).values(
+        statement = dialect_insert(self.engine)(Assignment).values(
             experiment=experiment.name,
             user_id=user_id,
             arm=decision.arm,

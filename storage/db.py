@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import event
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Engine, make_url
 from sqlmodel import SQLModel, create_engine
 
@@ -45,3 +48,8 @@ def get_engine(url: str) -> Engine:
 def init_db(engine: Engine) -> None:
     """Create missing tables (idempotent)."""
     SQLModel.metadata.create_all(engine)
+
+
+def dialect_insert(engine: Engine) -> Any:
+    """The backend's INSERT construct, which has ``on_conflict_do_nothing/update``."""
+    return pg_insert if engine.dialect.name == "postgresql" else sqlite_insert

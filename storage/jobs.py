@@ -11,11 +11,10 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import func, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
+from storage.db import dialect_insert
 from storage.models import TERMINAL_STATUSES, Job, JobStatus, utcnow
 
 
@@ -27,8 +26,7 @@ def insert_new_jobs(engine: Engine, jobs: Sequence[Job]) -> set[str]:
     if not jobs:
         return set()
     rows = [job.model_dump() for job in jobs]
-    dialect = engine.dialect.name
-    insert = pg_insert if dialect == "postgresql" else sqlite_insert
+    insert = dialect_insert(engine)
     statement = (
         insert(Job).values(rows).on_conflict_do_nothing().returning(Job.id)  # type: ignore[arg-type]
     )

@@ -134,8 +134,9 @@ class UserProfile(SQLModel, table=True):
 
 
 class ApiKeyRole(StrEnum):
-    CLIENT = "client"
-    OPERATOR = "operator"
+    CLIENT = "client"  # submits and reads its own jobs
+    OPERATOR = "operator"  # everything, including pinning versions
+    GRADER = "grader"  # grades golden runs and reads their reports; submits nothing
 
 
 class ApiKey(SQLModel, table=True):
@@ -187,3 +188,67 @@ class VersionState(SQLModel, table=True):
     rerouted_to: str | None = Field(default=None, max_length=64)
     retention_days: float = 7.0
     purged_at: datetime | None = Field(default=None, sa_column=_utc_column())
+
+
+class GoldenRunStatus(StrEnum):
+    SUBMITTING = "SUBMITTING"  # cases are being enqueued (resumable if the submitter died)
+    RUNNING = "RUNNING"  # every case enqueued; images and checks pending
+    COMPLETE = "COMPLETE"  # every image rendered or failed and checked
+
+
+class GoldenRun(SQLModel, table=True):
+    """One replay of the golden set through a baseline and a candidate version.
+
+    The set's text is kept with the run (``set_text``), so a later edit of the file never
+    changes what an old report or review page shows.
+    """
+
+    __tablename__ = "golden_runs"
+
+    id: str = Field(primary_key=True, max_length=100)
+    trigger: str = Field(max_length=16)  # nightly | manual
+    set_name: str = Field(max_length=100)
+    set_sha256: str = Field(max_length=64)
+    set_text: str
+    case_count: int
+    baseline: str = Field(max_length=64)
+    candidate: str = Field(max_length=64)
+    status: str = Field(default=GoldenRunStatus.SUBMITTING, max_length=16)
+    created_at: datetime = Field(default_factory=utcnow, sa_column=_utc_column(index=True))
+    submitted_at: datetime | None = Field(default=None, sa_column=_utc_column())
+    completed_at: datetime | None = Field(default=None, sa_column=_utc_column())
+    lease_owner: str | None = Field(default=None, max_length=200)
+    lease_until: datetime | None = Field(default=None, sa_column=_utc_column())
+
+
+class GoldenResult(SQLModel, table=True):
+    """One case rendered by one version in a run, and what the automatic checks found."""
+
+    __tablename__ = "golden_results"
+
+    run_id: str = Field(primary_key=True, max_length=100)
+    case_id: str = Field(primary_key=True, max_length=64)
+    version: str = Field(primary_key=True, max_length=64)
+    job_id: str = Field(max_length=36, index=True)
+    category: str = Field(max_length=32)
+    checked_at: datetime | None = Field(default=None, sa_column=_utc_column())
+    auto_level: str | None = Field(default=None, max_length=8)  # S (hard failure) or A
+    auto_reason: str | None = None
+    element_scores: str | None = None  # JSON {element: score} when a scorer is configured
+    previous_run_id: str | None = Field(default=None, max_length=100)
+    drift_rmse: float | None = None
+    drift_phash_bits: int | None = None
+    drifted: bool | None = None
+
+
+class GoldenGrade(SQLModel, table=True):
+    """A human grade of one image; the latest grade of a grader replaces the earlier one."""
+
+    __tablename__ = "golden_grades"
+
+    run_id: str = Field(primary_key=True, max_length=100)
+    case_id: str = Field(primary_key=True, max_length=64)
+    version: str = Field(primary_key=True, max_length=64)
+    grader: str = Field(primary_key=True, max_length=100)
+    level: str = Field(max_length=8)
+    graded_at: datetime = Field(default_factory=utcnow, sa_column=_utc_column())

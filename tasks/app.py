@@ -15,6 +15,7 @@ def make_app(settings: Settings | None = None) -> Celery:
             "tasks.hotfix",
             "scheduler.maintenance",
             "scheduler.retention",
+            "scheduler.golden_tasks",
         ],
     )
     if settings is None:

@@ -113,3 +113,48 @@ def make_tiny_model(target: Path, seed: int) -> Path:
     target.mkdir(parents=True, exist_ok=True)
     pipeline.save_pretrained(target, safe_serialization=True)
     return target
+
+
+def make_tiny_scorer(target: Path, seed: int = 0) -> Path:
+    """A tiny random-weight CLIP model + processor: the golden checks' scorer, offline.
+
+    Its scores mean nothing; it exercises the same loading and scoring path as a real
+    CLIP checkpoint placed in ``CANARY_GOLDEN_SCORER_DIR``.
+    """
+    quiet_model_libraries()
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
+
+    tokenizer = build_tokenizer()
+    torch.manual_seed(seed)
+    config = CLIPConfig(
+        text_config={
+            "bos_token_id": tokenizer.bos_token_id,
+            "eos_token_id": tokenizer.eos_token_id,
+            "pad_token_id": tokenizer.pad_token_id,
+            "hidden_size": TEXT_DIM,
+            "intermediate_size": 37,
+            "num_attention_heads": 4,
+            "num_hidden_layers": 2,
+            "vocab_size": len(tokenizer),
+            "max_position_embeddings": 77,
+        },
+        vision_config={
+            "hidden_size": TEXT_DIM,
+            "intermediate_size": 37,
+            "num_attention_heads": 4,
+            "num_hidden_layers": 2,
+            "image_size": 32,
+            "patch_size": 8,
+        },
+        projection_dim=TEXT_DIM,
+    )
+    processor = CLIPProcessor(
+        image_processor=CLIPImageProcessor(
+            size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}
+        ),
+        tokenizer=tokenizer,
+    )
+    target.mkdir(parents=True, exist_ok=True)
+    CLIPModel(config).save_pretrained(target, safe_serialization=True)
+    processor.save_pretrained(target)
+    return target

@@ -1,0 +1,141 @@
+"""`canary golden ...`: start or resume a golden run by hand, wait for it, print its report."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from canary.batch import _progress, make_gateway
+from canary.settings import Settings
+from scheduler.golden_checking import check_run, scorer_from_settings
+from scheduler.golden_replay import (
+    GoldenReplay,
+    ReplayOutcome,
+    manual_run_id,
+    versions_under_test,
+)
+from scheduler.golden_set import load_golden_set
+from storage import golden
+from storage.db import get_engine
+from storage.models import GoldenRunStatus, utcnow
+from storage.objects import store_from_settings
+
+console = Console()
+
+
+def start_run(
+    settings: Settings,
+    *,
+    run_id: str | None,
+    set_file: Path | None,
+    baseline: str | None,
+    candidate: str | None,
+) -> ReplayOutcome:
+    gateway = make_gateway(settings)
+    path = set_file or settings.golden_set_file
+    golden_set = load_golden_set(path, settings)
+    default_baseline, default_candidate = versions_under_test(settings, gateway.experiments.config)
+    replay = GoldenReplay(settings, gateway)
+    with _progress() as progress:
+        task = progress.add_task("enqueue golden cases", total=2 * len(golden_set.cases))
+        return replay.start(
+            run_id or manual_run_id(utcnow()),
+            golden_set,
+            path.read_text(encoding="utf-8"),
+            trigger="manual",
+            baseline=baseline or default_baseline,
+            candidate=candidate or default_candidate,
+            progress=lambda done, total: progress.update(task, completed=done, total=total),
+        )
+
+
+def resume_run(settings: Settings, run_id: str) -> ReplayOutcome:
+    gateway = make_gateway(settings)
+    with _progress() as progress:
+        task = progress.add_task("enqueue remaining cases", total=None)
+        return GoldenReplay(settings, gateway).resume(
+            run_id, progress=lambda done, total: progress.update(task, completed=done, total=total)
+        )
+
+
+def wait_and_check(settings: Settings, run_id: str, timeout: float) -> bool:
+    """Wait for every image of the run, checking each as it finishes; True when complete."""
+    engine = get_engine(settings.resolved_database_url)
+    store = store_from_settings(settings)
+    scorer = scorer_from_settings(settings)
+    deadline = time.monotonic() + timeout
+    with _progress() as progress:
+        run = golden.get_run(engine, run_id)
+        assert run is not None
+        task = progress.add_task("render and check", total=2 * run.case_count)
+        while True:
+            run = golden.get_run(engine, run_id)
+            assert run is not None
+            check_run(settings, engine, store, run, scorer)
+            counts = golden.run_progress(engine, run_id)
+            progress.update(task, completed=counts.get("checked", 0))
+            if golden.complete_if_checked(engine, run_id) or run.status == GoldenRunStatus.COMPLETE:
+                return True
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.5)
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1%}"
+
+
+def print_report(report: dict[str, Any]) -> None:
+    run = report["run"]
+    versions = [run["baseline"], run["candidate"]]
+    console.print(
+        f"[bold]golden run {run['id']}[/] ({run['trigger']}, {run['status']}): "
+        f"{run['cases']} cases of {run['set_name']} (sha256 {run['set_sha256'][:12]}), "
+        f"graders: {', '.join(report['graders']) or 'none'}"
+    )
+    table = Table(title=f"Pass rate: baseline {versions[0]} vs candidate {versions[1]}")
+    table.add_column("scope")
+    for version in versions:
+        table.add_column(f"{version} pass", justify="right")
+        table.add_column(f"{version} S/A/B", justify="right")
+        table.add_column(f"{version} graded", justify="right")
+    table.add_column("candidate - baseline (95% CI)", justify="right")
+    table.add_column("p", justify="right")
+    scopes = ["overall", *report["versions"][versions[0]]["categories"]]
+    for scope in scopes:
+        cells = [scope]
+        for version in versions:
+            data = report["versions"][version]
+            block = data["overall"] if scope == "overall" else data["categories"][scope]
+            levels = block["levels"]
+            cells += [
+                _pct(block["pass_rate"]),
+                f"{levels['S']}/{levels['A']}/{levels['B']}",
+                f"{block['graded']}/{block['images']}",
+            ]
+        diff = (
+            report["difference"]["overall"]
+            if scope == "overall"
+            else report["difference"]["categories"][scope]
+        )
+        if diff is None:
+            cells += ["-", "-"]
+        else:
+            low, high = diff["ci"]
+            cells += [
+                f"{100 * diff['estimate']:+.1f} pp [{100 * low:+.1f}, {100 * high:+.1f}]",
+                f"{diff['p_value']:.3g}",
+            ]
+        table.add_row(*cells)
+    console.print(table)
+    console.print(
+        f"changed level: {len(report['changed'])} cases "
+        f"({sum(c['direction'] == 'worse' for c in report['changed'])} worse); "
+        f"hard failures: {len(report['hard_failures'])}; drifted images: {len(report['drift'])}"
+    )
+    for failure in report["hard_failures"][:20]:
+        console.print(f"  S {failure['version']} {failure['case_id']}: {failure['reason']}")
