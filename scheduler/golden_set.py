@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from canary.settings import Settings
 from gateway.specs import InvalidJob, validate_request
@@ -135,11 +135,12 @@ class GoldenSetIn(BaseModel):
     defaults: CaseDefaults = Field(default_factory=CaseDefaults)
     cases: list[CaseIn] = Field(min_length=1)
 
-    @model_validator(mode="after")
-    def _known_format(self) -> GoldenSetIn:
-        if self.format != FORMAT:
-            raise ValueError(f"format: this version reads format {FORMAT}, not {self.format}")
-        return self
+    @field_validator("format")
+    @classmethod
+    def _known_format(cls, value: int) -> int:
+        if value != FORMAT:
+            raise ValueError(f"this version reads format {FORMAT}, not {value}")
+        return value
 
 
 @dataclass(frozen=True)
