@@ -6,6 +6,7 @@ setup:
 
 services:
 	bash scripts/services.sh
+	bash scripts/browser.sh
 
 demo: setup
 	.venv/bin/canary demo

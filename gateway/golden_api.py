@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, HTTPException
-from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
+from fastapi.responses import FileResponse, HTMLResponse, Response
 from pydantic import BaseModel, ConfigDict
 from sqlalchemy.engine import Engine
 
@@ -21,13 +21,22 @@ from analysis.golden_report import report_for_run
 from canary.settings import Settings
 from gateway.auth import Principal
 from gateway.http_auth import require_role
-from scheduler.golden_set import Level, parse_golden_set
+from scheduler.golden_set import GoldenSet, Level, parse_golden_set
 from storage import golden
 from storage.models import TERMINAL_STATUSES, ApiKeyRole, GoldenResult, GoldenRun, Job, JobStatus
 from storage.objects import ObjectNotFound, ObjectStore
 
 STATIC = Path(__file__).parent / "static"
 Side = Literal["left", "right"]
+# the page loads nothing from elsewhere and may not be framed by another site
+PAGE_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' blob:; "
+    "script-src 'unsafe-inline'; style-src 'unsafe-inline'; frame-src 'self'; "
+    "frame-ancestors 'none'",
+    "Cache-Control": "no-store",
+    "X-Content-Type-Options": "nosniff",
+}
+Operator = Annotated[Principal, Depends(require_role(ApiKeyRole.OPERATOR))]
 Reviewer = Annotated[Principal, Depends(require_role(ApiKeyRole.OPERATOR, ApiKeyRole.GRADER))]
 
 
@@ -59,15 +68,20 @@ def golden_router(settings: Settings, engine: Engine, store: ObjectStore) -> API
             raise HTTPException(404, f"no golden run {run_id}")
         return run
 
-    def load_image(run: GoldenRun, case_id: str) -> dict[str, tuple[GoldenResult, Job]]:
+    def stored_set(run: GoldenRun) -> GoldenSet:
+        return parse_golden_set(run.set_text, settings, run.id, check_limits=False)
+
+    def load_job(run: GoldenRun, case_id: str, version: str, side: str) -> Job:
         found = {
-            result.version: (result, job)
+            result.version: job
             for result, job in golden.results_with_jobs(engine, run.id)
             if result.case_id == case_id
         }
-        if not found:
+        if not found and case_id not in {case.id for case in stored_set(run).cases}:
             raise HTTPException(404, f"golden run {run.id} has no case {case_id}")
-        return found
+        if version not in found:
+            raise HTTPException(409, f"case {case_id} ({side}) is not submitted yet")
+        return found[version]
 
     def reveal(run: GoldenRun, case_id: str, grader: str) -> dict[str, str]:
         left = version_on(run, case_id, grader, "left")
@@ -85,7 +99,9 @@ def golden_router(settings: Settings, engine: Engine, store: ObjectStore) -> API
 
     @router.get("/golden/review", include_in_schema=False)
     def review_page() -> FileResponse:
-        return FileResponse(STATIC / "golden_review.html", media_type="text/html")
+        return FileResponse(
+            STATIC / "golden_review.html", media_type="text/html", headers=PAGE_HEADERS
+        )
 
     @router.get("/v1/golden/runs")
     def list_runs(caller: Reviewer, limit: int = 20) -> list[dict[str, Any]]:
@@ -106,7 +122,7 @@ def golden_router(settings: Settings, engine: Engine, store: ObjectStore) -> API
     def review(run_id: str, caller: Reviewer) -> dict[str, Any]:
         """Every case of a run for blind grading by the calling key's grader."""
         run = load_run(run_id)
-        cases = {c.id: c for c in parse_golden_set(run.set_text, settings, run.id).cases}
+        cases = {c.id: c for c in stored_set(run).cases}
         mine = {(g.case_id, g.version): g.level for g in golden.grades(engine, run.id, caller.name)}
         rows: dict[str, dict[str, tuple[GoldenResult, Job]]] = {}
         for result, job in golden.results_with_jobs(engine, run.id):
@@ -157,9 +173,8 @@ def golden_router(settings: Settings, engine: Engine, store: ObjectStore) -> API
     def grade(run_id: str, body: GradeIn, caller: Reviewer) -> dict[str, Any]:
         """Grade one side of one case (a later grade by the same grader replaces it)."""
         run = load_run(run_id)
-        by_version = load_image(run, body.case_id)
         version = version_on(run, body.case_id, caller.name, body.side)
-        _, job = by_version[version]
+        job = load_job(run, body.case_id, version, body.side)
         if job.status not in TERMINAL_STATUSES:
             raise HTTPException(409, f"case {body.case_id} ({body.side}) is still {job.status}")
         golden.save_grade(engine, run.id, body.case_id, version, caller.name, body.level.value)
@@ -179,32 +194,32 @@ def golden_router(settings: Settings, engine: Engine, store: ObjectStore) -> API
 
     @router.get(
         "/v1/golden/runs/{run_id}/cases/{case_id}/{side}/image",
-        responses={200: {"content": {"image/png": {}}}, 307: {"description": "Presigned URL"}},
+        responses={200: {"content": {"image/png": {}}}},
     )
     def side_image(run_id: str, case_id: str, side: Side, caller: Reviewer) -> Response:
         run = load_run(run_id)
         version = version_on(run, case_id, caller.name, side)
-        _, job = load_image(run, case_id)[version]
+        job = load_job(run, case_id, version, side)
         if job.status != JobStatus.SUCCEEDED or not job.image_key:
             raise HTTPException(409, f"case {case_id} ({side}) has no image: {job.status}")
-        url = store.url(job.image_key, settings.presign_expiry_s)
-        if url.startswith("http"):
-            return RedirectResponse(url, status_code=307)
+        # Streamed, never redirected: a presigned URL would need CORS on the bucket for the
+        # page's fetch, and its host could tell the grader which version it serves.
         try:
             return Response(store.get(job.image_key), media_type="image/png")
         except ObjectNotFound:
             raise HTTPException(404, f"the image of case {case_id} ({side}) is gone") from None
 
     @router.get("/v1/golden/runs/{run_id}/report")
-    def report(run_id: str, caller: Reviewer) -> dict[str, Any]:
-        """The run's structured report (what the gates read)."""
+    def report(run_id: str, caller: Operator) -> dict[str, Any]:
+        """The run's structured report (what the gates read); operators only, since it
+        names the version of every case and would unblind graders."""
         found = report_for_run(engine, run_id) if len(run_id) <= 100 else None
         if found is None:
             raise HTTPException(404, f"no golden run {run_id}")
         return found
 
     @router.get("/v1/golden/runs/{run_id}/report.html", response_class=HTMLResponse)
-    def report_html(run_id: str, caller: Reviewer) -> HTMLResponse:
+    def report_html(run_id: str, caller: Operator) -> HTMLResponse:
         return HTMLResponse(render_report_html(report(run_id, caller)))
 
     return router

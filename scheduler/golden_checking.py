@@ -40,7 +40,10 @@ def check_run(
     pending = golden.unchecked_finished(engine, run.id)
     if not pending:
         return 0
-    cases = {c.id: c for c in parse_golden_set(run.set_text, settings, f"run {run.id}").cases}
+    cases = {
+        c.id: c
+        for c in parse_golden_set(run.set_text, settings, f"run {run.id}", check_limits=False).cases
+    }
     previous = golden.previous_images(engine, run, [(r.case_id, r.version) for r, _ in pending])
     for result, job in pending:
         case = cases[result.case_id]

@@ -136,9 +136,12 @@ def test_blind_grading_reveal_and_report(review: tuple[Stack, dict[str, str], Te
         client.put("/v1/golden/runs/run-1/grades", json=unknown, headers=alice).status_code == 404
     )
 
-    report = client.get("/v1/golden/runs/run-1/report", headers=alice).json()
+    # the report names versions per case: operators only, graders stay blind
+    assert client.get("/v1/golden/runs/run-1/report", headers=alice).status_code == 403
+    operator = auth(tokens["operator"])
+    report = client.get("/v1/golden/runs/run-1/report", headers=operator).json()
     assert report["versions"][left_version]["overall"]["levels"]["pass"] == 1
     assert report["versions"][right_version]["overall"]["levels"]["B"] == 1
     assert report["graders"] == ["alice"]
-    html = client.get("/v1/golden/runs/run-1/report.html", headers=alice)
+    html = client.get("/v1/golden/runs/run-1/report.html", headers=operator)
     assert html.headers["content-type"].startswith("text/html") and "<svg" in html.text

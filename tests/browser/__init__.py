@@ -1,0 +1,1 @@
+"""Browser tests: pages of the HTTP app driven in headless Chromium (Playwright)."""
