@@ -123,6 +123,15 @@ class Settings(BaseSettings):
         default=False, description="Whether client keys see which version served a job"
     )
 
+    # --- events ---
+    api_max_events: int = Field(default=1000, ge=1, le=10_000, description="Events per batch")
+    event_max_age_days: float = Field(
+        default=7.0, gt=0, description="Older events are rejected (late instrumentation)"
+    )
+    event_max_skew_s: float = Field(
+        default=300.0, ge=0, description="How far in the future a client clock may be"
+    )
+
     # --- local stack ---
     flower_port: int = Field(default=5555, ge=1, le=65535)
     flower_address: str = "127.0.0.1"

@@ -13,6 +13,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from canary.settings import Settings, get_settings
 from gateway.auth import KeyVerifier, Principal
+from gateway.events_api import events_router
 from gateway.golden_api import golden_router
 from gateway.http_auth import Caller, require_role
 from gateway.service import Gateway
@@ -315,6 +316,7 @@ def create_app(
             raise HTTPException(404, f"the image of job {job_id} is gone") from None
 
     app.include_router(golden_router(settings, engine, store))
+    app.include_router(events_router(settings, engine))
     return app
 
 

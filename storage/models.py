@@ -137,6 +137,7 @@ class ApiKeyRole(StrEnum):
     CLIENT = "client"  # submits and reads its own jobs
     OPERATOR = "operator"  # everything, including pinning versions
     GRADER = "grader"  # grades golden runs and reads their reports; submits nothing
+    EVENTS = "events"  # write-only: client instrumentation posts events, reads nothing
 
 
 class ApiKey(SQLModel, table=True):
@@ -252,3 +253,35 @@ class GoldenGrade(SQLModel, table=True):
     grader: str = Field(primary_key=True, max_length=100)
     level: str = Field(max_length=8)
     graded_at: datetime = Field(default_factory=utcnow, sa_column=_utc_column())
+
+
+class EventType(StrEnum):
+    IMAGE_VIEWED = "image_viewed"  # dwell_ms: from image loaded to leave/next
+    DOWNLOAD_CLICKED = "download_clicked"
+    FEEDBACK_REPORTED = "feedback_reported"  # reason: poor_quality | style_mismatch | other
+    LOGIN = "login"
+    TRIAL_STARTED = "trial_started"
+    SUBSCRIPTION_PAID = "subscription_paid"
+
+
+JOB_EVENTS = (EventType.IMAGE_VIEWED, EventType.DOWNLOAD_CLICKED, EventType.FEEDBACK_REPORTED)
+
+
+class Event(SQLModel, table=True):
+    """A user-behaviour event from client instrumentation, deduplicated by its client id."""
+
+    __tablename__ = "events"
+    __table_args__ = (
+        Index("ix_events_type_time", "type", "occurred_at"),
+        Index("ix_events_user_time", "user_id", "occurred_at"),
+    )
+
+    id: str = Field(primary_key=True, max_length=100)
+    type: str = Field(max_length=32)
+    user_id: str = Field(max_length=200)
+    job_id: str | None = Field(default=None, max_length=36, index=True)
+    occurred_at: datetime = Field(sa_column=_utc_column(nullable=False))
+    received_at: datetime = Field(default_factory=utcnow, sa_column=_utc_column())
+    dwell_ms: int | None = Field(default=None, sa_column=Column(BigInteger))
+    reason: str | None = Field(default=None, max_length=32)
+    api_key_id: str | None = Field(default=None, max_length=36)

@@ -1,0 +1,252 @@
+"""Statistics of an A/B comparison from per-user sufficient statistics.
+
+- Ratio metrics (num/den summed per user) use the delta method, which clusters by user:
+  a heavy user's many jobs count as one correlated unit, not as independent samples.
+- Each comparison gives the absolute and relative lift with a fixed-horizon interval
+  and p-value, and an always-valid interval and p-value from a mixture sequential
+  probability ratio test (normal mixture, as GrowthBook, Eppo and Optimizely's Stats
+  Engine use): looking at the dashboard every day does not inflate false positives.
+- CUPED (optional, mean metrics with a pre-period covariate) removes the part of the
+  variance the pre-period explains, with theta pooled over both arms.
+- Sample-ratio mismatch: chi-square of users per arm against the configured share.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from scipy.stats import chisquare, norm
+
+from analysis.metrics import Sufficient
+
+DEFAULT_ALPHA = 0.05
+# mixture spread of the mSPRT as a share of the baseline value: effects of about this
+# relative size are detected fastest (GrowthBook and Eppo expose the same tuning knob)
+DEFAULT_TAU_RELATIVE = 0.1
+SRM_ALPHA = 0.001
+
+
+@dataclass(frozen=True)
+class Estimate:
+    value: float
+    variance: float  # of the estimate
+    n: int
+
+
+def ratio_estimate(s: Sufficient) -> Estimate | None:
+    """num/den with its delta-method variance over users; None without 2 users or den."""
+    if s.n < 2 or s.sum_den <= 0:
+        return None
+    n = s.n
+    mean_num, mean_den = s.sum_num / n, s.sum_den / n
+    var_num = max(0.0, (s.sum_num2 - n * mean_num**2) / (n - 1))
+    var_den = max(0.0, (s.sum_den2 - n * mean_den**2) / (n - 1))
+    cov = (s.sum_num_den - n * mean_num * mean_den) / (n - 1)
+    ratio = mean_num / mean_den
+    variance = (var_num - 2 * ratio * cov + ratio**2 * var_den) / (n * mean_den**2)
+    return Estimate(ratio, max(variance, 0.0), n)
+
+
+def is_mean_metric(s: Sufficient) -> bool:
+    return s.sum_den == s.n and s.sum_den2 == s.n
+
+
+def cuped_estimates(
+    baseline: Sufficient, candidate: Sufficient
+) -> tuple[Estimate, Estimate] | None:
+    """Per-arm means adjusted by the pre-period covariate z (mean metrics only)."""
+    if not (is_mean_metric(baseline) and is_mean_metric(candidate)):
+        return None
+    pooled = baseline + candidate
+    n = pooled.n
+    if n < 4 or baseline.n < 2 or candidate.n < 2:
+        return None
+    mean_z = pooled.sum_z / n
+    var_z = (pooled.sum_z2 - n * mean_z**2) / (n - 1)
+    if var_z <= 0:
+        return None
+    cov = (pooled.sum_num_z - n * (pooled.sum_num / n) * mean_z) / (n - 1)
+    theta = cov / var_z
+    adjusted = []
+    for arm in (baseline, candidate):
+        m = arm.n
+        x, z = arm.sum_num / m, arm.sum_z / m
+        vx = (arm.sum_num2 - m * x**2) / (m - 1)
+        vz = (arm.sum_z2 - m * z**2) / (m - 1)
+        cxz = (arm.sum_num_z - m * x * z) / (m - 1)
+        variance = max(0.0, vx - 2 * theta * cxz + theta**2 * vz) / m
+        adjusted.append(Estimate(x - theta * (z - mean_z), variance, m))
+    return adjusted[0], adjusted[1]
+
+
+@dataclass(frozen=True)
+class Interval:
+    low: float
+    high: float
+
+    def contains(self, value: float) -> bool:
+        return self.low <= value <= self.high
+
+
+@dataclass(frozen=True)
+class Comparison:
+    baseline: float
+    candidate: float
+    n_baseline: int
+    n_candidate: int
+    lift: float  # candidate - baseline
+    lift_ci: Interval  # fixed horizon
+    p_value: float  # fixed horizon, two-sided z test
+    relative_lift: float | None  # candidate / baseline - 1
+    relative_ci: Interval | None
+    sequential_ci: Interval  # always valid (absolute)
+    sequential_relative_ci: Interval | None
+    sequential_p_value: float
+    cuped: bool = False
+
+    @property
+    def significant(self) -> bool:
+        """Decided by the always-valid p-value, the one safe under daily looks."""
+        return self.sequential_p_value < DEFAULT_ALPHA
+
+
+def msprt(estimate: float, variance: float, tau2: float, alpha: float) -> tuple[float, float]:
+    """(always-valid p-value, half-width of the always-valid interval) of a normal mixture."""
+    if variance <= 0:
+        return (1.0 if estimate == 0 else 0.0), 0.0
+    total = variance + tau2
+    log_lr = 0.5 * math.log(variance / total) + tau2 * estimate**2 / (2 * variance * total)
+    p_value = 1.0 if log_lr <= 0 else min(1.0, math.exp(-log_lr))
+    half = math.sqrt(
+        (2 * variance * total / tau2) * (math.log(1 / alpha) + 0.5 * math.log(total / variance))
+    )
+    return p_value, half
+
+
+def compare(
+    baseline: Sufficient,
+    candidate: Sufficient,
+    *,
+    alpha: float = DEFAULT_ALPHA,
+    tau_relative: float = DEFAULT_TAU_RELATIVE,
+    use_cuped: bool = False,
+) -> Comparison | None:
+    """Candidate vs baseline; None when either arm has fewer than two users."""
+    estimates: tuple[Estimate, Estimate] | None = None
+    if use_cuped:
+        estimates = cuped_estimates(baseline, candidate)
+    cuped = estimates is not None
+    if estimates is None:
+        b, c = ratio_estimate(baseline), ratio_estimate(candidate)
+        if b is None or c is None:
+            return None
+        estimates = (b, c)
+    b, c = estimates
+    z = float(norm.ppf(1 - alpha / 2))
+    lift = c.value - b.value
+    variance = b.variance + c.variance
+    se = math.sqrt(variance)
+    p_value = 2 * float(norm.sf(abs(lift) / se)) if se > 0 else (1.0 if lift == 0 else 0.0)
+    tau2 = max((tau_relative * b.value) ** 2, variance, 1e-12)
+    seq_p, seq_half = msprt(lift, variance, tau2, alpha)
+    relative = relative_ci = seq_relative = None
+    if b.value != 0:
+        relative = c.value / b.value - 1
+        rel_var = c.variance / b.value**2 + c.value**2 * b.variance / b.value**4
+        rel_se = math.sqrt(rel_var)
+        relative_ci = Interval(relative - z * rel_se, relative + z * rel_se)
+        _, rel_half = msprt(relative, rel_var, max(tau_relative**2, rel_var, 1e-12), alpha)
+        seq_relative = Interval(relative - rel_half, relative + rel_half)
+    return Comparison(
+        baseline=b.value,
+        candidate=c.value,
+        n_baseline=b.n,
+        n_candidate=c.n,
+        lift=lift,
+        lift_ci=Interval(lift - z * se, lift + z * se),
+        p_value=p_value,
+        relative_lift=relative,
+        relative_ci=relative_ci,
+        sequential_ci=Interval(lift - seq_half, lift + seq_half),
+        sequential_relative_ci=seq_relative,
+        sequential_p_value=seq_p,
+        cuped=cuped,
+    )
+
+
+@dataclass(frozen=True)
+class Stratified:
+    lift: float
+    ci: Interval
+    p_value: float
+    weights: dict[str, float]
+
+
+def stratified(
+    by_segment: dict[str, tuple[Sufficient, Sufficient]], alpha: float = DEFAULT_ALPHA
+) -> Stratified | None:
+    """Segment lifts combined with weights proportional to each segment's users."""
+    parts = []
+    for segment, (baseline, candidate) in by_segment.items():
+        b, c = ratio_estimate(baseline), ratio_estimate(candidate)
+        if b is not None and c is not None:
+            parts.append((segment, b.n + c.n, c.value - b.value, b.variance + c.variance))
+    total = sum(size for _, size, _, _ in parts)
+    if not total:
+        return None
+    weights = {segment: size / total for segment, size, _, _ in parts}
+    lift = sum(weights[s] * d for s, _, d, _ in parts)
+    variance = sum(weights[s] ** 2 * v for s, _, _, v in parts)
+    z = float(norm.ppf(1 - alpha / 2))
+    se = math.sqrt(variance)
+    p_value = 2 * float(norm.sf(abs(lift) / se)) if se > 0 else 1.0
+    return Stratified(lift, Interval(lift - z * se, lift + z * se), p_value, weights)
+
+
+@dataclass(frozen=True)
+class SampleRatio:
+    baseline: int
+    candidate: int
+    expected_candidate_share: float
+    p_value: float
+
+    @property
+    def mismatch(self) -> bool:
+        return self.p_value < SRM_ALPHA
+
+
+def sample_ratio(baseline: int, candidate: int, candidate_share: float) -> SampleRatio | None:
+    """Chi-square test of users per arm against the configured candidate share."""
+    total = baseline + candidate
+    if total == 0:
+        return None
+    if candidate_share in (0.0, 1.0):
+        unexpected = candidate if candidate_share == 0.0 else baseline
+        return SampleRatio(baseline, candidate, candidate_share, 0.0 if unexpected else 1.0)
+    expected = [total * (1 - candidate_share), total * candidate_share]
+    p_value = float(chisquare([baseline, candidate], f_exp=expected).pvalue)
+    return SampleRatio(baseline, candidate, candidate_share, p_value)
+
+
+@dataclass(frozen=True)
+class Correlation:
+    r: float
+    ci: Interval
+    n: int
+
+
+def pearson(s: Sufficient, alpha: float = DEFAULT_ALPHA) -> Correlation | None:
+    """Correlation of num and den over users (Fisher-z interval)."""
+    n = s.n
+    if n < 4:
+        return None
+    sxx = s.sum_num2 - s.sum_num**2 / n
+    syy = s.sum_den2 - s.sum_den**2 / n
+    sxy = s.sum_num_den - s.sum_num * s.sum_den / n
+    if sxx <= 0 or syy <= 0:
+        return None
+    r = max(-1.0, min(1.0, sxy / math.sqrt(sxx * syy)))
+    z = math.atanh(max(-0.999999, min(0.999999, r)))
+    half = float(norm.ppf(1 - alpha / 2)) / math.sqrt(n - 3)
+    return Correlation(r, Interval(math.tanh(z - half), math.tanh(z + half)), n)
