@@ -14,9 +14,10 @@ from typing import Any
 from sqlalchemy.engine import Engine
 
 from analysis import metrics as m
-from analysis.gates import GatePolicy, evaluate
+from analysis.gates import GatePolicy, evaluate, load_policy
 from analysis.stats import Comparison, compare, pearson, sample_ratio, stratified
-from gateway.experiments import Experiment
+from canary.settings import Settings
+from gateway.experiments import Experiment, ExperimentConfig
 from storage import golden
 from storage.models import Arm, GoldenRunStatus
 
@@ -200,5 +201,11 @@ def build_report(
     return report
 
 
-def default_window(last: date, days: int = 14) -> tuple[date, date]:
-    return last - timedelta(days=days - 1), last
+def report_for_experiment(
+    settings: Settings, engine: Engine, config: ExperimentConfig, name: str, last: date
+) -> dict[str, Any]:
+    """The report of the days up to ``last`` (``settings.report_days`` of them)."""
+    experiment = config.experiment(name)
+    policy = load_policy(settings.gate_policy_file)
+    first = last - timedelta(days=settings.report_days - 1)
+    return build_report(engine, experiment, first, last, policy)

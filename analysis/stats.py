@@ -103,12 +103,19 @@ class Comparison:
     sequential_ci: Interval  # always valid (absolute)
     sequential_relative_ci: Interval | None
     sequential_p_value: float
+    baseline_ci: Interval  # each arm's own 95% interval (for trend plots)
+    candidate_ci: Interval
     cuped: bool = False
 
     @property
     def significant(self) -> bool:
         """Decided by the always-valid p-value, the one safe under daily looks."""
         return self.sequential_p_value < DEFAULT_ALPHA
+
+
+def _arm_interval(estimate: Estimate, z: float) -> Interval:
+    half = z * math.sqrt(estimate.variance)
+    return Interval(estimate.value - half, estimate.value + half)
 
 
 def msprt(estimate: float, variance: float, tau2: float, alpha: float) -> tuple[float, float]:
@@ -171,6 +178,8 @@ def compare(
         sequential_ci=Interval(lift - seq_half, lift + seq_half),
         sequential_relative_ci=seq_relative,
         sequential_p_value=seq_p,
+        baseline_ci=_arm_interval(b, z),
+        candidate_ci=_arm_interval(c, z),
         cuped=cuped,
     )
 

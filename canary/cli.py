@@ -508,6 +508,52 @@ def golden_list(limit: Annotated[int, typer.Option(min=1)] = 20) -> None:
     console.print(table)
 
 
+# ---------------------------------------------------------------- measurement
+@app.command()
+def report(
+    experiment: str,
+    day: Annotated[
+        str | None, typer.Option("--date", help="Last day of the report (UTC, YYYY-MM-DD)")
+    ] = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write the JSON here")] = None,
+    html_out: Annotated[
+        Path | None, typer.Option("--html", help="Write the dashboard here")
+    ] = None,
+) -> None:
+    """The A/B report of an experiment: three metric layers, statistics, SRM, gates."""
+    import json
+    from datetime import date
+
+    from analysis.dashboard import render_dashboard
+    from analysis.experiment_report import report_for_experiment
+    from analysis.gates import GatePolicyError, load_policy
+    from canary.ab_report import print_ab_report
+    from gateway.experiment_source import ExperimentSource
+    from storage.models import utcnow
+
+    settings = get_settings()
+    try:
+        last = date.fromisoformat(day) if day else utcnow().date()
+    except ValueError:
+        raise fail(f"--date {day!r} is not YYYY-MM-DD") from None
+    config = ExperimentSource.from_settings(settings).config
+    if experiment not in {e.name for e in config.experiments}:
+        known = ", ".join(e.name for e in config.experiments) or "none (no experiment file)"
+        raise fail(f"no experiment {experiment!r}; configured: {known}")
+    try:
+        result = report_for_experiment(settings, _engine(), config, experiment, last)
+        policy = load_policy(settings.gate_policy_file)
+    except GatePolicyError as exc:
+        raise fail(f"gate policy: {exc}") from None
+    print_ab_report(result)
+    if json_out:
+        json_out.write_text(json.dumps(result, indent=1, default=str))
+        console.print(f"JSON report: {json_out}")
+    if html_out:
+        html_out.write_text(render_dashboard(result, policy.guardrails.p95_latency_max_ms))
+        console.print(f"dashboard: {html_out}")
+
+
 @app.command()
 def demo(
     jobs: Annotated[int, typer.Option(min=2, max=10_000, help="Jobs to render")] = 40,

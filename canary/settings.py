@@ -123,6 +123,15 @@ class Settings(BaseSettings):
         default=False, description="Whether client keys see which version served a job"
     )
 
+    # --- measurement ---
+    gate_policy_file: Path | None = Field(
+        default=None, description="Gate policy YAML (default: the seed's guardrails and rule)"
+    )
+    report_days: int = Field(default=14, ge=1, le=366, description="Days an A/B report covers")
+    dashboard_schedule: str = Field(
+        default="45 0 * * *", description="When beat writes the daily dashboards (crontab)"
+    )
+
     # --- events ---
     api_max_events: int = Field(default=1000, ge=1, le=10_000, description="Events per batch")
     event_max_age_days: float = Field(
@@ -160,7 +169,7 @@ class Settings(BaseSettings):
             raise ValueError("model versions must be unique")
         return value
 
-    @field_validator("golden_schedule")
+    @field_validator("golden_schedule", "dashboard_schedule")
     @classmethod
     def _valid_schedule(cls, value: str) -> str:
         from scheduler.schedule import parse_schedule
@@ -195,6 +204,10 @@ class Settings(BaseSettings):
     def stack_file(self) -> Path:
         """Where a running `canary up` records the broker it started."""
         return self.home / "stack.json"
+
+    @property
+    def dashboard_dir(self) -> Path:
+        return self.home / "dashboards"
 
     @property
     def log_dir(self) -> Path:

@@ -16,6 +16,7 @@ from gateway.auth import KeyVerifier, Principal
 from gateway.events_api import events_router
 from gateway.golden_api import golden_router
 from gateway.http_auth import Caller, require_role
+from gateway.reports_api import reports_router
 from gateway.service import Gateway
 from gateway.specs import InvalidJob, JobRequest
 from gateway.submit import BrokerUnavailable, Submitted
@@ -317,6 +318,7 @@ def create_app(
 
     app.include_router(golden_router(settings, engine, store))
     app.include_router(events_router(settings, engine))
+    app.include_router(reports_router(settings, engine, gateway.experiments))
     return app
 
 

@@ -11,6 +11,7 @@ from canary.settings import Settings
 
 NIGHTLY_GOLDEN_TASK = "canary.golden.nightly"
 CHECK_GOLDEN_TASK = "canary.golden.check"
+DASHBOARD_TASK = "canary.scheduler.dashboards"
 _EVERY = re.compile(r"^every\s+(\d+(?:\.\d+)?)\s*s?$")
 
 
@@ -45,6 +46,10 @@ def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
         "golden-nightly-run": {
             "task": NIGHTLY_GOLDEN_TASK,
             "schedule": parse_schedule(settings.golden_schedule),
+        },
+        "daily-dashboards": {
+            "task": DASHBOARD_TASK,
+            "schedule": parse_schedule(settings.dashboard_schedule),
         },
         "golden-check-images": {
             "task": CHECK_GOLDEN_TASK,

@@ -16,6 +16,7 @@ def make_app(settings: Settings | None = None) -> Celery:
             "scheduler.maintenance",
             "scheduler.retention",
             "scheduler.golden_tasks",
+            "scheduler.dashboards",
         ],
     )
     if settings is None:

@@ -1,0 +1,59 @@
+"""The daily job: each experiment's report and dashboard, written where the API serves them.
+
+Files: ``<home>/dashboards/<experiment>/<day>.html`` and ``.json`` plus ``latest.html`` /
+``latest.json``, for the day that just ended (UTC).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from datetime import date, timedelta
+from pathlib import Path
+
+from sqlalchemy.engine import Engine
+
+from analysis.dashboard import render_dashboard
+from analysis.experiment_report import report_for_experiment
+from analysis.gates import load_policy
+from canary.settings import Settings, get_settings
+from gateway.experiment_source import ExperimentSource
+from scheduler.schedule import DASHBOARD_TASK
+from storage.db import get_engine
+from storage.models import utcnow
+from tasks.app import app
+
+log = logging.getLogger(__name__)
+
+
+def dashboard_paths(settings: Settings, experiment: str, day: date | None) -> tuple[Path, Path]:
+    folder = settings.dashboard_dir / experiment
+    stem = day.isoformat() if day else "latest"
+    return folder / f"{stem}.html", folder / f"{stem}.json"
+
+
+def write_dashboards(settings: Settings, engine: Engine, day: date) -> list[Path]:
+    """Report and dashboard of every experiment in the file for the days up to ``day``."""
+    config = ExperimentSource.from_settings(settings).config
+    p95_limit = load_policy(settings.gate_policy_file).guardrails.p95_latency_max_ms
+    written = []
+    for experiment in config.experiments:
+        report = report_for_experiment(settings, engine, config, experiment.name, day)
+        html = render_dashboard(report, p95_limit)
+        text = json.dumps(report, indent=1, default=str)
+        for target_day in (day, None):
+            html_path, json_path = dashboard_paths(settings, experiment.name, target_day)
+            html_path.parent.mkdir(parents=True, exist_ok=True)
+            html_path.write_text(html, encoding="utf-8")
+            json_path.write_text(text, encoding="utf-8")
+        written.append(dashboard_paths(settings, experiment.name, day)[0])
+        log.info("dashboard of %s for %s: %s", experiment.name, day, report["gates"]["verdict"])
+    return written
+
+
+@app.task(name=DASHBOARD_TASK)
+def dashboards_task() -> list[str]:
+    settings = get_settings()
+    yesterday = (utcnow() - timedelta(days=1)).date()
+    engine = get_engine(settings.resolved_database_url)
+    return [str(path) for path in write_dashboards(settings, engine, yesterday)]
