@@ -125,7 +125,7 @@ def metric_block(name: str, section: dict[str, Any]) -> str:
     )
     better = "higher is better" if section["higher_is_better"] else "lower is better"
     chart = trend_chart(f"{section['label']} by day", section["daily"]) or (
-        "<p class='meta'>by exposure cohort: no daily trend</p>"
+        "<p class='meta'>no daily data</p>"
     )
     return (
         f"<section><h3>{escape(section['label'])} <span class='meta'>({escape(name)}, "
@@ -188,7 +188,7 @@ section {{ margin-bottom: 1.5rem; }}
 <h2>Health</h2>
 {latency}
 {"".join(layers["health"])}
-{_table(["arm", "failure kind", "jobs"], failures)}
+{_table(["arm", "failure kind", "jobs"], failures) if failures else "<p>No failed jobs.</p>"}
 <h2>Interaction</h2>
 {"".join(layers["interaction"])}
 <h2>Value</h2>

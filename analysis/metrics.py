@@ -409,6 +409,21 @@ def sufficient_statistics(
     """Reduce a per-user metric query to sufficient statistics in the database."""
     rows = units(engine, window).subquery()
     has_z = "z" in rows.c
+    if not by_day:
+        # one unit per user over the whole window: a user active on several days is still
+        # one cluster (summing their days' num and den), not several independent units
+        rows = (
+            select(
+                rows.c.arm,
+                rows.c.segment,
+                rows.c.unit,
+                func.sum(rows.c.num).label("num"),
+                func.sum(rows.c.den).label("den"),
+                *([func.max(rows.c.z).label("z")] if has_z else []),
+            )
+            .group_by(rows.c.arm, rows.c.segment, rows.c.unit)
+            .subquery()
+        )
     num = cast(rows.c.num, Float)
     den = cast(rows.c.den, Float)
     z = cast(rows.c.z, Float) if has_z else literal(0.0)

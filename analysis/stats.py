@@ -45,7 +45,8 @@ def ratio_estimate(s: Sufficient) -> Estimate | None:
     cov = (s.sum_num_den - n * mean_num * mean_den) / (n - 1)
     ratio = mean_num / mean_den
     variance = (var_num - 2 * ratio * cov + ratio**2 * var_den) / (n * mean_den**2)
-    return Estimate(ratio, max(variance, 0.0), n)
+    # rounding leaves ~1e-18 where the true variance is 0 (e.g. every job succeeded)
+    return Estimate(ratio, variance if variance > 1e-15 else 0.0, n)
 
 
 def is_mean_metric(s: Sufficient) -> bool:
