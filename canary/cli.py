@@ -13,6 +13,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from canary.rollout_cli import rollout_app
 from canary.settings import VERSION_PATTERN, get_settings, reset_settings_cache
 
 app = typer.Typer(
@@ -31,6 +32,7 @@ golden_app = typer.Typer(
 )
 app.add_typer(keys_app, name="keys")
 app.add_typer(golden_app, name="golden")
+app.add_typer(rollout_app, name="rollout")
 console = Console()
 err = Console(stderr=True)
 
@@ -536,7 +538,7 @@ def report(
         last = date.fromisoformat(day) if day else utcnow().date()
     except ValueError:
         raise fail(f"--date {day!r} is not YYYY-MM-DD") from None
-    config = ExperimentSource.from_settings(settings).config
+    config = ExperimentSource.from_settings(settings, _engine()).config
     if experiment not in {e.name for e in config.experiments}:
         known = ", ".join(e.name for e in config.experiments) or "none (no experiment file)"
         raise fail(f"no experiment {experiment!r}; configured: {known}")

@@ -132,6 +132,13 @@ class Settings(BaseSettings):
         default="45 0 * * *", description="When beat writes the daily dashboards (crontab)"
     )
 
+    rollout_min_stage_days: float = Field(
+        default=2.0, ge=0, description="Automatic mode: the least time a stage runs"
+    )
+    rollout_schedule: str = Field(
+        default="0 1 * * *", description="When the automatic mode evaluates the gates (crontab)"
+    )
+
     # --- events ---
     api_max_events: int = Field(default=1000, ge=1, le=10_000, description="Events per batch")
     event_max_age_days: float = Field(
@@ -169,7 +176,7 @@ class Settings(BaseSettings):
             raise ValueError("model versions must be unique")
         return value
 
-    @field_validator("golden_schedule", "dashboard_schedule")
+    @field_validator("golden_schedule", "dashboard_schedule", "rollout_schedule")
     @classmethod
     def _valid_schedule(cls, value: str) -> str:
         from scheduler.schedule import parse_schedule

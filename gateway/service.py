@@ -34,7 +34,7 @@ class Gateway:
     ) -> None:
         self.settings = settings
         self.producer = Producer(settings, engine, app)
-        self.experiments = experiments or ExperimentSource.from_settings(settings)
+        self.experiments = experiments or ExperimentSource.from_settings(settings, engine)
         self._config: ExperimentConfig | None = None
         self._sticky: StickyAssigner | None = None
         self.retired = RetiredVersions(engine)

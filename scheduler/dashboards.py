@@ -34,7 +34,7 @@ def dashboard_paths(settings: Settings, experiment: str, day: date | None) -> tu
 
 def write_dashboards(settings: Settings, engine: Engine, day: date) -> list[Path]:
     """Report and dashboard of every experiment in the file for the days up to ``day``."""
-    config = ExperimentSource.from_settings(settings).config
+    config = ExperimentSource.from_settings(settings, engine).config
     p95_limit = load_policy(settings.gate_policy_file).guardrails.p95_latency_max_ms
     written = []
     for experiment in config.experiments:

@@ -12,6 +12,7 @@ from canary.settings import Settings
 NIGHTLY_GOLDEN_TASK = "canary.golden.nightly"
 CHECK_GOLDEN_TASK = "canary.golden.check"
 DASHBOARD_TASK = "canary.scheduler.dashboards"
+AUTO_ROLLOUT_TASK = "canary.scheduler.auto_rollout"
 _EVERY = re.compile(r"^every\s+(\d+(?:\.\d+)?)\s*s?$")
 
 
@@ -50,6 +51,10 @@ def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
         "daily-dashboards": {
             "task": DASHBOARD_TASK,
             "schedule": parse_schedule(settings.dashboard_schedule),
+        },
+        "automatic-rollout": {
+            "task": AUTO_ROLLOUT_TASK,
+            "schedule": parse_schedule(settings.rollout_schedule),
         },
         "golden-check-images": {
             "task": CHECK_GOLDEN_TASK,

@@ -285,3 +285,38 @@ class Event(SQLModel, table=True):
     dwell_ms: int | None = Field(default=None, sa_column=Column(BigInteger))
     reason: str | None = Field(default=None, max_length=32)
     api_key_id: str | None = Field(default=None, max_length=36)
+
+
+class ExperimentState(SQLModel, table=True):
+    """The live stage of an experiment; overrides the file's ``stage``/``rolled_back``.
+
+    Written by `canary rollout` and the automatic mode; every gateway re-reads it within a
+    few seconds, so a ramp or a rollback needs no file edit and no restart.
+    """
+
+    __tablename__ = "experiment_states"
+
+    experiment: str = Field(primary_key=True, max_length=100)
+    stage: str = Field(max_length=100)
+    rolled_back: bool = False
+    auto: bool = False  # the daily job may advance or roll back by itself
+    stage_since: datetime = Field(default_factory=utcnow, sa_column=_utc_column())
+    updated_at: datetime = Field(default_factory=utcnow, sa_column=_utc_column())
+    updated_by: str = Field(default="", max_length=200)
+
+
+class RolloutEvent(SQLModel, table=True):
+    """The audit log: every rollout action with who, when, from, to, why and the evidence."""
+
+    __tablename__ = "rollout_audit"
+
+    id: int | None = Field(default=None, primary_key=True)
+    experiment: str = Field(max_length=100, index=True)
+    at: datetime = Field(default_factory=utcnow, sa_column=_utc_column(index=True))
+    actor: str = Field(max_length=200)
+    action: str = Field(max_length=32)  # advance | hold | rollback | set-stage | auto-on ...
+    from_stage: str | None = Field(default=None, max_length=100)
+    to_stage: str | None = Field(default=None, max_length=100)
+    reason: str = ""
+    evaluation: str | None = None  # JSON of the gate evaluation that justified it
+    dry_run: bool = False

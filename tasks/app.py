@@ -17,6 +17,7 @@ def make_app(settings: Settings | None = None) -> Celery:
             "scheduler.retention",
             "scheduler.golden_tasks",
             "scheduler.dashboards",
+            "scheduler.auto_rollout",
         ],
     )
     if settings is None:

@@ -1,0 +1,198 @@
+"""`canary rollout ...`: the operator's controls, each recorded in the audit log."""
+
+from __future__ import annotations
+
+import getpass
+from datetime import timedelta
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from canary.settings import get_settings
+
+rollout_app = typer.Typer(
+    help="Stages of an experiment: status (with the audit log), advance, hold, rollback, "
+    "set-stage, auto, auto-run.",
+    no_args_is_help=True,
+)
+console = Console()
+err = Console(stderr=True)
+
+Actor = Annotated[str, typer.Option(help="Who acts (recorded in the audit log)")]
+Reason = Annotated[str, typer.Option(help="Why (recorded in the audit log)")]
+
+
+def _user() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "unknown"
+
+
+def _fail(message: str) -> typer.Exit:
+    err.print(f"[bold red]error:[/] {message}")
+    return typer.Exit(2)
+
+
+def _control():  # type: ignore[no-untyped-def]
+    from gateway.experiment_source import ExperimentSource
+    from scheduler.rollout import Rollout
+    from storage.db import get_engine
+    from tasks.app import make_app
+
+    settings = get_settings()
+    engine = get_engine(settings.resolved_database_url)
+    config = ExperimentSource.from_settings(settings, engine).config
+    return Rollout(settings, engine, config, make_app(settings))
+
+
+def _evaluation(control, name: str) -> dict[str, Any]:  # type: ignore[no-untyped-def]
+    from analysis.experiment_report import report_for_experiment
+    from storage.models import utcnow
+
+    yesterday = (utcnow() - timedelta(days=1)).date()
+    report = report_for_experiment(
+        control.settings, control.engine, control.config, name, yesterday
+    )
+    return report["gates"]
+
+
+def _run(action):  # type: ignore[no-untyped-def]
+    from scheduler.rollout import RolloutError
+
+    try:
+        return action()
+    except RolloutError as exc:
+        raise _fail(str(exc)) from None
+
+
+@rollout_app.command("status")
+def status(experiment: str) -> None:
+    """The live stage, its shares, automatic mode, and the latest audit entries."""
+    from storage import rollout
+
+    control = _control()
+    state = _run(lambda: control.state(experiment))
+    spec = control.experiment(experiment)
+    stage = next(s for s in spec.stages if s.name == state.stage)
+    shares = ", ".join(f"{segment} {share:.0%}" for segment, share in stage.shares.items())
+    ladder = " -> ".join(
+        f"[bold]{s.name}[/]" if s.name == state.stage else s.name for s in spec.stages
+    )
+    console.print(f"{experiment}: {spec.baseline} (baseline) vs {spec.candidate} (candidate)")
+    console.print(f"stages: {ladder}")
+    flag = " [bold red]ROLLED BACK: everyone gets the baseline[/]" if state.rolled_back else ""
+    since = f" since {state.stage_since:%Y-%m-%d %H:%M} UTC" if state.stage_since else " (file)"
+    console.print(f"stage {state.stage}{since}: candidate share {shares}{flag}")
+    console.print(f"automatic mode: {'on' if state.auto else 'off'}")
+    table = Table(title="Audit log (latest first)")
+    for column in ("when (UTC)", "who", "action", "from", "to", "reason"):
+        table.add_column(column)
+    for event in rollout.audit_log(control.engine, experiment, 10):
+        table.add_row(
+            f"{event.at:%Y-%m-%d %H:%M:%S}", event.actor, event.action, event.from_stage or "-",
+            event.to_stage or "-", event.reason,
+        )  # fmt: skip
+    console.print(table)
+
+
+@rollout_app.command("advance")
+def advance(
+    experiment: str,
+    reason: Reason,
+    actor: Actor = "",
+    force: Annotated[bool, typer.Option(help="Advance although the gates do not say so")] = False,
+) -> None:
+    """Move to the next stage (never skipping one); the gates must agree unless --force."""
+    control = _control()
+    evaluation = _evaluation(control, experiment)
+    if evaluation["verdict"] != "advance" and not force:
+        reasons = "\n  ".join(evaluation["reasons"])
+        raise _fail(
+            f"the gates say {evaluation['verdict'].upper()}:\n  {reasons}\n"
+            "(use --force to advance anyway; it is recorded)"
+        )
+    state = _run(lambda: control.advance(experiment, actor or _user(), reason, evaluation))
+    console.print(f"{experiment}: now at stage {state.stage}")
+
+
+@rollout_app.command("hold")
+def hold(experiment: str, reason: Reason, actor: Actor = "") -> None:
+    """Stay at the current stage; records the decision and today's gate evaluation."""
+    control = _control()
+    evaluation = _evaluation(control, experiment)
+    state = _run(lambda: control.hold(experiment, actor or _user(), reason, evaluation))
+    console.print(f"{experiment}: holding at {state.stage} (gates: {evaluation['verdict']})")
+
+
+@rollout_app.command("rollback")
+def rollback(
+    experiment: str,
+    reason: Reason,
+    actor: Actor = "",
+    queued: Annotated[
+        str, typer.Option(help="Queued candidate jobs: finish (on the candidate) or reroute")
+    ] = "finish",
+) -> None:
+    """Send all new traffic to the baseline at once."""
+    if queued not in ("finish", "reroute"):
+        raise _fail("--queued must be finish or reroute")
+    control = _control()
+    evaluation = _evaluation(control, experiment)
+    state, moved = _run(
+        lambda: control.rollback(experiment, actor or _user(), reason, evaluation, queued)  # type: ignore[arg-type]
+    )
+    console.print(
+        f"{experiment}: rolled back at stage {state.stage}; new traffic goes to the baseline"
+        + (f"; {moved} queued jobs moved to the baseline" if queued == "reroute" else "")
+    )
+
+
+@rollout_app.command("set-stage")
+def set_stage(experiment: str, stage: str, reason: Reason, actor: Actor = "") -> None:
+    """Put the experiment at a named stage (also resumes after a rollback)."""
+    control = _control()
+    state = _run(lambda: control.set_stage(experiment, stage, actor or _user(), reason))
+    console.print(f"{experiment}: now at stage {state.stage}")
+
+
+@rollout_app.command("auto")
+def auto(
+    experiment: str,
+    on: Annotated[bool, typer.Option("--on/--off", help="Switch automatic mode")] = True,
+    actor: Actor = "",
+) -> None:
+    """Switch the automatic mode of one experiment (off by default)."""
+    control = _control()
+    _run(lambda: control.set_auto(experiment, on, actor or _user()))
+    console.print(f"{experiment}: automatic mode {'on' if on else 'off'}")
+
+
+@rollout_app.command("auto-run")
+def auto_run(
+    experiment: Annotated[str | None, typer.Argument(help="Default: every auto experiment")] = None,
+    dry_run: Annotated[bool, typer.Option(help="Print what it would do; change nothing")] = False,
+) -> None:
+    """Run the automatic mode's daily evaluation now."""
+    from scheduler.auto_rollout import run_auto
+    from storage.db import get_engine
+    from tasks.app import make_app
+
+    settings = get_settings()
+    engine = get_engine(settings.resolved_database_url)
+    steps = _run(
+        lambda: run_auto(
+            settings, engine, dry_run=dry_run, only=experiment, celery=make_app(settings)
+        )
+    )
+    if not steps:
+        console.print("no experiment is in automatic mode")
+    for name, step in steps.items():
+        verb = "would" if dry_run else "did"
+        console.print(
+            f"{name}: {verb} {step.action.upper()} ({step.from_stage} -> {step.to_stage})"
+        )
+        for reason in step.reasons:
+            console.print(f"  - {reason}")
