@@ -308,11 +308,19 @@ def submit(
 
 @app.command()
 def status(
-    job_id: str,
+    job_id: Annotated[
+        str | None, typer.Argument(help="A job id; without one: the whole system")
+    ] = None,
     wait: Annotated[bool, typer.Option(help="Wait until the job has finished")] = False,
     timeout: Annotated[float, typer.Option(help="Seconds to wait at most")] = 600.0,
 ) -> None:
-    """Show one job: status, version, timings, failure, image location."""
+    """One job (status, version, timings, failure, image), or the system overview:
+    experiments and stages, queues and workers, the last golden run, the gate verdicts."""
+    if job_id is None:
+        from canary.overview import print_overview
+
+        print_overview(get_settings())
+        return
     from canary.report import print_job
     from storage import jobs
     from storage.models import TERMINAL_STATUSES

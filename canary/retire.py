@@ -17,6 +17,7 @@ from canary.hotfix import online_workers
 from canary.settings import Settings
 from storage import versions
 from storage.models import Job, JobStatus
+from tasks.queues import queue_depth
 from tasks.spec import RENDER_TASK
 
 
@@ -30,15 +31,6 @@ class RetireOutcome:
     rerouted: int = 0
     stopped: list[str] = field(default_factory=list)
     elapsed_s: float = 0.0
-
-
-def queue_depth(app: Celery, queue: str) -> int:
-    with app.connection_for_read() as connection:
-        try:
-            declared = connection.default_channel.queue_declare(queue=queue, passive=True)
-        except connection.channel_errors:  # Redis drops the key of an empty queue
-            return 0
-        return declared.message_count
 
 
 def reroute_queued(app: Celery, engine: Engine, settings: Settings, version: str, to: str) -> int:

@@ -16,6 +16,7 @@ from gateway.auth import KeyVerifier, Principal
 from gateway.events_api import events_router
 from gateway.golden_api import golden_router
 from gateway.http_auth import Caller, require_role
+from gateway.metrics_api import metrics_router
 from gateway.reports_api import reports_router
 from gateway.service import Gateway
 from gateway.specs import InvalidJob, JobRequest
@@ -319,6 +320,7 @@ def create_app(
     app.include_router(golden_router(settings, engine, store))
     app.include_router(events_router(settings, engine))
     app.include_router(reports_router(settings, engine, gateway.experiments))
+    app.include_router(metrics_router(settings, engine, gateway.producer.app, gateway.experiments))
     return app
 
 
