@@ -237,18 +237,31 @@ def beat(loglevel: Annotated[str, typer.Option()] = "info") -> None:
 
 @app.command()
 def flower() -> None:
-    """Flower, the Celery monitor (CANARY_FLOWER_ADDRESS:CANARY_FLOWER_PORT)."""
+    """Flower, the Celery monitor (CANARY_FLOWER_ADDRESS:CANARY_FLOWER_PORT).
+
+    Basic auth comes from CANARY_FLOWER_BASIC_AUTH (handed to Flower in its environment,
+    never on the command line, where `ps` would show it); off loopback it is required.
+    """
     from tasks import app as celery_app
 
     settings = get_settings()
-    celery_app.start(
-        [
-            "flower",
-            f"--port={settings.flower_port}",
-            f"--address={settings.flower_address}",
-            "--purge_offline_workers=60",
-        ]
-    )
+    loopback = settings.flower_address in {"127.0.0.1", "::1", "localhost"}
+    if settings.flower_basic_auth is None and not loopback:
+        raise fail(
+            f"Flower on {settings.flower_address} needs CANARY_FLOWER_BASIC_AUTH=user:password"
+        )
+    if settings.flower_basic_auth is not None:
+        os.environ["FLOWER_BASIC_AUTH"] = settings.flower_basic_auth.get_secret_value()
+    arguments = [
+        "flower",
+        f"--port={settings.flower_port}",
+        f"--address={settings.flower_address}",
+        "--purge_offline_workers=60",
+    ]
+    if settings.flower_persistent:
+        settings.home.mkdir(parents=True, exist_ok=True)
+        arguments += ["--persistent=True", f"--db={settings.home / 'flower.db'}"]
+    celery_app.start(arguments)
 
 
 @app.command()

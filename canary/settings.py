@@ -12,7 +12,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import AliasChoices, Field, field_validator, model_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 VERSION_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
@@ -76,6 +76,32 @@ class Settings(BaseSettings):
     upload_backoff_s: float = Field(default=0.5, ge=0)
     fault_injection: bool = Field(
         default=False, description="Honour [[fault:...]] markers in prompts (tests only)"
+    )
+
+    # --- worker throughput (docs/performance.md) ---
+    record_queue_size: int = Field(
+        default=2,
+        ge=1,
+        le=64,
+        description="Rendered images a worker holds for background upload + record; the "
+        "next render starts while they are written, and a full queue makes it wait",
+    )
+    micro_batch: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description="Render up to N queued jobs of the same size, steps and guidance in one "
+        "pipeline call (1 = off); each job keeps its own seeded generator",
+    )
+    benchmark_stubs: bool = Field(
+        default=False,
+        description="Allow model folders marked as benchmark stub pipelines (benchmarks only)",
+    )
+    recovery_sweep_every_s: float = Field(
+        default=60.0,
+        gt=0,
+        description="How often a render worker re-sends jobs stranded on a lost worker "
+        "(running for longer than the visibility timeout)",
     )
 
     # --- job validation limits ---
@@ -151,6 +177,13 @@ class Settings(BaseSettings):
     # --- local stack ---
     flower_port: int = Field(default=5555, ge=1, le=65535)
     flower_address: str = "127.0.0.1"
+    flower_basic_auth: SecretStr | None = Field(
+        default=None,
+        description="user:password[,user:password...] for Flower; required off loopback",
+    )
+    flower_persistent: bool = Field(
+        default=True, description="Keep Flower's task history across restarts (home/flower.db)"
+    )
 
     @field_validator("versions", mode="before")
     @classmethod
