@@ -6,7 +6,7 @@ setup:
 
 services:
 	bash scripts/services.sh
-	bash scripts/browser.sh
+	bash scripts/test_tools.sh
 
 demo: setup
 	.venv/bin/canary demo

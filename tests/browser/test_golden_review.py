@@ -239,8 +239,8 @@ def review_server(tmp_path: Path) -> Iterator[ReviewServer]:
 def page() -> Iterator[Page]:
     if not CHROMIUM.exists():
         if os.environ.get("CI"):
-            pytest.fail(f"{CHROMIUM} is missing and CI is set (run scripts/browser.sh)")
-        pytest.skip(f"{CHROMIUM} is missing (run scripts/browser.sh to install it)")
+            pytest.fail(f"{CHROMIUM} is missing and CI is set (run scripts/test_tools.sh)")
+        pytest.skip(f"{CHROMIUM} is missing (run scripts/test_tools.sh to install it)")
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(
             executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS
