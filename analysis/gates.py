@@ -114,6 +114,24 @@ def _overall(report: dict[str, Any], metric: str) -> dict[str, Any] | None:
     return report["metrics"].get(metric, {}).get("overall")
 
 
+def _limit(
+    name: str,
+    value: float | None,
+    limit: float,
+    kind: Literal["minimum", "maximum"],
+    unit: str,
+    missing: str,
+    *,
+    missing_passes: bool = False,
+) -> Check:
+    """A candidate guardrail with a fixed limit; breaching it means roll back."""
+    if value is None:
+        return Check(name, "pass" if missing_passes else "insufficient", missing)
+    ok = value >= limit if kind == "minimum" else value <= limit
+    detail = f"candidate {unit.format(value)} ({kind} {unit.format(limit)})"
+    return Check(name, "pass" if ok else "fail", detail, Verdict.ROLLBACK)
+
+
 def evaluate(report: dict[str, Any], policy: GatePolicy) -> GateEvaluation:
     """Apply the policy to an experiment report (analysis.experiment_report)."""
     g, p = policy.guardrails, policy.promotion
@@ -130,46 +148,22 @@ def evaluate(report: dict[str, Any], policy: GatePolicy) -> GateEvaluation:
     )
 
     success = _overall(report, "success_rate")
-    if success is None:
-        checks.append(Check("success rate", "insufficient", "no finished jobs in both arms"))
-    else:
-        ok = success["candidate"] >= g.success_rate_min
-        checks.append(
-            Check(
-                "success rate",
-                "pass" if ok else "fail",
-                f"candidate {success['candidate']:.4%} (minimum {g.success_rate_min:.2%})",
-                Verdict.ROLLBACK,
-            )
-        )
-
     p95 = report["latency_p95"]["overall"].get("candidate")
-    if p95 is None:
-        checks.append(Check("P95 latency", "insufficient", "no successful candidate jobs"))
-    else:
-        ok = p95["value"] <= g.p95_latency_max_ms
-        checks.append(
-            Check(
-                "P95 latency",
-                "pass" if ok else "fail",
-                f"candidate {p95['value']:,.0f} ms (maximum {g.p95_latency_max_ms:,.0f} ms)",
-                Verdict.ROLLBACK,
-            )
-        )
-
     vram = _overall(report, "mean_peak_vram_gb")
-    if vram is None:
-        checks.append(Check("peak VRAM", "pass", "no VRAM recorded (CPU workers)"))
-    else:
-        ok = vram["candidate"] <= g.peak_vram_max_gb
-        checks.append(
-            Check(
-                "peak VRAM",
-                "pass" if ok else "fail",
-                f"candidate mean {vram['candidate']:.2f} GB (maximum {g.peak_vram_max_gb} GB)",
-                Verdict.ROLLBACK,
-            )
-        )
+    checks += [
+        _limit(
+            "success rate", success and success["candidate"], g.success_rate_min, "minimum",
+            "{:.4%}", "no finished jobs in both arms",
+        ),
+        _limit(
+            "P95 latency", p95 and p95["value"], g.p95_latency_max_ms, "maximum", "{:,.0f} ms",
+            "no successful candidate jobs",
+        ),
+        _limit(
+            "peak VRAM", vram and vram["candidate"], g.peak_vram_max_gb, "maximum", "{:.2f} GB",
+            "no VRAM recorded (CPU workers)", missing_passes=True,
+        ),
+    ]  # fmt: skip
 
     feedback = _overall(report, "negative_feedback_rate")
     if feedback is None:
