@@ -107,7 +107,10 @@ def test_sigkill_of_the_pool_child_mid_render_loses_and_duplicates_nothing(stack
     job_ids = submit(stack, 6, "[[fault:slow=0.3]]")
     since = None
     for _ in range(3):
-        wait_until(lambda s=since: running(stack, job_ids, s), what="a job being rendered")
+        # a replaced pool child loads the model first: slow on a loaded machine
+        wait_until(
+            lambda s=since: running(stack, job_ids, s), timeout=180, what="a job being rendered"
+        )
         time.sleep(0.4)  # inside the denoising loop
         (child,) = pool_children(worker)
         since = utcnow()
