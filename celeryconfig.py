@@ -1,7 +1,8 @@
 """Celery settings, derived from canary settings (the one configuration source).
 
-Reliability choices (see DESIGN.md): late acks so a crash redelivers the job, one message
-prefetched per worker process, jobs of a lost worker re-queued, and a Redis visibility
+Reliability choices (see DESIGN.md): late acks so a crash redelivers the job, few messages
+reserved per worker process (CANARY_PREFETCH_MULTIPLIER, 2: the running job and the next,
+see tasks/pool.py), jobs of a lost worker re-queued, and a Redis visibility
 timeout longer than the hard time limit (set for the broker and the result backend,
 the two places Celery reads it) so a running job is never handed to a second worker.
 
@@ -42,8 +43,14 @@ def build(settings: Settings) -> dict[str, Any]:
         "result_backend_transport_options": visibility,
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
-        "worker_prefetch_multiplier": 1,
+        # Two reserved messages per pool process, handed over first come first served
+        # (tasks/pool.py): the next job waits in the process's pipe, so the accelerator is
+        # not idle while the main process acknowledges the last one (docs/performance.md).
+        "worker_prefetch_multiplier": settings.prefetch_multiplier,
+        "worker_pool": "tasks.pool:RenderPool",
         "task_acks_on_failure_or_timeout": True,
+        # a pool process loads its model before it reports up (tasks/worker_state.py)
+        "worker_proc_alive_timeout": settings.worker_start_timeout_s,
         "task_ignore_result": True,
         "task_track_started": True,
         "task_soft_time_limit": settings.task_soft_time_limit_s,

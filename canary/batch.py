@@ -9,7 +9,7 @@ from pathlib import Path
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from canary.settings import Settings
-from gateway.bulk import LineError, read_requests
+from gateway.bulk import LineError, ParsedLine, read_requests
 from gateway.service import Gateway
 from gateway.specs import InvalidJob
 from gateway.submit import PreparedJob
@@ -40,7 +40,12 @@ def make_gateway(settings: Settings) -> Gateway:
     """A gateway on the broker these settings name (not the process-wide app's)."""
     from tasks.app import make_app
 
-    return Gateway(settings, get_engine(settings.resolved_database_url), make_app(settings))
+    app = make_app(settings)
+    # No task-sent event per bulk job: it would double the broker writes of a submission,
+    # and Flower shows these jobs from the worker's task-received event on (with their
+    # arguments). Single submissions over the API keep them.
+    app.conf.task_send_sent_event = False
+    return Gateway(settings, get_engine(settings.resolved_database_url), app)
 
 
 def submit_prepared(
@@ -76,14 +81,22 @@ def submit_file(
     gateway = make_gateway(settings)
     good: list[PreparedJob] = []
     errors: list[LineError] = []
+    parsed: list[ParsedLine] = []
     for item in read_requests(path, settings, default_version=default_version):
         if isinstance(item, LineError):
             errors.append(item)
-            continue
-        try:
-            good.append(gateway.prepare(item.request))
-        except InvalidJob as exc:
-            errors.append(LineError(item.line, str(exc)))
+        else:
+            parsed.append(item)
+    for start in range(0, len(parsed), chunk):
+        lines = parsed[start : start + chunk]
+        for line, prepared in zip(
+            lines, gateway.prepare_many([p.request for p in lines]), strict=True
+        ):
+            if isinstance(prepared, InvalidJob):
+                errors.append(LineError(line.line, str(prepared)))
+            else:
+                good.append(prepared)
+    errors.sort(key=lambda error: error.line)
     outcome = submit_prepared(gateway, good, batch_id=batch_id, source="bulk", chunk=chunk)
     outcome.errors = errors
     return outcome

@@ -72,6 +72,13 @@ class Settings(BaseSettings):
     task_time_limit_s: int = Field(default=360, ge=1)
     visibility_timeout_s: int = Field(default=3600, ge=1)
     max_attempts: int = Field(default=3, ge=1)
+    worker_start_timeout_s: float = Field(
+        default=600.0,
+        gt=0,
+        description="How long a new pool process may take to load its model (and re-send "
+        "what its predecessor left) before Celery kills it as hung; Celery's own 4 s would "
+        "kill every replacement of a process that loads a real model",
+    )
     upload_attempts: int = Field(default=4, ge=1)
     upload_backoff_s: float = Field(default=0.5, ge=0)
     fault_injection: bool = Field(
@@ -85,6 +92,14 @@ class Settings(BaseSettings):
         le=64,
         description="Rendered images a worker holds for background upload + record; the "
         "next render starts while they are written, and a full queue makes it wait",
+    )
+    prefetch_multiplier: int = Field(
+        default=2,
+        ge=1,
+        le=16,
+        description="Messages a worker process reserves: 2 lets the next job wait in the "
+        "pool process so it starts the moment the current one returns; 1 leaves every "
+        "queued job to whichever worker is free first",
     )
     micro_batch: int = Field(
         default=1,

@@ -15,6 +15,7 @@ sample-ratio check would fire). A rollback sends everyone to the baseline.
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -26,6 +27,13 @@ from gateway.hashing import NUM_BUCKETS, bucket, bucket_ranges, growthbook_hash
 from gateway.segments import SEGMENTS, SegmentRules, UserAttributes, segment_of
 from storage.db import dialect_insert
 from storage.models import Arm, Assignment, Job, UserProfile, utcnow
+
+CHUNK = 500  # users per IN (...) list
+
+
+def _chunks(items: Sequence[str]) -> Iterator[Sequence[str]]:
+    for start in range(0, len(items), CHUNK):
+        yield items[start : start + CHUNK]
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,6 +155,48 @@ class AttributeSource:
             ).scalar_one()
         return UserAttributes(signed_up, recent, styled)
 
+    def load_many(self, user_ids: Sequence[str], now: datetime) -> dict[str, UserAttributes]:
+        """:meth:`load` for many users: three grouped queries per chunk of users."""
+        since = now - timedelta(days=self.rules.high_frequency_window_days)
+        style = or_(
+            *(func.lower(Job.prompt).contains(tag.lower()) for tag in self.rules.style_tags)
+        )
+        live = Job.source != "golden"
+        signed: dict[str, datetime | None] = {}
+        recent: dict[str, int] = {}
+        styled: dict[str, int] = {}
+        with self.engine.connect() as connection:
+            for chunk in _chunks(user_ids):
+                signed.update(
+                    connection.execute(
+                        select(UserProfile.user_id, UserProfile.signed_up_at).where(
+                            UserProfile.user_id.in_(chunk)  # type: ignore[attr-defined]
+                        )
+                    ).all()
+                )
+                per_user = select(Job.user_id, func.count()).where(
+                    Job.user_id.in_(chunk),  # type: ignore[union-attr]
+                    live,
+                )
+                recent.update(
+                    connection.execute(
+                        per_user.where(Job.created_at >= since).group_by(Job.user_id)
+                    ).all()
+                )
+                styled.update(connection.execute(per_user.where(style).group_by(Job.user_id)).all())
+        return {
+            user: UserAttributes(signed.get(user), recent.get(user, 0), styled.get(user, 0))
+            for user in user_ids
+        }
+
+    def remember_signups(self, signups: dict[str, datetime]) -> None:
+        if not signups:
+            return
+        statement = dialect_insert(self.engine)(UserProfile).on_conflict_do_nothing()
+        rows = [{"user_id": u, "signed_up_at": when} for u, when in signups.items()]
+        with self.engine.begin() as connection:
+            connection.execute(statement, rows)
+
     def remember_signup(self, user_id: str, signed_up_at: datetime) -> None:
         statement = dialect_insert(self.engine)(UserProfile).values(
             user_id=user_id, signed_up_at=signed_up_at
@@ -219,6 +269,75 @@ class StickyAssigner:
         return Decision(
             experiment.version(sticky.arm), experiment.name, sticky.arm, sticky.segment, "sticky"
         )
+
+    def prefetch(
+        self, requests: Sequence[tuple[str, UserAttributes | None]], now: datetime | None = None
+    ) -> None:
+        """Prepare :meth:`assign` for many users with a few queries per chunk of users
+        (bulk submission): read their stored assignments into the cache, and enroll those
+        seen for the first time exactly as :meth:`assign` would (attributes given or looked
+        up, segment, decision, first-assignment record; a concurrent enrollment wins).
+        Afterwards ``assign`` answers these users from the cache.
+        """
+        now = now or utcnow()
+        by_experiment: dict[str, dict[str, UserAttributes | None]] = {}
+        compiled: dict[str, CompiledExperiment] = {}
+        for user_id, given in requests:
+            experiment = self.assigner.experiment_for(user_id)
+            if experiment is not None and (experiment.name, user_id) not in self.cache:
+                compiled[experiment.name] = experiment
+                by_experiment.setdefault(experiment.name, {}).setdefault(user_id, given)
+        for name, users in by_experiment.items():
+            self._load_stored(name, list(users))
+            new = {u: g for u, g in users.items() if (name, u) not in self.cache}
+            if new:
+                self._enroll(compiled[name], new, now)
+
+    def _load_stored(self, experiment: str, user_ids: Sequence[str]) -> None:
+        with self.engine.connect() as connection:
+            for chunk in _chunks(user_ids):
+                rows = connection.execute(
+                    select(
+                        Assignment.user_id, Assignment.arm, Assignment.segment, Assignment.last_seen
+                    ).where(
+                        Assignment.experiment == experiment,
+                        Assignment.user_id.in_(chunk),  # type: ignore[attr-defined]
+                    )
+                )
+                for row in rows:
+                    self._cache((experiment, row.user_id), _Sticky(row.arm, row.segment,
+                                                                   row.last_seen))  # fmt: skip
+
+    def _enroll(
+        self,
+        experiment: CompiledExperiment,
+        users: dict[str, UserAttributes | None],
+        now: datetime,
+    ) -> None:
+        signups = {u: g.signed_up_at for u, g in users.items() if g is not None and g.signed_up_at}
+        self.attributes.remember_signups(signups)
+        attributes = {u: g or UserAttributes() for u, g in users.items()}
+        lookup = [u for u, a in attributes.items() if a.missing()]
+        if lookup:
+            loaded = self.attributes.load_many(lookup, now)
+            for user in lookup:
+                attributes[user] = attributes[user].merged(loaded[user])
+        rows = []
+        for user, attrs in attributes.items():
+            segment = segment_of(attrs, self.assigner.rules, now)
+            decision = self.assigner.decide_in(experiment, user, segment)
+            if decision.reason == "rollback":
+                continue  # nobody is newly enrolled while rolled back
+            rows.append(
+                {"experiment": experiment.name, "user_id": user, "arm": decision.arm,
+                 "variant": decision.variant, "segment": decision.segment,
+                 "stage": experiment.stage, "first_seen": now, "last_seen": now}
+            )  # fmt: skip
+        if rows:
+            statement = dialect_insert(self.engine)(Assignment).on_conflict_do_nothing()
+            with self.engine.begin() as connection:
+                connection.execute(statement, rows)
+            self._load_stored(experiment.name, [row["user_id"] for row in rows])
 
     # --- storage ---------------------------------------------------------------------
     def _stored(self, experiment: str, user_id: str) -> _Sticky | None:

@@ -51,10 +51,7 @@ class Gateway:
     def assign(self, request: JobRequest) -> Decision:
         if request.user_id is None:
             raise InvalidJob(["user_id: required when model_version is not given"])
-        given = None
-        if request.user_attributes is not None:
-            given = UserAttributes(**request.user_attributes.model_dump())
-        return self.sticky.assign(request.user_id, given)
+        return self.sticky.assign(request.user_id, _attributes(request))
 
     def prepare(self, data: Any, *, may_pin_version: bool = True) -> PreparedJob:
         """Validate one request and decide its version; raises InvalidJob."""
@@ -85,6 +82,22 @@ class Gateway:
             if other not in retired:
                 return Decision(other, experiment.name, arm, decision.segment, "retired")
         raise InvalidJob([f"model_version: {decision.variant!r} is retired and has no successor"])
+
+    def prepare_many(
+        self, requests: Sequence[JobRequest], *, may_pin_version: bool = True
+    ) -> list[PreparedJob | InvalidJob]:
+        """:meth:`prepare` for validated requests, with the sticky assignments of all their
+        users read (and first exposures recorded) in a few queries (bulk submission)."""
+        unpinned = [r for r in requests if r.model_version is None and r.user_id is not None]
+        if unpinned:
+            self.sticky.prefetch([(r.user_id, _attributes(r)) for r in unpinned])  # type: ignore[misc]
+        prepared: list[PreparedJob | InvalidJob] = []
+        for request in requests:
+            try:
+                prepared.append(self.prepare(request, may_pin_version=may_pin_version))
+            except InvalidJob as exc:
+                prepared.append(exc)
+        return prepared
 
     def prepare_all(
         self, items: Sequence[Any], *, may_pin_version: bool = True
@@ -123,3 +136,9 @@ class Gateway:
         return self.producer.submit_many(
             jobs, source=source, batch_id=batch_id, api_key_id=api_key_id
         )
+
+
+def _attributes(request: JobRequest) -> UserAttributes | None:
+    if request.user_attributes is None:
+        return None
+    return UserAttributes(**request.user_attributes.model_dump())

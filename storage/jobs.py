@@ -6,32 +6,41 @@ deliveries cannot produce two success records or resurrect a finished job.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
+from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import func, update
+from sqlalchemy import bindparam, func, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
-from storage.db import dialect_insert
 from storage.models import TERMINAL_STATUSES, Job, JobStatus, utcnow
 
 
-def insert_new_jobs(engine: Engine, jobs: Sequence[Job]) -> set[str]:
-    """Insert jobs whose id is not taken yet, in one statement; return the ids inserted.
+def insert_new_jobs(engine: Engine, jobs: Sequence[Job | Mapping[str, Any]]) -> set[str]:
+    """Insert jobs (rows or column-value mappings) whose id is not taken yet; return the ids
+    inserted.
 
     Ids derived from idempotency keys make re-submission of the same request a no-op.
     """
     if not jobs:
         return set()
-    rows = [job.model_dump() for job in jobs]
-    insert = dialect_insert(engine)
-    statement = (
-        insert(Job).values(rows).on_conflict_do_nothing().returning(Job.id)  # type: ignore[arg-type]
-    )
+    rows = [job.model_dump() if isinstance(job, Job) else job for job in jobs]
+    # One statement executed with many parameter sets: SQLAlchemy batches them into
+    # multi-row INSERTs ("insertmanyvalues") and compiles the statement once.
+    statement = _insert_new_statement(engine.dialect.name)
     with engine.begin() as connection:
-        return {row[0] for row in connection.execute(statement)}
+        return {row[0] for row in connection.execute(statement, rows)}
+
+
+@lru_cache(maxsize=4)
+def _insert_new_statement(dialect: str) -> Any:
+    insert = pg_insert if dialect == "postgresql" else sqlite_insert
+    return insert(Job).on_conflict_do_nothing().returning(Job.id)
 
 
 def mark_enqueued(engine: Engine, job_ids: Iterable[str], when: datetime | None = None) -> None:
@@ -54,22 +63,132 @@ def get_jobs(engine: Engine, job_ids: Sequence[str]) -> list[Job]:
         return list(session.exec(select(Job).where(Job.id.in_(job_ids))))  # type: ignore[attr-defined]
 
 
-def claim(engine: Engine, job_id: str, started_at: datetime, **worker: Any) -> int | None:
-    """QUEUED/RUNNING -> RUNNING and count the attempt; returns the attempt number, or None
-    when the job has already finished.
+@dataclass(frozen=True, slots=True)
+class Claimed:
+    """A job a worker has just claimed: what it needs besides the message's spec."""
+
+    id: str
+    attempt: int
+    created_at: datetime
+    enqueued_at: datetime | None
+
+
+def claim_job(engine: Engine, job_id: str, started_at: datetime, **worker: Any) -> Claimed | None:
+    """QUEUED/RUNNING -> RUNNING and count the attempt, in one statement; None when the job
+    has already finished (or does not exist).
 
     RUNNING is claimable because a job whose worker died is redelivered in that state.
     """
+    params = {f"claim_{name}": value for name, value in worker.items()}
+    params.update(claim_id=job_id, claim_started_at=started_at)
+    with engine.begin() as connection:
+        row = connection.execute(_claim_statement(tuple(sorted(worker))), params).first()
+    return None if row is None else Claimed(*row)
+
+
+@lru_cache(maxsize=16)
+def _claim_statement(fields: tuple[str, ...]) -> Any:
+    """Built once per set of worker fields: a worker claims on its critical path, and
+    building the statement costs twice what executing it on SQLite does."""
+    return (
+        update(Job)
+        .where(
+            Job.id == bindparam("claim_id"),
+            Job.status.in_([JobStatus.QUEUED, JobStatus.RUNNING]),  # type: ignore[attr-defined]
+        )
+        .values(
+            status=JobStatus.RUNNING,
+            attempts=Job.attempts + 1,
+            started_at=bindparam("claim_started_at"),
+            **{name: bindparam(f"claim_{name}") for name in fields},
+        )
+        .returning(Job.id, Job.attempts, Job.created_at, Job.enqueued_at)
+    )
+
+
+def claim(engine: Engine, job_id: str, started_at: datetime, **worker: Any) -> int | None:
+    """:func:`claim_job`, returning just the attempt number."""
+    claimed = claim_job(engine, job_id, started_at, **worker)
+    return None if claimed is None else claimed.attempt
+
+
+def claim_compatible(
+    engine: Engine,
+    model_version: str,
+    *,
+    width: int,
+    height: int,
+    steps: int,
+    guidance: float,
+    limit: int,
+    started_at: datetime,
+    **worker: Any,
+) -> list[Job]:
+    """Claim up to ``limit`` QUEUED jobs of the version with the same size, steps and
+    guidance (micro-batching), roughly oldest first (index order); returns them RUNNING.
+
+    Their own messages stay queued: when delivered they find the job finished (or, if this
+    worker died, RUNNING, and render it then).
+    """
+    candidates = (
+        select(Job.id)
+        .where(
+            Job.model_version == model_version,
+            Job.status == JobStatus.QUEUED,
+            Job.width == width,
+            Job.height == height,
+            Job.steps == steps,
+            Job.guidance == guidance,
+        )
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    )
     statement = (
         update(Job)
-        .where(Job.id == job_id, Job.status.in_([JobStatus.QUEUED, JobStatus.RUNNING]))  # type: ignore[attr-defined]
+        .where(Job.id.in_(candidates), Job.status == JobStatus.QUEUED)  # type: ignore[attr-defined]
         .values(
             status=JobStatus.RUNNING, attempts=Job.attempts + 1, started_at=started_at, **worker
         )
-        .returning(Job.attempts)
+        .returning(*Job.__table__.columns)  # type: ignore[attr-defined]
     )
     with engine.begin() as connection:
-        return connection.execute(statement).scalar()
+        return [Job.model_validate(dict(row._mapping)) for row in connection.execute(statement)]
+
+
+def release(engine: Engine, job_ids: Iterable[str]) -> None:
+    """RUNNING -> QUEUED, undoing a claim that rendered nothing (a failed micro-batch)."""
+    ids = list(job_ids)
+    if not ids:
+        return
+    with engine.begin() as connection:
+        connection.execute(
+            update(Job)
+            .where(Job.id.in_(ids), Job.status == JobStatus.RUNNING)  # type: ignore[attr-defined]
+            .values(status=JobStatus.QUEUED, attempts=Job.attempts - 1, started_at=None)
+        )
+
+
+def take_stranded(
+    engine: Engine,
+    *,
+    model_version: str,
+    worker_host: str | None = None,
+    started_before: datetime | None = None,
+) -> list[Job]:
+    """RUNNING jobs of the version claimed by ``worker_host`` or started before
+    ``started_before``; their ``started_at`` is bumped in the same statement, so two
+    concurrent callers never both take one job."""
+    assert (worker_host is None) != (started_before is None)
+    statement = update(Job).where(
+        Job.model_version == model_version, Job.status == JobStatus.RUNNING
+    )
+    if worker_host is not None:
+        statement = statement.where(Job.worker_host == worker_host)
+    else:
+        statement = statement.where(Job.started_at < started_before)  # type: ignore[operator]
+    statement = statement.values(started_at=utcnow()).returning(*Job.__table__.columns)  # type: ignore[attr-defined]
+    with engine.begin() as connection:
+        return [Job.model_validate(dict(row._mapping)) for row in connection.execute(statement)]
 
 
 def count_misroute(engine: Engine, job_id: str) -> None:

@@ -59,22 +59,33 @@ class Faults:
 
     def step_callback(self, attempt: int):  # type: ignore[no-untyped-def]
         """A diffusers ``callback_on_step_end`` that injects the render faults, or None."""
-        oom_now = self.oom or (self.oom_once and attempt == 0)
-        if not (self.nan or oom_now or self.slow_s or self.hang_s):
-            return None
+        return batch_step_callback([self], attempt)
 
-        def inject(pipeline: Any, step: int, timestep: Any, kwargs: dict) -> dict:
-            if self.slow_s:
-                time.sleep(self.slow_s)
-            if self.hang_s and step == 0:
-                _hang(self.hang_s)
-            if oom_now:
-                raise torch.cuda.OutOfMemoryError("CUDA out of memory (injected)")
-            if self.nan:
-                kwargs["latents"] = torch.full_like(kwargs["latents"], float("nan"))
-            return kwargs
 
-        return inject
+def batch_step_callback(faults: list[Faults], attempt: int):  # type: ignore[no-untyped-def]
+    """The step callback of one pipeline call rendering ``faults[i]``'s job as image ``i``:
+    ``nan`` spoils only that image's latents; the other faults hit the whole call."""
+    slow_s = max(f.slow_s for f in faults)
+    hang_s = max(f.hang_s for f in faults)
+    oom_now = any(f.oom or (f.oom_once and attempt == 0) for f in faults)
+    nan_rows = [i for i, f in enumerate(faults) if f.nan]
+    if not (nan_rows or oom_now or slow_s or hang_s):
+        return None
+
+    def inject(pipeline: Any, step: int, timestep: Any, kwargs: dict) -> dict:
+        if slow_s:
+            time.sleep(slow_s)
+        if hang_s and step == 0:
+            _hang(hang_s)
+        if oom_now:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (injected)")
+        if nan_rows:
+            latents = kwargs["latents"].clone()
+            latents[nan_rows] = float("nan")
+            kwargs["latents"] = latents
+        return kwargs
+
+    return inject
 
 
 NO_FAULTS = Faults()

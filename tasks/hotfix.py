@@ -26,7 +26,13 @@ def reload_in_child(source: str, revision: str) -> str:
     assert ctx.version is not None
     try:
         folder = fetch(source, ctx.settings, ctx.version)
-        model = load_pipeline_from(folder, ctx.version, ctx.device, ctx.settings.torch_threads)
+        model = load_pipeline_from(
+            folder,
+            ctx.version,
+            ctx.device,
+            ctx.settings.torch_threads,
+            allow_stub=ctx.settings.benchmark_stubs,
+        )
         if model.revision != revision:
             raise ValueError(f"{source} holds revision {model.revision}, expected {revision}")
     except Exception as exc:

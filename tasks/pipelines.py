@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 
+from tasks import stub_pipelines
 from tasks.postprocess import PostProcessor, VersionConfig, load_version_config
 from tasks.registry import require_version_dir, weights_revision
 
@@ -61,17 +62,31 @@ def _enable_fast_attention(pipeline: object, device: str) -> str:
 
 
 def load_pipeline(
-    model_dir: Path, version: str, device: str, torch_threads: int | None = None
+    model_dir: Path,
+    version: str,
+    device: str,
+    torch_threads: int | None = None,
+    *,
+    allow_stub: bool = False,
 ) -> LoadedModel:
     """Load a version from the registry folder ``model_dir/version``."""
     folder = require_version_dir(model_dir, version)
-    return load_pipeline_from(folder, version, device, torch_threads)
+    return load_pipeline_from(folder, version, device, torch_threads, allow_stub=allow_stub)
 
 
 def load_pipeline_from(
-    folder: Path, version: str, device: str, torch_threads: int | None = None
+    folder: Path,
+    version: str,
+    device: str,
+    torch_threads: int | None = None,
+    *,
+    allow_stub: bool = False,
 ) -> LoadedModel:
-    """Load any diffusers folder as ``version`` (a published hot-fix revision, say)."""
+    """Load any diffusers folder as ``version`` (a published hot-fix revision, say).
+
+    A folder marked as a benchmark stub loads only with ``allow_stub`` (see
+    :mod:`tasks.stub_pipelines`).
+    """
     quiet_model_libraries()
     from diffusers import DiffusionPipeline
 
@@ -80,12 +95,23 @@ def load_pipeline_from(
     started = time.perf_counter()
     config = load_version_config(folder)
     revision = weights_revision(folder)
-    pipeline = DiffusionPipeline.from_pretrained(
-        folder, local_files_only=True, use_safetensors=True, dtype=_dtype_for(device)
-    )
-    pipeline = pipeline.to(device)
-    pipeline.set_progress_bar_config(disable=True)
-    attention = _enable_fast_attention(pipeline, device)
+    if stub_pipelines.is_stub(folder):
+        if not allow_stub:
+            raise ValueError(
+                f"{folder} is a benchmark stub ({stub_pipelines.STUB_FILE}), not a model; "
+                "set CANARY_BENCHMARK_STUBS=true to serve it"
+            )
+        log.warning("version %s is a BENCHMARK STUB pipeline (%s): it renders no model",
+                    version, folder)  # fmt: skip
+        pipeline: object = stub_pipelines.load_stub(folder)
+        attention = "benchmark-stub"
+    else:
+        pipeline = DiffusionPipeline.from_pretrained(
+            folder, local_files_only=True, use_safetensors=True, dtype=_dtype_for(device)
+        )
+        pipeline = pipeline.to(device)
+        pipeline.set_progress_bar_config(disable=True)
+        attention = _enable_fast_attention(pipeline, device)
     load_ms = (time.perf_counter() - started) * 1000
     log.info(
         "loaded %s revision %s on %s in %.0f ms (%s)", version, revision, device, load_ms, attention

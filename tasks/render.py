@@ -1,11 +1,18 @@
-"""The render task: one job in, one PNG in object storage and one finished job row out."""
+"""The render task: one job in, one PNG in object storage and one finished job row out.
+
+Per message: claim the job (one conditional UPDATE), optionally claim compatible queued
+jobs for the same pipeline call (``CANARY_MICRO_BATCH``), render, hand each image to the
+worker's recorder and return, so the message is acknowledged and the next job renders
+while the recorder checks, encodes, uploads (with retries) and records this one. Crash
+safety with that overlap is argued in tasks/recorder.py and tasks/recovery.py.
+"""
 
 from __future__ import annotations
 
 import io
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -22,9 +29,9 @@ from storage import jobs
 from storage.models import FailureKind, JobStatus, utcnow
 from tasks.app import app
 from tasks.checks import classify_output
-from tasks.faults import NO_FAULTS, Faults
+from tasks.faults import NO_FAULTS, Faults, batch_step_callback
 from tasks.pipelines import LoadedModel
-from tasks.spec import RENDER_TASK, SPEC_FIELDS, RenderSpec, object_key
+from tasks.spec import RENDER_TASK, SPEC_FIELDS, RenderSpec, object_key, render_spec
 from tasks.worker_state import WorkerContext, context
 
 log = logging.getLogger(__name__)
@@ -39,37 +46,56 @@ class RenderFailure(Exception):
 
 
 @dataclass
+class RenderOutput:
+    """One image of a pipeline call, before checks and post-processing."""
+
+    image: np.ndarray  # H x W x 3, floats in [0, 1] unless the pipeline misbehaved
+    nsfw_flagged: bool
+    inference_ms: float  # this image's share of the call
+    peak_vram_bytes: int | None
+
+
+@dataclass
 class RenderResult:
     png: bytes
     inference_ms: float
     peak_vram_bytes: int | None
 
 
-def render_image(model: LoadedModel, spec: RenderSpec, faults: Faults = NO_FAULTS) -> RenderResult:
-    """Run the pipeline with the job's own seeded generator and check what comes out.
+def render_batch(
+    model: LoadedModel, specs: Sequence[RenderSpec], faults: Sequence[Faults]
+) -> list[RenderOutput]:
+    """One pipeline call for jobs of the same size, steps and guidance, each with its own
+    seeded generator (so each image depends on its own seed only, up to float noise).
 
-    On CUDA out-of-memory the cache is freed and the job is tried once more with attention
-    and VAE slicing (less memory, same image up to float noise); a second OOM fails it.
+    On CUDA out-of-memory the cache is freed and the call is tried once more with attention
+    and VAE slicing (less memory, same images up to float noise); a second OOM fails it.
     """
     on_cuda = model.device.startswith("cuda")
-    width, height = model.config.render_size or (int(spec["width"]), int(spec["height"]))
+    first = specs[0]
+    single = len(specs) == 1
+    width, height = model.config.render_size or (int(first["width"]), int(first["height"]))
     for attempt in range(2):
-        generator = torch.Generator(device=model.device).manual_seed(int(spec["seed"]))
+        generators = [
+            torch.Generator(device=model.device).manual_seed(int(spec["seed"])) for spec in specs
+        ]
         if on_cuda:
             torch.cuda.reset_peak_memory_stats(model.device)
         started = time.perf_counter()
         try:
             with _low_memory(model.pipeline, enabled=attempt > 0):
                 output = model.pipeline(  # type: ignore[operator]
-                    prompt=spec["prompt"],
-                    negative_prompt=spec["negative_prompt"] or None,
-                    num_inference_steps=int(spec["steps"]),
-                    guidance_scale=float(spec["guidance"]),
+                    prompt=first["prompt"] if single else [s["prompt"] for s in specs],
+                    negative_prompt=(first["negative_prompt"] or None)
+                    if single
+                    else [s["negative_prompt"] for s in specs],
+                    num_inference_steps=int(first["steps"]),
+                    guidance_scale=float(first["guidance"]),
                     width=width,
                     height=height,
-                    generator=generator,
+                    generator=generators[0] if single else generators,
                     output_type="np",
-                    callback_on_step_end=faults.step_callback(attempt),
+                    callback_on_step_end=batch_step_callback(list(faults), attempt),
                 )
             break
         except torch.cuda.OutOfMemoryError as exc:
@@ -78,17 +104,30 @@ def render_image(model: LoadedModel, spec: RenderSpec, faults: Faults = NO_FAULT
             if attempt == 1:
                 raise RenderFailure(FailureKind.OOM, str(exc).splitlines()[0]) from exc
             log.warning("out of memory; retrying once with attention/VAE slicing")
-    inference_ms = (time.perf_counter() - started) * 1000
+    share_ms = (time.perf_counter() - started) * 1000 / len(specs)
     peak = int(torch.cuda.max_memory_allocated(model.device)) if on_cuda else None
-    flagged = getattr(output, "nsfw_content_detected", None)
-    if model.config.safety_filter and (faults.nsfw or (flagged and any(flagged))):
+    flagged = getattr(output, "nsfw_content_detected", None) or [False] * len(specs)
+    return [
+        RenderOutput(np.asarray(output.images[i]), bool(flagged[i]), share_ms, peak)
+        for i in range(len(specs))
+    ]
+
+
+def finish_image(model: LoadedModel, spec: RenderSpec, out: RenderOutput, faults: Faults) -> bytes:
+    """Check what the pipeline returned, post-process it, encode it: the PNG to store."""
+    if model.config.safety_filter and (faults.nsfw or out.nsfw_flagged):
         raise RenderFailure(FailureKind.NSFW_FILTERED, "the safety checker flagged the image")
-    image = np.asarray(output.images[0])
-    problem = classify_output(image)
+    problem = classify_output(out.image)
     if problem is not None:
         raise RenderFailure(*problem)
-    final = model.postprocess(image, int(spec["width"]), int(spec["height"]))
-    return RenderResult(encode_png(final), inference_ms, peak)
+    return encode_png(model.postprocess(out.image, int(spec["width"]), int(spec["height"])))
+
+
+def render_image(model: LoadedModel, spec: RenderSpec, faults: Faults = NO_FAULTS) -> RenderResult:
+    """Render, check and encode one job in the calling thread."""
+    out = render_batch(model, [spec], [faults])[0]
+    png = finish_image(model, spec, out, faults)
+    return RenderResult(png, out.inference_ms, out.peak_vram_bytes)
 
 
 @contextmanager
@@ -159,36 +198,144 @@ def _fail(ctx: WorkerContext, job_id: str, kind: FailureKind, message: str) -> N
     jobs.finish(ctx.engine, job_id, JobStatus.FAILED, failure_kind=kind, failure_message=message)
 
 
+RENDERED = "RENDERED"  # handed to the recorder, which finishes the job row
+
+
+@dataclass
+class Pending:
+    """A claimed job on its way through the pipeline call."""
+
+    claimed: jobs.Claimed
+    spec: RenderSpec
+    faults: Faults
+
+    @property
+    def job_id(self) -> str:
+        return self.claimed.id
+
+
+@dataclass
+class Rendered:
+    """What the recorder needs to finish a rendered job."""
+
+    pending: Pending
+    model: LoadedModel
+    output: RenderOutput
+    started_at: datetime
+
+    @property
+    def job_id(self) -> str:
+        return self.pending.job_id
+
+
+def record(ctx: WorkerContext, item: Rendered) -> None:
+    """On the recorder thread: check, encode, upload and record one rendered job.
+
+    A database error propagates (the job stays RUNNING and tasks.recovery re-sends it).
+    """
+    job_id, claimed = item.job_id, item.pending.claimed
+    try:
+        png = finish_image(item.model, item.pending.spec, item.output, item.pending.faults)
+        key = object_key(item.model.version, job_id)
+        upload_ms = upload(ctx, key, png, item.pending.faults)
+    except RenderFailure as failure:
+        _fail(ctx, job_id, failure.kind, str(failure))
+        return
+    except Exception as exc:
+        log.exception("job %s raised while being finished", job_id)
+        _fail(ctx, job_id, FailureKind.ERROR, f"{type(exc).__name__}: {exc}")
+        return
+    finished_at = utcnow()
+    jobs.finish(
+        ctx.engine,
+        job_id,
+        JobStatus.SUCCEEDED,
+        finished_at=finished_at,
+        image_key=key,
+        model_revision=item.model.revision,
+        inference_ms=item.output.inference_ms,
+        upload_ms=upload_ms,
+        peak_vram_bytes=item.output.peak_vram_bytes,
+        queue_wait_ms=_ms_between(item.started_at, claimed.enqueued_at or claimed.created_at),
+        end_to_end_ms=_ms_between(finished_at, claimed.created_at),
+    )
+
+
+def _claim_batch_mates(
+    ctx: WorkerContext, model: LoadedModel, spec: RenderSpec, started_at: datetime
+) -> list[Pending]:
+    """Micro-batching: up to N-1 more queued jobs that can share this job's pipeline call."""
+    if ctx.settings.micro_batch <= 1:
+        return []
+    rows = jobs.claim_compatible(
+        ctx.engine,
+        model.version,
+        width=int(spec["width"]),
+        height=int(spec["height"]),
+        steps=int(spec["steps"]),
+        guidance=float(spec["guidance"]),
+        limit=ctx.settings.micro_batch - 1,
+        started_at=started_at,
+        **ctx.worker_fields(),
+    )
+    return [
+        Pending(
+            jobs.Claimed(row.id, row.attempts, row.created_at, row.enqueued_at),
+            render_spec(row),
+            Faults.parse(row.prompt, ctx.settings.fault_injection),
+        )
+        for row in rows
+    ]
+
+
+def _render_pending(
+    ctx: WorkerContext, model: LoadedModel, batch: list[Pending], claimed_at: datetime
+) -> None:
+    """Render ``batch`` in one call and hand the images to the recorder. A failed
+    micro-batch releases the mates (their own messages render them later) and tries the
+    first job alone."""
+    ctx.recorder.render_started()
+    try:
+        outputs = render_batch(model, [p.spec for p in batch], [p.faults for p in batch])
+    except BaseException as exc:
+        if len(batch) == 1:
+            raise
+        jobs.release(ctx.engine, [p.job_id for p in batch[1:]])
+        if isinstance(exc, SoftTimeLimitExceeded | KeyboardInterrupt | SystemExit):
+            raise
+        log.warning("micro-batch of %d failed (%s); rendering job %s alone", len(batch), exc,
+                    batch[0].job_id)  # fmt: skip
+        batch = batch[:1]
+        outputs = render_batch(model, [batch[0].spec], [batch[0].faults])
+    for pending, output in zip(batch, outputs, strict=True):
+        ctx.recorder.submit(Rendered(pending, model, output, claimed_at))
+
+
 @app.task(name=RENDER_TASK, bind=True)
 def render(self, job_id: str, spec: dict) -> str:  # type: ignore[no-untyped-def]
-    """Render one job on this worker's version; returns the final status."""
+    """Render a job on this worker's version; returns RENDERED once its image is handed to
+    the recorder (see tasks/recorder.py), else the job's final status."""
     ctx = context()
     tag = spec.get("model_version")
     if tag != ctx.version:
         return _misrouted(self.app, ctx, job_id, spec, tag)
-    job = jobs.get_job(ctx.engine, job_id)
-    if job is None:
-        log.error("job %s has no record; dropping the message", job_id)
-        return "UNKNOWN"
+    if ctx.recorder.holds(job_id):
+        return RENDERED  # rendered here already (a micro-batch mate's own message)
     started_at = utcnow()
-    attempt = jobs.claim(
-        ctx.engine,
-        job_id,
-        started_at=started_at,
-        worker_host=ctx.hostname,
-        worker_version=ctx.version,
-        device=ctx.device,
-        model_revision=ctx.model.revision if ctx.model else None,
-    )
-    if attempt is None:
+    claimed = jobs.claim_job(ctx.engine, job_id, started_at=started_at, **ctx.worker_fields())
+    if claimed is None:
+        job = jobs.get_job(ctx.engine, job_id)
+        if job is None:
+            log.error("job %s has no record; dropping the message", job_id)
+            return "UNKNOWN"
         return job.status  # already finished: a redelivery must not render again
-    if attempt > ctx.settings.max_attempts:
+    if claimed.attempt > ctx.settings.max_attempts:
         # Earlier deliveries never finished: their worker died (a poison job kills it).
         _fail(
             ctx,
             job_id,
             FailureKind.WORKER_LOST,
-            f"gave up after {attempt - 1} attempts whose worker was lost",
+            f"gave up after {claimed.attempt - 1} attempts whose worker was lost",
         )
         return JobStatus.FAILED
     try:
@@ -198,24 +345,10 @@ def render(self, job_id: str, spec: dict) -> str:  # type: ignore[no-untyped-def
             model = ctx.ensure_model()
         except Exception as exc:
             raise RenderFailure(FailureKind.MODEL_LOAD, f"{type(exc).__name__}: {exc}") from exc
-        result = render_image(model, checked, faults)
-        key = object_key(model.version, job_id)
-        upload_ms = upload(ctx, key, result.png, faults)
-        finished_at = utcnow()
-        jobs.finish(
-            ctx.engine,
-            job_id,
-            JobStatus.SUCCEEDED,
-            finished_at=finished_at,
-            image_key=key,
-            model_revision=model.revision,
-            inference_ms=result.inference_ms,
-            upload_ms=upload_ms,
-            peak_vram_bytes=result.peak_vram_bytes,
-            queue_wait_ms=_ms_between(started_at, job.enqueued_at or job.created_at),
-            end_to_end_ms=_ms_between(finished_at, job.created_at),
-        )
-        return JobStatus.SUCCEEDED
+        batch = [Pending(claimed, checked, faults)]
+        batch += _claim_batch_mates(ctx, model, checked, started_at)
+        _render_pending(ctx, model, batch, started_at)
+        return RENDERED
     except RenderFailure as failure:
         _fail(ctx, job_id, failure.kind, str(failure))
     except SoftTimeLimitExceeded:
@@ -230,7 +363,7 @@ def _misrouted(app: Celery, ctx: WorkerContext, job_id: str, spec: dict, tag: ob
     """Never render another version's job: send it to its own queue, or fail it loudly."""
     if not isinstance(tag, str) or tag not in ctx.settings.versions:
         log.error("job %s has unknown version tag %r; failing it", job_id, tag)
-        jobs.claim(ctx.engine, job_id, started_at=utcnow(), worker_host=ctx.hostname)
+        jobs.claim(ctx.engine, job_id, started_at=utcnow(), worker_host=ctx.node)
         _fail(ctx, job_id, FailureKind.INVALID_JOB, f"unknown model version {tag!r}")
         return JobStatus.FAILED
     log.error("job %s tagged %r reached the %r worker; re-routing", job_id, tag, ctx.version)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from typing import TypedDict
+from typing import TYPE_CHECKING, TypedDict
+
+if TYPE_CHECKING:
+    from storage.models import Job
 
 RENDER_TASK = "canary.render"
 
@@ -25,3 +28,18 @@ SPEC_FIELDS = tuple(RenderSpec.__annotations__)
 def object_key(version: str, job_id: str) -> str:
     """Deterministic, so a redelivered job overwrites rather than duplicates its image."""
     return f"renders/{version}/{job_id}.png"
+
+
+def render_spec(job: Job) -> RenderSpec:
+    """The message spec of a recorded job (what a producer or a recovery sends)."""
+    return RenderSpec(
+        job_id=job.id,
+        model_version=job.model_version,
+        prompt=job.prompt,
+        negative_prompt=job.negative_prompt,
+        seed=job.seed,
+        steps=job.steps,
+        guidance=job.guidance,
+        width=job.width,
+        height=job.height,
+    )

@@ -1,7 +1,10 @@
-"""Per-process worker state: the bound version/device, its loaded model, storage and DB.
+"""Per-process worker state: the bound version/device, its loaded model, storage, DB and
+the background recorder.
 
 The model is loaded in the pool child (``worker_process_init``), never in the parent,
-so the parent process never initialises CUDA.
+so the parent process never initialises CUDA. The same hook re-sends what a previous
+pool process of this node left unfinished, and ``worker_process_shutdown`` (warm
+shutdown) drains the recorder before the process exits.
 """
 
 from __future__ import annotations
@@ -10,18 +13,25 @@ import logging
 import socket
 from dataclasses import dataclass
 from functools import cached_property
+from typing import TYPE_CHECKING, Any
 
-from celery.signals import worker_process_init
+from celery.signals import worker_process_init, worker_process_shutdown
 from sqlalchemy.engine import Engine
 
 from canary.settings import Settings, get_settings
 from storage.db import get_engine
 from storage.objects import ObjectStore, store_from_settings
-from tasks import revisions
+from tasks import recovery, revisions
 from tasks.pipelines import LoadedModel, load_pipeline_from
+from tasks.recorder import Recorder
 from tasks.registry import require_version_dir
 
+if TYPE_CHECKING:
+    from tasks.render import Rendered
+
 log = logging.getLogger(__name__)
+# How long a warm shutdown waits for the recorder; what is left is re-sent on restart.
+DRAIN_TIMEOUT_S = 120.0
 
 
 @dataclass
@@ -52,7 +62,37 @@ class WorkerContext:
 
     @property
     def node(self) -> str:
+        """This worker's Celery node name; job rows record it as ``worker_host``."""
         return self.settings.worker_node or f"render-{self.version}@{self.hostname}"
+
+    def worker_fields(self) -> dict[str, Any]:
+        """What a claim records about who serves the job."""
+        return {
+            "worker_host": self.node,
+            "worker_version": self.version,
+            "device": self.device,
+            "model_revision": self.model.revision if self.model else None,
+        }
+
+    @cached_property
+    def recorder(self) -> Recorder[Rendered]:
+        from tasks.render import record
+
+        assert self.version is not None
+        version = self.version
+        return Recorder(
+            lambda item: record(self, item),
+            capacity=self.settings.record_queue_size * self.settings.micro_batch,
+            periodic=lambda: recovery.sweep(self.app, self.settings, self.engine, version),
+            period_s=self.settings.recovery_sweep_every_s,
+        )
+
+    @property
+    def app(self):  # type: ignore[no-untyped-def]
+        """The process-wide Celery app (imported late: tasks.app imports this module)."""
+        from tasks.app import app
+
+        return app
 
     def ensure_model(self) -> LoadedModel:
         """The loaded model, loading it now if the process has none yet.
@@ -70,7 +110,11 @@ class WorkerContext:
                 else:
                     folder = revisions.fetch(published.source, self.settings, self.version)
                 self.model = load_pipeline_from(
-                    folder, self.version, self.device, self.settings.torch_threads
+                    folder,
+                    self.version,
+                    self.device,
+                    self.settings.torch_threads,
+                    allow_stub=self.settings.benchmark_stubs,
                 )
                 self.load_error = None
             except Exception as exc:
@@ -110,3 +154,18 @@ def _load_model_in_child(**_: object) -> None:
         ctx.ensure_model()
     except Exception:
         log.exception("model %s failed to load on %s", ctx.version, ctx.device)
+    try:
+        recovery.recover_node(ctx.app, ctx.settings, ctx.engine, ctx.version, ctx.node)
+    except Exception:  # the periodic sweep catches up later
+        log.exception("could not re-send the jobs left by %s's previous process", ctx.node)
+    ctx.recorder  # noqa: B018  (start the thread before the first job)
+
+
+@worker_process_shutdown.connect
+def _drain_recorder(**_: object) -> None:
+    ctx = _context
+    if ctx is None or "recorder" not in ctx.__dict__:
+        return
+    if not ctx.recorder.close(DRAIN_TIMEOUT_S):
+        log.error("%d job(s) not recorded before shutdown; they are re-sent on restart",
+                  ctx.recorder.pending)  # fmt: skip

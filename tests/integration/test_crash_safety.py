@@ -16,11 +16,10 @@ from pathlib import Path
 import pytest
 import redis
 
-from gateway.submit import render_spec
 from storage import jobs
 from storage.models import FailureKind, JobStatus, utcnow
 from storage.objects import open_store
-from tasks.spec import RENDER_TASK
+from tasks.spec import RENDER_TASK, render_spec
 from tests.integration.conftest import Stack, local_stack
 
 pytestmark = pytest.mark.integration

@@ -1,0 +1,62 @@
+"""Re-sending jobs a worker acknowledged but never recorded (see :mod:`tasks.recorder`).
+
+Two triggers, both in render workers, both taking the jobs with one conditional UPDATE so
+that no job is re-sent twice by two callers at once:
+
+- a pool process starting re-sends the jobs still RUNNING under its own node name (its
+  predecessor was killed with them in its record queue, or mid-render);
+- every ``CANARY_RECOVERY_SWEEP_EVERY_S`` a worker re-sends its version's jobs RUNNING for
+  longer than the visibility timeout (their worker's host is gone).
+
+A re-sent job is claimed again (its attempt counted, so ``CANARY_MAX_ATTEMPTS`` still ends a
+job that kills every worker) and renders again with its own seed.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+
+from celery import Celery
+
+from canary.settings import Settings
+from storage import jobs
+from storage.models import Job, utcnow
+from tasks.spec import RENDER_TASK, render_spec
+
+log = logging.getLogger(__name__)
+
+
+def resend(app: Celery, settings: Settings, rows: list[Job]) -> None:
+    if not rows:
+        return
+    with app.producer_or_acquire() as producer:
+        for job in rows:
+            app.send_task(
+                RENDER_TASK,
+                args=(job.id, render_spec(job)),
+                queue=settings.queue_for(job.model_version),
+                task_id=job.id,
+                producer=producer,
+                ignore_result=True,
+            )
+
+
+def recover_node(app: Celery, settings: Settings, engine, version: str, node: str) -> int:  # type: ignore[no-untyped-def]
+    """Re-send what this node's previous pool process left RUNNING; returns the count."""
+    rows = jobs.take_stranded(engine, model_version=version, worker_host=node)
+    if rows:
+        log.warning("re-sending %d job(s) left unfinished by %s's previous process", len(rows),
+                    node)  # fmt: skip
+    resend(app, settings, rows)
+    return len(rows)
+
+
+def sweep(app: Celery, settings: Settings, engine, version: str) -> int:  # type: ignore[no-untyped-def]
+    """Re-send the version's jobs RUNNING for longer than the visibility timeout."""
+    cutoff = utcnow() - timedelta(seconds=settings.visibility_timeout_s)
+    rows = jobs.take_stranded(engine, model_version=version, started_before=cutoff)
+    if rows:
+        log.warning("re-sending %d stranded job(s) of %s", len(rows), version)
+    resend(app, settings, rows)
+    return len(rows)

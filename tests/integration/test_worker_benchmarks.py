@@ -1,0 +1,80 @@
+"""Smoke run of the worker benchmarks (real broker, workers, database): each quick mode
+starts, finishes and prints its figures in the documented format. No timing is asserted."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from benchmarks.harness import FIGURE_LINE
+from tests.integration.conftest import PROJECT_ROOT
+
+pytestmark = pytest.mark.integration
+
+EXPECTED = {
+    "end_to_end": {"end_to_end_efficiency", "end_to_end_jobs_per_s"},
+    "overhead": {"overhead_median_ms", "overhead_p99_ms", "worker_jobs_per_s"},
+    "busy": {"busy_fraction"},
+    "bulk_submit": {
+        "bulk_submit_vs_apply_async",
+        "bulk_submit_jobs_per_s",
+        "apply_async_jobs_per_s",
+        "apply_async_no_sent_event_jobs_per_s",
+    },
+    "micro_batch": {
+        "micro_batch_1_images_per_s",
+        "micro_batch_2_images_per_s",
+        "micro_batch_max_pixel_diff",
+    },
+    "memory": {"worker_rss_growth_mib", "worker_rss_peak_mib"},
+}
+TARGETED = {
+    "end_to_end_efficiency": (">=", 0.95),
+    "overhead_median_ms": ("<=", 10.0),
+    "busy_fraction": (">=", 0.98),
+    "bulk_submit_vs_apply_async": (">=", 2.0),
+    "micro_batch_max_pixel_diff": ("<=", 2.0),
+    "worker_rss_growth_mib": ("<=", 16.0),
+}
+
+
+@pytest.fixture(scope="module")
+def quick_run(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> tuple[str, dict]:
+    out = tmp_path_factory.mktemp("bench")
+    result = subprocess.run(
+        [sys.executable, "-m", "benchmarks.all", "--quick", "--output", str(out)],
+        capture_output=True,
+        text=True,
+        cwd=PROJECT_ROOT,
+        env={**os.environ, "REDIS_URL": redis_url},
+        timeout=600,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result.stdout, json.loads((out / "quick.json").read_text())
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_each_benchmark_prints_its_figures(quick_run: tuple[str, dict], name: str) -> None:
+    stdout, data = quick_run
+    printed = {m["key"]: m for m in FIGURE_LINE.finditer(stdout)}
+    assert EXPECTED[name] <= printed.keys(), stdout
+    (report,) = [r for r in data["reports"] if r["name"] == name]
+    assert {f["key"] for f in report["figures"]} == EXPECTED[name]
+    for figure in report["figures"]:
+        line = printed[figure["key"]]
+        assert float(line["value"]) == pytest.approx(figure["value"], rel=1e-3, abs=1e-3)
+        if figure["key"] in TARGETED:
+            op, target = TARGETED[figure["key"]]
+            assert (line["op"], float(line["target"])) == (op, target)
+            assert line["met"] == ("met" if figure["met"] else "NOT met")
+
+
+def test_results_name_the_machine(quick_run: tuple[str, dict]) -> None:
+    _, data = quick_run
+    assert data["quick"] is True
+    assert data["machine"]["cores"] >= 1 and data["machine"]["torch"]
