@@ -14,9 +14,11 @@ no experiment and are never counted. Days are UTC dates.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
+from typing import Any
 
 from sqlalchemy import (
     Date,
@@ -26,11 +28,15 @@ from sqlalchemy import (
     cast,
     func,
     literal,
+    null,
     or_,
     select,
+    text,
+    union_all,
 )
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.sql import ColumnElement, Select
+from sqlalchemy.sql.selectable import NamedFromClause, Subquery
 
 from storage.models import Assignment, Event, EventType, Job, JobStatus
 
@@ -99,7 +105,7 @@ def seconds_between(engine: Engine, later: ColumnElement, earlier: ColumnElement
 def plus_days(engine: Engine, column: ColumnElement, days: int) -> ColumnElement:
     if engine.dialect.name == "postgresql":
         return column + func.make_interval(0, 0, 0, days)
-    return func.datetime(column, f"+{days} days")
+    return func.datetime(column, f"{days:+d} days")  # "+-7 days" would be NULL
 
 
 def _as_day(engine: Engine, value: object) -> date:
@@ -154,8 +160,15 @@ mean_peak_vram_gb = _job_ratio(
 )
 
 
-def _job_event_ratio(event_num: ColumnElement, den_kind: str):  # type: ignore[no-untyped-def]
-    """Events about the experiment's jobs over views (den_kind='views') or generations."""
+def _job_event_ratio(  # type: ignore[no-untyped-def]
+    event_num: ColumnElement, den_kind: str, *, counts: EventType, once_per_job: bool = False
+):
+    """Events about the experiment's jobs over views (den_kind='views') or generations.
+
+    ``event_num`` counts events of type ``counts`` only; just that type (and views for a
+    views denominator) is read, a range of the (type, job_id, dwell_ms) index.
+    """
+    read = sorted({counts, EventType.IMAGE_VIEWED} if den_kind == "views" else {counts})
 
     def build(engine: Engine, window: Window) -> Select:
         day = day_of(engine, Job.created_at)
@@ -177,18 +190,21 @@ def _job_event_ratio(event_num: ColumnElement, den_kind: str):  # type: ignore[n
                 func.sum(event_num).label("num"),
                 func.sum(case((Event.type == EventType.IMAGE_VIEWED, 1), else_=0)).label("views"),
             )
-            .where(Event.job_id.is_not(None))  # type: ignore[union-attr]
+            .where(Event.job_id.is_not(None), Event.type.in_(read))  # type: ignore[union-attr,attr-defined]
             .group_by(Event.job_id)
             .subquery()
         )
         den = func.coalesce(events.c.views, 0) if den_kind == "views" else per_job.c.generated
+        num = func.coalesce(events.c.num, 0)
+        if once_per_job:
+            num = case((events.c.num > 0, 1), else_=0)
         return (
             select(
                 per_job.c.arm,
                 per_job.c.segment,
                 per_job.c.day,
                 per_job.c.unit,
-                func.sum(func.coalesce(events.c.num, 0)).label("num"),
+                func.sum(num).label("num"),
                 func.sum(den).label("den"),
             )
             .select_from(per_job.outerjoin(events, events.c.job_id == per_job.c.job_id))
@@ -204,13 +220,19 @@ long_dwell_share = _job_event_ratio(
         else_=0,
     ),
     "views",
+    counts=EventType.IMAGE_VIEWED,
 )
 # at most one download counted per image
 download_rate = _job_event_ratio(
-    case((Event.type == EventType.DOWNLOAD_CLICKED, 1), else_=0), "generations"
+    case((Event.type == EventType.DOWNLOAD_CLICKED, 1), else_=0),
+    "generations",
+    counts=EventType.DOWNLOAD_CLICKED,
+    once_per_job=True,
 )
 negative_feedback_rate = _job_event_ratio(
-    case((Event.type == EventType.FEEDBACK_REPORTED, 1), else_=0), "generations"
+    case((Event.type == EventType.FEEDBACK_REPORTED, 1), else_=0),
+    "generations",
+    counts=EventType.FEEDBACK_REPORTED,
 )
 
 
@@ -403,33 +425,40 @@ def dwell_vs_retention(engine: Engine, window: Window) -> Select:
 # ---------------------------------------------------------------- reduction
 
 
-def sufficient_statistics(
-    engine: Engine, units: UnitQuery, window: Window, *, by_day: bool
-) -> dict[Key, Sufficient]:
-    """Reduce a per-user metric query to sufficient statistics in the database."""
-    rows = units(engine, window).subquery()
-    has_z = "z" in rows.c
-    if not by_day:
-        # one unit per user over the whole window: a user active on several days is still
-        # one cluster (summing their days' num and den), not several independent units
-        rows = (
-            select(
-                rows.c.arm,
-                rows.c.segment,
-                rows.c.unit,
-                func.sum(rows.c.num).label("num"),
-                func.sum(rows.c.den).label("den"),
-                *([func.max(rows.c.z).label("z")] if has_z else []),
-            )
-            .group_by(rows.c.arm, rows.c.segment, rows.c.unit)
-            .subquery()
+@contextmanager
+def _report_connection(engine: Engine) -> Iterator[Connection]:
+    """A connection for one report statement. On PostgreSQL its transaction runs without JIT
+    compilation: these statements take seconds, and compiling their expressions (0.1-2 s
+    each, measured on 10M events) costs more than it saves."""
+    with engine.connect() as connection:
+        if engine.dialect.name == "postgresql":
+            connection.execute(text("SET LOCAL jit = off"))
+        yield connection
+
+
+def _whole_window(rows: NamedFromClause, has_z: bool) -> Subquery:
+    """One unit per user over the whole window: a user active on several days is still one
+    cluster (summing their days' num and den), not several independent units."""
+    return (
+        select(
+            rows.c.arm,
+            rows.c.segment,
+            rows.c.unit,
+            func.sum(rows.c.num).label("num"),
+            func.sum(rows.c.den).label("den"),
+            *([func.max(rows.c.z).label("z")] if has_z else []),
         )
+        .group_by(rows.c.arm, rows.c.segment, rows.c.unit)
+        .subquery()
+    )
+
+
+def _sums(rows: NamedFromClause, has_z: bool) -> list[ColumnElement]:
+    """n and the sums of Sufficient, over the rows of one group."""
     num = cast(rows.c.num, Float)
     den = cast(rows.c.den, Float)
     z = cast(rows.c.z, Float) if has_z else literal(0.0)
-    group = [rows.c.arm, rows.c.segment] + ([rows.c.day] if by_day else [])
-    query = select(
-        *group,
+    return [
         func.count().label("n"),
         func.sum(num),
         func.sum(den),
@@ -439,18 +468,66 @@ def sufficient_statistics(
         func.sum(z),
         func.sum(z * z),
         func.sum(num * z),
-    ).group_by(*group)
+    ]
+
+
+def _sufficient(numbers: Sequence[Any]) -> Sufficient:
+    """A result row's n and sums (a sum over no rows is NULL: 0)."""
+    return Sufficient(int(numbers[0]), *(float(v or 0.0) for v in numbers[1:]))
+
+
+def sufficient_statistics(
+    engine: Engine, units: UnitQuery, window: Window, *, by_day: bool
+) -> dict[Key, Sufficient]:
+    """Reduce a per-user metric query to sufficient statistics in the database."""
+    rows = units(engine, window).subquery()
+    has_z = "z" in rows.c
+    if not by_day:
+        rows = _whole_window(rows, has_z)
+    group = [rows.c.arm, rows.c.segment] + ([rows.c.day] if by_day else [])
+    query = select(*group, *_sums(rows, has_z)).group_by(*group)
     found: dict[Key, Sufficient] = {}
-    with engine.connect() as connection:
+    with _report_connection(engine) as connection:
         for row in connection.execute(query):
             values = list(row)
             arm, segment = values[0], values[1]
             day = _as_day(engine, values[2]) if by_day else None
-            numbers = values[3 if by_day else 2 :]
-            found[(arm, segment, day)] = Sufficient(
-                int(numbers[0]), *(float(v or 0.0) for v in numbers[1:])
-            )
+            found[(arm, segment, day)] = _sufficient(values[3 if by_day else 2 :])
     return found
+
+
+def overall_and_daily_statistics(
+    engine: Engine, units: UnitQuery, window: Window
+) -> tuple[dict[Key, Sufficient], dict[Key, Sufficient]]:
+    """``sufficient_statistics`` over the whole window and by day, in one statement.
+
+    The per-user rows are computed once (a materialized CTE) and reduced both ways, instead
+    of running the metric's query twice; it also keeps a per-user scalar subquery (the
+    value metrics' num and z) from being evaluated once per aggregate that reads it.
+    """
+    rows = units(engine, window).cte("unit_rows")
+    if engine.dialect.name == "postgresql":  # PostgreSQL materializes it anyway; say so
+        rows = rows.prefix_with("MATERIALIZED")
+    has_z = "z" in rows.c
+    whole = _whole_window(rows, has_z)
+    query = union_all(
+        select(literal(0).label("daily"), whole.c.arm, whole.c.segment, null().label("day"))
+        .add_columns(*_sums(whole, has_z))
+        .group_by(whole.c.arm, whole.c.segment),
+        select(literal(1), rows.c.arm, rows.c.segment, rows.c.day)
+        .add_columns(*_sums(rows, has_z))
+        .group_by(rows.c.arm, rows.c.segment, rows.c.day),
+    )
+    overall: dict[Key, Sufficient] = {}
+    daily: dict[Key, Sufficient] = {}
+    with _report_connection(engine) as connection:
+        for row in connection.execute(query):
+            by_day, arm, segment, day, *numbers = row
+            if by_day:
+                daily[(arm, segment, _as_day(engine, day))] = _sufficient(numbers)
+            else:
+                overall[(arm, segment, None)] = _sufficient(numbers)
+    return overall, daily
 
 
 def percentile_by_arm(
@@ -474,7 +551,7 @@ def percentile_by_arm(
     query = select(ranked.c.arm, ranked.c.day, ranked.c.value, ranked.c.n).where(
         ranked.c.rank >= ranked.c.n * q, ranked.c.rank - 1 < ranked.c.n * q
     )
-    with engine.connect() as connection:
+    with _report_connection(engine) as connection:
         return {
             (arm, _as_day(engine, d) if by_day else None): {"value": float(v), "n": int(n)}
             for arm, d, v, n in connection.execute(query)
@@ -488,7 +565,7 @@ def failures_by_kind(engine: Engine, window: Window) -> dict[str, dict[str, int]
         .group_by(Job.arm, Job.failure_kind)
     )
     found: dict[str, dict[str, int]] = {}
-    with engine.connect() as connection:
+    with _report_connection(engine) as connection:
         for arm, kind, n in connection.execute(query):
             found.setdefault(arm, {})[kind or "unknown"] = int(n)
     return found
@@ -505,7 +582,7 @@ def exposures(
     if exclude:
         query = query.where(Assignment.user_id.not_in(sorted(exclude)))  # type: ignore[attr-defined]
     query = query.group_by(Assignment.stage, Assignment.segment, first_arm)
-    with engine.connect() as connection:
+    with _report_connection(engine) as connection:
         return [(stage, seg, arm, int(n)) for stage, seg, arm, n in connection.execute(query)]
 
 

@@ -10,12 +10,22 @@ an image must name a job of the same user.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
+from operator import attrgetter
 from typing import Any, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError, model_validator
-from sqlalchemy import select
-from sqlalchemy.engine import Engine
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from sqlalchemy import String, any_, bindparam, select, text
+from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.engine import Connection, Engine
 
 from canary.settings import Settings
 from gateway.specs import _format_pydantic
@@ -23,9 +33,24 @@ from storage.db import dialect_insert
 from storage.models import JOB_EVENTS, Event, EventType, Job, utcnow
 
 MAX_DWELL_MS = 6 * 3600 * 1000
-INSERT_CHUNK = 500  # rows per INSERT: well under SQLite's bound-parameter limit
 FeedbackReason = Literal["poor_quality", "style_mismatch", "other"]
 PRINTABLE_ID = r"^[\x21-\x7e]{1,100}$"
+# PostgreSQL: a batch as one array per column, so the statement text is the same for every
+# batch (psycopg and SQLAlchemy parse it once) and the server gets one short query. Rows are
+# inserted in array order (ORDER BY the ordinality), which the caller makes the id order.
+_UNNEST_INSERT = text(
+    "INSERT INTO events"
+    " (id, type, user_id, job_id, occurred_at, dwell_ms, reason, received_at, api_key_id)"
+    " SELECT e.id, e.type, e.user_id, e.job_id, e.occurred_at, e.dwell_ms, e.reason,"
+    " CAST(:received_at AS TIMESTAMPTZ), CAST(:api_key_id AS VARCHAR)"
+    " FROM unnest(CAST(:id AS VARCHAR[]), CAST(:type AS VARCHAR[]),"
+    " CAST(:user_id AS VARCHAR[]), CAST(:job_id AS VARCHAR[]),"
+    " CAST(:occurred_at AS TIMESTAMPTZ[]), CAST(:dwell_ms AS BIGINT[]),"
+    " CAST(:reason AS VARCHAR[]))"
+    " WITH ORDINALITY AS e(id, type, user_id, job_id, occurred_at, dwell_ms, reason, n)"
+    " ORDER BY e.n"
+    " ON CONFLICT DO NOTHING RETURNING id"
+)
 
 
 class EventIn(BaseModel):
@@ -38,6 +63,12 @@ class EventIn(BaseModel):
     job_id: str | None = Field(default=None, min_length=1, max_length=36)
     dwell_ms: int | None = Field(default=None, ge=0, le=MAX_DWELL_MS)
     reason: FeedbackReason | None = None
+
+    @field_validator("occurred_at")
+    @classmethod
+    def _in_utc(cls, value: datetime) -> datetime:
+        """Stored in UTC: SQLite keeps a datetime's wall-clock time and drops its offset."""
+        return value.astimezone(UTC)
 
     @model_validator(mode="after")
     def _fields_for_type(self) -> EventIn:
@@ -85,6 +116,19 @@ class EventIngestor:
     def __init__(self, settings: Settings, engine: Engine) -> None:
         self.settings = settings
         self.engine = engine
+        self._postgres = engine.dialect.name == "postgresql"
+        # built once, so SQLAlchemy compiles each statement once and caches it
+        self._owners_statement = select(Job.id, Job.user_id).where(
+            Job.id == any_(bindparam("ids", type_=ARRAY(String)))
+            if self._postgres
+            else Job.id.in_(bindparam("ids", expanding=True))  # type: ignore[attr-defined]
+        )
+        table = Event.__table__  # type: ignore[attr-defined]
+        self._insert_statement = (
+            _UNNEST_INSERT
+            if self._postgres
+            else dialect_insert(engine)(table).on_conflict_do_nothing().returning(table.c.id)
+        )
 
     def ingest(
         self, items: list[Any], *, api_key_id: str | None = None, now: datetime | None = None
@@ -111,8 +155,22 @@ class EventIngestor:
                 )
             else:
                 parsed.append((index, result))
-        owners = self._job_owners({e.job_id for _, e in parsed if e.job_id})
-        rows: dict[str, dict[str, Any]] = {}
+        with self.engine.begin() as connection:  # one connection for the whole batch
+            owners = self._job_owners(connection, {e.job_id for _, e in parsed if e.job_id})
+            events = self._owned(parsed, owners, outcome)
+            inserted = self._insert(connection, list(events.values()), now, api_key_id)
+        outcome.accepted = inserted
+        outcome.duplicates += len(events) - inserted
+        return outcome
+
+    @staticmethod
+    def _owned(
+        parsed: list[tuple[int, EventIn]],
+        owners: dict[str, str | None],
+        outcome: IngestOutcome,
+    ) -> dict[str, EventIn]:
+        """The events naming no job or one of their user's, once per id; rejects the rest."""
+        events: dict[str, EventIn] = {}
         for index, event in parsed:
             if event.job_id is not None:
                 owner = owners.get(event.job_id, ...)
@@ -126,40 +184,62 @@ class EventIngestor:
                         Rejected(index, event.event_id, ["job_id: the job is another user's"])
                     )
                     continue
-            if event.event_id in rows:
+            if event.event_id in events:
                 outcome.duplicates += 1
                 continue
-            rows[event.event_id] = {
-                "id": event.event_id,
-                "type": event.type.value,
-                "user_id": event.user_id,
-                "job_id": event.job_id,
-                "occurred_at": event.occurred_at,
-                "received_at": now,
-                "dwell_ms": event.dwell_ms,
-                "reason": event.reason,
-                "api_key_id": api_key_id,
-            }
-        inserted = self._insert(list(rows.values()))
-        outcome.accepted = inserted
-        outcome.duplicates += len(rows) - inserted
-        return outcome
+            events[event.event_id] = event
+        return events
 
-    def _job_owners(self, job_ids: set[str]) -> dict[str, str | None]:
+    def _job_owners(self, connection: Connection, job_ids: set[str]) -> dict[str, str | None]:
+        """Who owns each named job that exists, in one query for the whole batch."""
         if not job_ids:
             return {}
-        with self.engine.connect() as connection:
-            query = select(Job.id, Job.user_id).where(Job.id.in_(sorted(job_ids)))  # type: ignore[attr-defined]
-            return {job_id: user_id for job_id, user_id in connection.execute(query)}
+        rows = connection.execute(self._owners_statement, {"ids": sorted(job_ids)})
+        return {job_id: user_id for job_id, user_id in rows}
 
-    def _insert(self, rows: list[dict[str, Any]]) -> int:
-        if not rows:
+    def _insert(
+        self,
+        connection: Connection,
+        events: list[EventIn],
+        now: datetime,
+        api_key_id: str | None,
+    ) -> int:
+        """Store the events whose id is new; return how many were stored.
+
+        One statement per batch whose text never changes (so it is compiled once): on
+        PostgreSQL an INSERT ... SELECT FROM unnest() of one array per column, elsewhere an
+        executemany that SQLAlchemy sends as multi-row INSERT pages; both ON CONFLICT DO
+        NOTHING RETURNING id. Rows go in id order, so concurrent batches sharing ids take
+        their locks in the same order and cannot deadlock.
+        """
+        if not events:
             return 0
-        inserted = 0
-        insert = dialect_insert(self.engine)
-        with self.engine.begin() as connection:
-            for start in range(0, len(rows), INSERT_CHUNK):
-                chunk = rows[start : start + INSERT_CHUNK]
-                statement = insert(Event).values(chunk).on_conflict_do_nothing()
-                inserted += len(connection.execute(statement.returning(Event.id)).all())
-        return inserted
+        events.sort(key=attrgetter("event_id"))
+        if self._postgres:
+            parameters: Any = {
+                "id": [e.event_id for e in events],
+                "type": [e.type.value for e in events],
+                "user_id": [e.user_id for e in events],
+                "job_id": [e.job_id for e in events],
+                "occurred_at": [e.occurred_at for e in events],
+                "dwell_ms": [e.dwell_ms for e in events],
+                "reason": [e.reason for e in events],
+                "received_at": now,
+                "api_key_id": api_key_id,
+            }
+        else:
+            parameters = [
+                {
+                    "id": e.event_id,
+                    "type": e.type.value,
+                    "user_id": e.user_id,
+                    "job_id": e.job_id,
+                    "occurred_at": e.occurred_at,
+                    "received_at": now,
+                    "dwell_ms": e.dwell_ms,
+                    "reason": e.reason,
+                    "api_key_id": api_key_id,
+                }
+                for e in events
+            ]
+        return len(connection.execute(self._insert_statement, parameters).all())

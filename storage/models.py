@@ -274,6 +274,11 @@ class Event(SQLModel, table=True):
     __table_args__ = (
         Index("ix_events_type_time", "type", "occurred_at"),
         Index("ix_events_user_time", "user_id", "occurred_at"),
+        # the report's per-image metrics read one event type's (job_id, dwell_ms) from this
+        # index alone, in job order (no table access, no sort)
+        Index("ix_events_type_job", "type", "job_id", "dwell_ms"),
+        # "did this user log in / pay after t": one index probe per user, no table access
+        Index("ix_events_user_type_time", "user_id", "type", "occurred_at"),
     )
 
     id: str = Field(primary_key=True, max_length=100)
