@@ -15,7 +15,14 @@ from sqlalchemy.engine import Engine
 
 from analysis import metrics as m
 from analysis.gates import GatePolicy, evaluate, load_policy
-from analysis.stats import Comparison, compare, pearson, sample_ratio, stratified
+from analysis.stats import (
+    Comparison,
+    compare,
+    compare_stratified,
+    pearson,
+    sample_ratio,
+    stratified,
+)
 from canary.settings import Settings
 from gateway.experiments import Experiment, ExperimentConfig
 from storage import golden
@@ -45,27 +52,41 @@ def _compare(b: m.Sufficient | None, c: m.Sufficient | None, **options: Any) -> 
     return compare(b, c, **options) if b is not None and c is not None else None
 
 
-def metric_section(
-    engine: Engine, metric: m.MetricDef, window: m.Window, *, use_cuped: bool
-) -> dict[str, Any]:
-    overall_stats = m.sufficient_statistics(engine, metric.units, window, by_day=False)
-    baseline, candidate = _arm_totals(overall_stats)
-    segments = sorted({segment for _, segment, _ in overall_stats})
-    by_segment = {
-        segment: (
-            overall_stats[(BASELINE, segment, None)],
-            overall_stats[(CANDIDATE, segment, None)],
-        )
+def _by_segment(
+    stats: dict[m.Key, m.Sufficient], day: date | None = None
+) -> dict[str, tuple[m.Sufficient, m.Sufficient]]:
+    """Segments with both arms (on ``day``, or over the window)."""
+    segments = sorted({segment for _, segment, d in stats if d == day})
+    return {
+        segment: (stats[(BASELINE, segment, day)], stats[(CANDIDATE, segment, day)])
         for segment in segments
-        if (BASELINE, segment, None) in overall_stats
-        and (CANDIDATE, segment, None) in overall_stats
+        if (BASELINE, segment, day) in stats and (CANDIDATE, segment, day) in stats
     }
+
+
+def metric_section(
+    engine: Engine,
+    metric: m.MetricDef,
+    window: m.Window,
+    *,
+    use_cuped: bool,
+    statistics: tuple[dict[m.Key, m.Sufficient], dict[m.Key, m.Sufficient]] | None = None,
+) -> dict[str, Any]:
+    """Overall and daily comparisons are stratified by segment: a segment's candidate share
+    may differ from another's, and pooling would mix the arms' segment mix into the lift.
+
+    ``statistics`` are the metric's overall and daily sufficient statistics when the caller
+    has them already (else they are computed here, in one statement)."""
+    overall_stats, daily_stats = statistics or m.overall_and_daily_statistics(
+        engine, metric.units, window
+    )
+    by_segment = _by_segment(overall_stats)
     combined = stratified(by_segment)
     section: dict[str, Any] = {
         "label": metric.label,
         "layer": metric.layer,
         "higher_is_better": metric.higher_is_better,
-        "overall": _comparison_dict(_compare(baseline, candidate)),
+        "overall": _comparison_dict(compare_stratified(by_segment)),
         "cuped": None,
         "segments": {
             segment: _comparison_dict(_compare(b, c)) for segment, (b, c) in by_segment.items()
@@ -74,10 +95,9 @@ def metric_section(
         "daily": [],
     }
     if use_cuped and metric.layer == m.VALUE:
-        adjusted = _compare(baseline, candidate, use_cuped=True)
+        adjusted = compare_stratified(by_segment, use_cuped=True)
         if adjusted is not None and adjusted.cuped:
             section["cuped"] = _comparison_dict(adjusted)
-    daily_stats = m.sufficient_statistics(engine, metric.units, window, by_day=True)
     for day in sorted({d for _, _, d in daily_stats if d is not None}):
         b, c = _arm_totals({k: v for k, v in daily_stats.items() if k[2] == day})
         section["daily"].append(
@@ -85,7 +105,7 @@ def metric_section(
                 "day": day.isoformat(),
                 "baseline_users": b.n if b else 0,
                 "candidate_users": c.n if c else 0,
-                "comparison": _comparison_dict(_compare(b, c)),
+                "comparison": _comparison_dict(compare_stratified(_by_segment(daily_stats, day))),
             }
         )
     return section
@@ -154,8 +174,14 @@ def build_report(
     use_cuped: bool = True,
 ) -> dict[str, Any]:
     window = m.Window.days(experiment.name, first, last)
+    statistics = {
+        metric.name: m.overall_and_daily_statistics(engine, metric.units, window)
+        for metric in m.METRICS
+    }
     sections = {
-        metric.name: metric_section(engine, metric, window, use_cuped=use_cuped)
+        metric.name: metric_section(
+            engine, metric, window, use_cuped=use_cuped, statistics=statistics[metric.name]
+        )
         for metric in m.METRICS
     }
     p95_overall = m.percentile_by_arm(engine, window, 0.95, by_day=False)
@@ -169,7 +195,7 @@ def build_report(
         arm: s.n if s else 0
         for arm, s in zip(
             (BASELINE, CANDIDATE),
-            _arm_totals(m.sufficient_statistics(engine, m.success_rate, window, by_day=False)),
+            _arm_totals(statistics["success_rate"][0]),  # users with a job in the window
             strict=True,
         )
     }

@@ -21,9 +21,10 @@ from scipy.stats import chisquare, norm
 from analysis.metrics import Sufficient
 
 DEFAULT_ALPHA = 0.05
-# mixture spread of the mSPRT as a share of the baseline value: effects of about this
-# relative size are detected fastest (GrowthBook and Eppo expose the same tuning knob)
-DEFAULT_TAU_RELATIVE = 0.1
+# The mSPRT's normal mixture is tuned, as GrowthBook does, to give its tightest interval
+# when the experiment has this many users (both arms): the mixing variance is the
+# per-user variance times rho^2 = (-2 ln a + ln(1 - 2 ln a)) / N (Howard et al. 2021).
+DEFAULT_TUNING_USERS = 10_000
 SRM_ALPHA = 0.001
 
 
@@ -107,16 +108,24 @@ class Comparison:
     baseline_ci: Interval  # each arm's own 95% interval (for trend plots)
     candidate_ci: Interval
     cuped: bool = False
+    alpha: float = DEFAULT_ALPHA
 
     @property
     def significant(self) -> bool:
         """Decided by the always-valid p-value, the one safe under daily looks."""
-        return self.sequential_p_value < DEFAULT_ALPHA
+        return self.sequential_p_value < self.alpha
 
 
 def _arm_interval(estimate: Estimate, z: float) -> Interval:
     half = z * math.sqrt(estimate.variance)
     return Interval(estimate.value - half, estimate.value + half)
+
+
+def _mixing_variance(variance: float, users: int, tuning_users: int, alpha: float) -> float:
+    """tau^2 on the estimate's scale: per-user variance (variance * users) times rho^2."""
+    log_alpha = math.log(alpha)
+    rho2 = (-2 * log_alpha + math.log(1 - 2 * log_alpha)) / tuning_users
+    return max(variance * users * rho2, 1e-18)
 
 
 def msprt(estimate: float, variance: float, tau2: float, alpha: float) -> tuple[float, float]:
@@ -137,34 +146,88 @@ def compare(
     candidate: Sufficient,
     *,
     alpha: float = DEFAULT_ALPHA,
-    tau_relative: float = DEFAULT_TAU_RELATIVE,
+    tuning_users: int = DEFAULT_TUNING_USERS,
     use_cuped: bool = False,
 ) -> Comparison | None:
     """Candidate vs baseline; None when either arm has fewer than two users."""
-    estimates: tuple[Estimate, Estimate] | None = None
+    found = _estimates(baseline, candidate, use_cuped)
+    if found is None:
+        return None
+    return _compare_estimates(*found, alpha=alpha, tuning_users=tuning_users)
+
+
+def _estimates(
+    baseline: Sufficient, candidate: Sufficient, use_cuped: bool
+) -> tuple[Estimate, Estimate, bool] | None:
+    """Each arm's estimate (CUPED-adjusted when asked and possible), and whether it is."""
     if use_cuped:
-        estimates = cuped_estimates(baseline, candidate)
-    cuped = estimates is not None
-    if estimates is None:
-        b, c = ratio_estimate(baseline), ratio_estimate(candidate)
-        if b is None or c is None:
-            return None
-        estimates = (b, c)
-    b, c = estimates
+        adjusted = cuped_estimates(baseline, candidate)
+        if adjusted is not None:
+            return adjusted[0], adjusted[1], True
+    b, c = ratio_estimate(baseline), ratio_estimate(candidate)
+    return None if b is None or c is None else (b, c, False)
+
+
+def compare_stratified(
+    by_segment: dict[str, tuple[Sufficient, Sufficient]],
+    *,
+    alpha: float = DEFAULT_ALPHA,
+    tuning_users: int = DEFAULT_TUNING_USERS,
+    use_cuped: bool = False,
+) -> Comparison | None:
+    """Candidate vs baseline within each segment, combined with each segment's share of the
+    metric's denominator over both arms (the population's own mix).
+
+    Segments may have different candidate shares: then the arms' segment mixes differ and
+    a pooled comparison reports that difference as an effect (an A/A test with a smaller
+    new-user share "finds" fewer generations per user). Within a segment the split is
+    random. Segments without two users in each arm are left out.
+    """
+    parts: list[tuple[float, Estimate, Estimate, bool]] = []
+    for baseline, candidate in by_segment.values():
+        found = _estimates(baseline, candidate, use_cuped)
+        if found is not None:
+            parts.append((baseline.sum_den + candidate.sum_den, *found))
+    total = sum(weight for weight, _, _, _ in parts)
+    if total <= 0:
+        return None
+
+    def combined(estimates: list[tuple[float, Estimate]]) -> Estimate:
+        return Estimate(
+            sum(w / total * e.value for w, e in estimates),
+            sum((w / total) ** 2 * e.variance for w, e in estimates),
+            sum(e.n for _, e in estimates),
+        )
+
+    return _compare_estimates(
+        combined([(w, b) for w, b, _, _ in parts]),
+        combined([(w, c) for w, _, c, _ in parts]),
+        any(cuped for _, _, _, cuped in parts),
+        alpha=alpha,
+        tuning_users=tuning_users,
+    )
+
+
+def _compare_estimates(
+    b: Estimate, c: Estimate, cuped: bool, *, alpha: float, tuning_users: int
+) -> Comparison:
     z = float(norm.ppf(1 - alpha / 2))
     lift = c.value - b.value
     variance = b.variance + c.variance
     se = math.sqrt(variance)
     p_value = 2 * float(norm.sf(abs(lift) / se)) if se > 0 else (1.0 if lift == 0 else 0.0)
-    tau2 = max((tau_relative * b.value) ** 2, variance, 1e-12)
-    seq_p, seq_half = msprt(lift, variance, tau2, alpha)
+    users = b.n + c.n
+    seq_p, seq_half = msprt(
+        lift, variance, _mixing_variance(variance, users, tuning_users, alpha), alpha
+    )
     relative = relative_ci = seq_relative = None
     if b.value != 0:
         relative = c.value / b.value - 1
         rel_var = c.variance / b.value**2 + c.value**2 * b.variance / b.value**4
         rel_se = math.sqrt(rel_var)
         relative_ci = Interval(relative - z * rel_se, relative + z * rel_se)
-        _, rel_half = msprt(relative, rel_var, max(tau_relative**2, rel_var, 1e-12), alpha)
+        mixing = _mixing_variance(rel_var, users, tuning_users, alpha)
+        _, rel_half = msprt(relative, rel_var, mixing, alpha)
         seq_relative = Interval(relative - rel_half, relative + rel_half)
     return Comparison(
         baseline=b.value,
@@ -182,6 +245,7 @@ def compare(
         baseline_ci=_arm_interval(b, z),
         candidate_ci=_arm_interval(c, z),
         cuped=cuped,
+        alpha=alpha,
     )
 
 

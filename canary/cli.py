@@ -590,6 +590,54 @@ def demo(
         raise fail(str(exc), 1) from None
 
 
+# ---------------------------------------------------------------- simulated traffic
+Effect = Annotated[float, typer.Option(min=-0.99, help="Relative change for the candidate")]
+
+
+@app.command()
+def simulate(
+    users: Annotated[int, typer.Option(min=10, max=1_000_000)] = 1000,
+    days: Annotated[int, typer.Option(min=1, max=60, help="Experiment days")] = 10,
+    seed: Annotated[int, typer.Option(help="The same seed simulates the same traffic")] = 1,
+    last: Annotated[str | None, typer.Option(help="Last day (default yesterday, UTC)")] = None,
+    share: Annotated[float, typer.Option(min=0, max=1, help="Candidate's share")] = 0.5,
+    broken_split: Annotated[float, typer.Option(min=0, max=1, help="Lost candidates")] = 0.0,
+    dwell_effect: Effect = 0.0,
+    retry_effect: Effect = 0.0,
+    download_effect: Effect = 0.0,
+    feedback_effect: Effect = 0.0,
+    retention_effect: Effect = 0.0,
+    generation_effect: Effect = 0.0,
+    conversion_effect: Effect = 0.0,
+    failure_effect: Annotated[float, typer.Option(min=-0.99)] = 0.0,
+) -> None:
+    """Fill the database with a simulated experiment (fake users, jobs, events) to try the
+    report and the dashboard; effects are relative changes of the candidate's behaviour."""
+    from datetime import date, timedelta
+
+    from analysis.simulation.command import SimulationRefused, run_simulation
+    from analysis.simulation.model import Effects, SimulationSpec
+    from storage.models import utcnow
+
+    try:
+        end = date.fromisoformat(last) if last else utcnow().date() - timedelta(days=1)
+    except ValueError:
+        raise fail(f"--last {last!r} is not YYYY-MM-DD") from None
+    effects = Effects(
+        dwell=dwell_effect, quick_retry=retry_effect, download=download_effect,
+        negative_feedback=feedback_effect, retention=retention_effect,
+        generation_rate=generation_effect, conversion=conversion_effect, failure=failure_effect,
+    )  # fmt: skip
+    spec = SimulationSpec(
+        users=users, days=days, effects=effects, shares={"default": share},
+        broken_split=broken_split,
+    )  # fmt: skip
+    try:
+        run_simulation(get_settings(), spec, seed=seed, last=end, run_id=f"sim{seed}")
+    except SimulationRefused as exc:
+        raise fail(str(exc), 1) from None
+
+
 def main() -> None:
     try:
         app()
