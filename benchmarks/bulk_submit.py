@@ -36,9 +36,8 @@ from benchmarks.harness import (
     BenchStack,
     Figure,
     Report,
+    bench_main,
     broker_url,
-    describe_machine,
-    machine,
     progress,
 )
 from storage.models import Assignment, Job
@@ -199,12 +198,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
-    if args.quick:
-        vars(args).update(QUICK)
-    print(f"canary-render bulk submission on {describe_machine(machine())}", flush=True)
-    run(args)
-    return 0
+    return bench_main("bulk submission", parser(), run, QUICK, argv)
 
 
 if __name__ == "__main__":

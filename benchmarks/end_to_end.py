@@ -35,11 +35,10 @@ from benchmarks.harness import (
     BenchStack,
     Figure,
     Report,
+    bench_main,
     broker_url,
-    describe_machine,
     epoch,
     job_requests,
-    machine,
 )
 from tasks.pipelines import load_pipeline_from
 from tasks.tiny_model import make_tiny_model
@@ -180,11 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     if args.bare:
         return _bare_main(args.bare)
-    if args.quick:
-        vars(args).update(QUICK)
-    print(f"canary-render end-to-end efficiency on {describe_machine(machine())}", flush=True)
-    run(args)
-    return 0
+    return bench_main("end-to-end efficiency", parser(), run, QUICK, argv)
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ Every figure is printed as one line that :data:`FIGURE_LINE` parses::
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -21,7 +22,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -340,3 +341,20 @@ def job_requests(
 def write_json(path: Path, data: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data, indent=2, default=str) + "\n")
+
+
+def bench_main(
+    title: str,
+    parser: argparse.ArgumentParser,
+    run: Callable[[argparse.Namespace], object],
+    quick: dict[str, Any],
+    argv: list[str] | None,
+) -> int:
+    """A benchmark module's command line: parse, apply ``--quick`` sizes, name the machine,
+    run."""
+    args = parser.parse_args(argv)
+    if args.quick:
+        vars(args).update(quick)
+    print(f"canary-render {title} on {describe_machine(machine())}", flush=True)
+    run(args)
+    return 0

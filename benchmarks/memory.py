@@ -24,10 +24,9 @@ from benchmarks.harness import (
     BenchStack,
     Figure,
     Report,
+    bench_main,
     broker_url,
-    describe_machine,
     job_requests,
-    machine,
 )
 from storage import jobs
 from storage.models import TERMINAL_STATUSES
@@ -126,12 +125,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
-    if args.quick:
-        vars(args).update(QUICK)
-    print(f"canary-render worker memory on {describe_machine(machine())}", flush=True)
-    run(args)
-    return 0
+    return bench_main("worker memory", parser(), run, QUICK, argv)
 
 
 if __name__ == "__main__":

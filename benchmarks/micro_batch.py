@@ -27,11 +27,10 @@ from benchmarks.harness import (
     BenchStack,
     Figure,
     Report,
+    bench_main,
     broker_url,
-    describe_machine,
     epoch,
     job_requests,
-    machine,
 )
 from storage.objects import open_store
 from tasks.faults import NO_FAULTS
@@ -140,12 +139,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
-    if args.quick:
-        vars(args).update(QUICK)
-    print(f"canary-render micro-batching on {describe_machine(machine())}", flush=True)
-    run(args)
-    return 0
+    return bench_main("micro-batching", parser(), run, QUICK, argv)
 
 
 if __name__ == "__main__":

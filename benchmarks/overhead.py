@@ -26,11 +26,10 @@ from benchmarks.harness import (
     BenchStack,
     Figure,
     Report,
+    bench_main,
     broker_url,
-    describe_machine,
     epoch,
     job_requests,
-    machine,
     percentile,
 )
 from tasks.stub_pipelines import make_stub_model
@@ -97,12 +96,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
-    if args.quick:
-        vars(args).update(QUICK)
-    print(f"canary-render per-job overhead on {describe_machine(machine())}", flush=True)
-    run(args)
-    return 0
+    return bench_main("per-job overhead", parser(), run, QUICK, argv)
 
 
 if __name__ == "__main__":
