@@ -136,24 +136,7 @@ class AttributeSource:
         self.rules = rules
 
     def load(self, user_id: str, now: datetime) -> UserAttributes:
-        since = now - timedelta(days=self.rules.high_frequency_window_days)
-        style = or_(
-            *(func.lower(Job.prompt).contains(tag.lower()) for tag in self.rules.style_tags)
-        )
-        live = Job.source != "golden"
-        with self.engine.connect() as connection:
-            signed_up = connection.execute(
-                select(UserProfile.signed_up_at).where(UserProfile.user_id == user_id)
-            ).scalar()
-            recent = connection.execute(
-                select(func.count())
-                .select_from(Job)
-                .where(Job.user_id == user_id, Job.created_at >= since, live)
-            ).scalar_one()
-            styled = connection.execute(
-                select(func.count()).select_from(Job).where(Job.user_id == user_id, style, live)
-            ).scalar_one()
-        return UserAttributes(signed_up, recent, styled)
+        return self.load_many([user_id], now)[user_id]
 
     def load_many(self, user_ids: Sequence[str], now: datetime) -> dict[str, UserAttributes]:
         """:meth:`load` for many users: three grouped queries per chunk of users."""
@@ -198,11 +181,7 @@ class AttributeSource:
             connection.execute(statement, rows)
 
     def remember_signup(self, user_id: str, signed_up_at: datetime) -> None:
-        statement = dialect_insert(self.engine)(UserProfile).values(
-            user_id=user_id, signed_up_at=signed_up_at
-        )
-        with self.engine.begin() as connection:
-            connection.execute(statement.on_conflict_do_nothing())
+        self.remember_signups({user_id: signed_up_at})
 
 
 @dataclass(slots=True)
