@@ -57,10 +57,6 @@ class Faults:
                 found["upload_errors"] = int(float(value or 1))
         return cls(**found) if found else NO_FAULTS
 
-    def step_callback(self, attempt: int):  # type: ignore[no-untyped-def]
-        """A diffusers ``callback_on_step_end`` that injects the render faults, or None."""
-        return batch_step_callback([self], attempt)
-
 
 def batch_step_callback(faults: list[Faults], attempt: int):  # type: ignore[no-untyped-def]
     """The step callback of one pipeline call rendering ``faults[i]``'s job as image ``i``:
