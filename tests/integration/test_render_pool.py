@@ -6,28 +6,16 @@ from __future__ import annotations
 import os
 import signal
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
+from tests.integration import test_crash_safety
 from tests.integration.conftest import Stack
-from tests.integration.test_crash_safety import (
-    assert_exactly_once,
-    crash_stack,
-    running,
-    submit,
-    wait_until,
-)
+from tests.integration.test_crash_safety import assert_exactly_once, running, submit, wait_until
 
 pytestmark = pytest.mark.integration
 
-
-@pytest.fixture
-def stack(tmp_path: Path, clean_redis: str, model_dir: Path) -> Iterator[Stack]:
-    stack = crash_stack(tmp_path, clean_redis, model_dir)
-    yield stack
-    stack.stop_workers()
+stack = test_crash_safety.stack  # the same fixture: a stack with short limits and faults on
 
 
 def test_next_job_starts_while_the_main_process_is_frozen(stack: Stack) -> None:
