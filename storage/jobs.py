@@ -8,11 +8,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import bindparam, func, update
+from sqlalchemy import and_, bindparam, func, or_, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Engine
@@ -63,6 +63,10 @@ def get_jobs(engine: Engine, job_ids: Sequence[str]) -> list[Job]:
         return list(session.exec(select(Job).where(Job.id.in_(job_ids))))  # type: ignore[attr-defined]
 
 
+# claim_job's default cutoff: every RUNNING job counts as stale
+NO_CUTOFF = datetime(9999, 1, 1, tzinfo=UTC)
+
+
 @dataclass(frozen=True, slots=True)
 class Claimed:
     """A job a worker has just claimed: what it needs besides the message's spec."""
@@ -73,14 +77,31 @@ class Claimed:
     enqueued_at: datetime | None
 
 
-def claim_job(engine: Engine, job_id: str, started_at: datetime, **worker: Any) -> Claimed | None:
-    """QUEUED/RUNNING -> RUNNING and count the attempt, in one statement; None when the job
-    has already finished (or does not exist).
+def claim_job(
+    engine: Engine,
+    job_id: str,
+    started_at: datetime,
+    *,
+    stale_before: datetime | None = None,
+    **worker: Any,
+) -> Claimed | None:
+    """Claim a job for a worker: -> RUNNING and count the attempt, in one statement; None
+    when it has finished, does not exist, or another worker holds it.
 
-    RUNNING is claimable because a job whose worker died is redelivered in that state.
+    A QUEUED job is claimable. A RUNNING one is claimable when nobody holds it (re-sent by
+    :mod:`tasks.recovery`), when this worker (``worker_host``) holds it (redelivered after
+    its pool process died), or when it started before ``stale_before`` (its worker is
+    presumed lost; default: any RUNNING job). A RUNNING job another worker claimed recently
+    is not: that worker renders it (e.g. as a micro-batch mate) and recovery re-sends it if
+    that worker dies.
     """
     params = {f"claim_{name}": value for name, value in worker.items()}
-    params.update(claim_id=job_id, claim_started_at=started_at)
+    params.update(
+        claim_id=job_id,
+        claim_started_at=started_at,
+        claim_owner=worker.get("worker_host"),
+        claim_stale_before=stale_before or NO_CUTOFF,
+    )
     with engine.begin() as connection:
         row = connection.execute(_claim_statement(tuple(sorted(worker))), params).first()
     return None if row is None else Claimed(*row)
@@ -90,12 +111,17 @@ def claim_job(engine: Engine, job_id: str, started_at: datetime, **worker: Any) 
 def _claim_statement(fields: tuple[str, ...]) -> Any:
     """Built once per set of worker fields: a worker claims on its critical path, and
     building the statement costs twice what executing it on SQLite does."""
+    running_unheld = and_(
+        Job.status == JobStatus.RUNNING,
+        or_(
+            Job.worker_host.is_(None),  # type: ignore[union-attr]
+            Job.worker_host == bindparam("claim_owner"),
+            Job.started_at < bindparam("claim_stale_before"),  # type: ignore[operator]
+        ),
+    )
     return (
         update(Job)
-        .where(
-            Job.id == bindparam("claim_id"),
-            Job.status.in_([JobStatus.QUEUED, JobStatus.RUNNING]),  # type: ignore[attr-defined]
-        )
+        .where(Job.id == bindparam("claim_id"), or_(Job.status == JobStatus.QUEUED, running_unheld))
         .values(
             status=JobStatus.RUNNING,
             attempts=Job.attempts + 1,
@@ -127,8 +153,9 @@ def claim_compatible(
     """Claim up to ``limit`` QUEUED jobs of the version with the same size, steps and
     guidance (micro-batching), roughly oldest first (index order); returns them RUNNING.
 
-    Their own messages stay queued: when delivered they find the job finished (or, if this
-    worker died, RUNNING, and render it then).
+    Their own messages stay queued: whichever worker receives one finds the job finished,
+    or RUNNING under this worker and leaves it (:func:`claim_job`); if this worker dies,
+    :mod:`tasks.recovery` sends it again.
     """
     candidates = (
         select(Job.id)
@@ -155,17 +182,24 @@ def claim_compatible(
         return [Job.model_validate(dict(row._mapping)) for row in connection.execute(statement)]
 
 
-def release(engine: Engine, job_ids: Iterable[str]) -> None:
-    """RUNNING -> QUEUED, undoing a claim that rendered nothing (a failed micro-batch)."""
+def release(engine: Engine, job_ids: Iterable[str]) -> list[Job]:
+    """RUNNING -> QUEUED, undoing a claim that rendered nothing (a failed micro-batch);
+    returns the released rows (their messages may have been dropped by other workers while
+    the claim held, so the caller sends them again)."""
     ids = list(job_ids)
     if not ids:
-        return
+        return []
     with engine.begin() as connection:
-        connection.execute(
+        result = connection.execute(
             update(Job)
             .where(Job.id.in_(ids), Job.status == JobStatus.RUNNING)  # type: ignore[attr-defined]
-            .values(status=JobStatus.QUEUED, attempts=Job.attempts - 1, started_at=None)
-        )
+            .values(
+                status=JobStatus.QUEUED, attempts=Job.attempts - 1, started_at=None,
+                worker_host=None,
+            )
+            .returning(*Job.__table__.columns)  # type: ignore[attr-defined]
+        )  # fmt: skip
+        return [Job.model_validate(dict(row._mapping)) for row in result]
 
 
 def take_stranded(
@@ -176,8 +210,9 @@ def take_stranded(
     started_before: datetime | None = None,
 ) -> list[Job]:
     """RUNNING jobs of the version claimed by ``worker_host`` or started before
-    ``started_before``; their ``started_at`` is bumped in the same statement, so two
-    concurrent callers never both take one job."""
+    ``started_before``, taken to be sent again: in the same statement their ``started_at``
+    is bumped (so two concurrent callers never both take one job) and their holder cleared
+    (so whichever worker receives the new message may claim them, see :func:`claim_job`)."""
     assert (worker_host is None) != (started_before is None)
     statement = update(Job).where(
         Job.model_version == model_version, Job.status == JobStatus.RUNNING
@@ -186,7 +221,9 @@ def take_stranded(
         statement = statement.where(Job.worker_host == worker_host)
     else:
         statement = statement.where(Job.started_at < started_before)  # type: ignore[operator]
-    statement = statement.values(started_at=utcnow()).returning(*Job.__table__.columns)  # type: ignore[attr-defined]
+    statement = statement.values(started_at=utcnow(), worker_host=None).returning(
+        *Job.__table__.columns  # type: ignore[attr-defined]
+    )
     with engine.begin() as connection:
         return [Job.model_validate(dict(row._mapping)) for row in connection.execute(statement)]
 

@@ -8,8 +8,9 @@ that no job is re-sent twice by two callers at once:
 - every ``CANARY_RECOVERY_SWEEP_EVERY_S`` a worker re-sends its version's jobs RUNNING for
   longer than the visibility timeout (their worker's host is gone).
 
-A re-sent job is claimed again (its attempt counted, so ``CANARY_MAX_ATTEMPTS`` still ends a
-job that kills every worker) and renders again with its own seed.
+A re-sent job has no holder, so whichever worker receives its message claims it again (its
+attempt counted, so ``CANARY_MAX_ATTEMPTS`` still ends a job that kills every worker) and
+renders it again with its own seed.
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import numpy as np
 import torch
@@ -31,6 +31,7 @@ from tasks.app import app
 from tasks.checks import classify_output
 from tasks.faults import NO_FAULTS, Faults, batch_step_callback
 from tasks.pipelines import LoadedModel
+from tasks.recovery import resend
 from tasks.spec import RENDER_TASK, SPEC_FIELDS, RenderSpec, object_key, render_spec
 from tasks.worker_state import WorkerContext, context
 
@@ -292,7 +293,7 @@ def _render_pending(
     ctx: WorkerContext, model: LoadedModel, batch: list[Pending], claimed_at: datetime
 ) -> None:
     """Render ``batch`` in one call and hand the images to the recorder. A failed
-    micro-batch releases the mates (their own messages render them later) and tries the
+    micro-batch releases the mates (and sends their messages again) and tries the
     first job alone."""
     ctx.recorder.render_started()
     try:
@@ -300,7 +301,8 @@ def _render_pending(
     except BaseException as exc:
         if len(batch) == 1:
             raise
-        jobs.release(ctx.engine, [p.job_id for p in batch[1:]])
+        # Other workers may have dropped the mates' messages while the claim held them.
+        resend(ctx.app, ctx.settings, jobs.release(ctx.engine, [p.job_id for p in batch[1:]]))
         if isinstance(exc, SoftTimeLimitExceeded | KeyboardInterrupt | SystemExit):
             raise
         log.warning("micro-batch of %d failed (%s); rendering job %s alone", len(batch), exc,
@@ -322,13 +324,22 @@ def render(self, job_id: str, spec: dict) -> str:  # type: ignore[no-untyped-def
     if ctx.recorder.holds(job_id):
         return RENDERED  # rendered here already (a micro-batch mate's own message)
     started_at = utcnow()
-    claimed = jobs.claim_job(ctx.engine, job_id, started_at=started_at, **ctx.worker_fields())
+    claimed = jobs.claim_job(
+        ctx.engine,
+        job_id,
+        started_at=started_at,
+        # no render outlasts the hard time limit: a job held longer has lost its worker
+        stale_before=started_at - timedelta(seconds=ctx.settings.task_time_limit_s),
+        **ctx.worker_fields(),
+    )
     if claimed is None:
         job = jobs.get_job(ctx.engine, job_id)
         if job is None:
             log.error("job %s has no record; dropping the message", job_id)
             return "UNKNOWN"
-        return job.status  # already finished: a redelivery must not render again
+        if job.status == JobStatus.RUNNING:
+            log.info("job %s is held by %s; leaving it there", job_id, job.worker_host)
+        return job.status  # finished, or another worker's (a micro-batch mate): not again
     if claimed.attempt > ctx.settings.max_attempts:
         # Earlier deliveries never finished: their worker died (a poison job kills it).
         _fail(

@@ -14,12 +14,14 @@ import torch
 from PIL import Image
 
 from benchmarks.micro_batch import TOLERANCE_LEVELS
+from storage import jobs
 from storage.models import FailureKind, JobStatus
 from storage.objects import open_store
 from tasks.pipelines import load_pipeline
 from tasks.render import render_image
 from tasks.spec import render_spec
 from tests.integration.conftest import Stack, local_stack
+from tests.integration.test_crash_safety import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -70,3 +72,30 @@ def test_batched_jobs_match_their_solo_renders_and_fail_alone(
         solo = np.asarray(Image.open(io.BytesIO(alone.png)), dtype=int)
         worst = max(worst, int(np.abs(stored - solo).max()))
     assert worst <= TOLERANCE_LEVELS
+
+
+def test_a_mates_message_at_another_worker_is_left_to_the_batch(stack: Stack) -> None:
+    first = stack.start_worker("v1", name="worker-a", node="v1-a")
+    gateway = stack.gateway()
+    job_ids = [
+        gateway.submit(
+            {"prompt": f"a slow lighthouse {i} [[fault:slow=8]]", "model_version": "v1",
+             "seed": i, "steps": 4, "width": 64, "height": 64}
+        ).job_id
+        for i in range(4)
+    ]  # fmt: skip
+    # one batch of 4 on the first worker (32 s), which holds two of the four messages
+    wait_until(
+        lambda: all(r.status == JobStatus.RUNNING for r in jobs.get_jobs(stack.engine, job_ids)),
+        what="the batch to be claimed",
+    )
+    stack.start_worker("v1", name="worker-b", node="v1-b")  # takes the other two
+    wait_until(
+        lambda: stack.log("worker-b").count("is held by v1-a@") == 2,
+        what="the second worker to leave both mates to the first",
+    )
+    rows = stack.wait_finished(job_ids)
+    assert {r.status for r in rows.values()} == {JobStatus.SUCCEEDED}
+    assert {r.attempts for r in rows.values()} == {1}  # each rendered once
+    assert all((r.worker_host or "").startswith("v1-a@") for r in rows.values())
+    assert first.poll() is None
