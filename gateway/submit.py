@@ -10,6 +10,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from types import SimpleNamespace
 from typing import Any
 
@@ -133,7 +134,9 @@ class Producer:
 
     def publish(self, rows: Sequence[Any]) -> None:
         """Send recorded jobs to their version queues over one producer connection."""
-        sent: list[str] = []
+        # (when the chunk's sending began, its job ids): a job is stamped enqueued before
+        # its message can reach a worker, so its queue wait is never negative
+        sent: list[tuple[datetime, list[str]]] = []
         try:
             # kombu pipelines a batch's Redis writes (the messages and their task-sent
             # events): one round trip per PUBLISH_BATCH jobs instead of two per job. Jobs
@@ -144,6 +147,7 @@ class Producer:
             ):
                 for start in range(0, len(rows), PUBLISH_BATCH):
                     chunk = rows[start : start + PUBLISH_BATCH]
+                    sending_at = utcnow()
                     for row in chunk:
                         args = (row.id, render_spec(row))
                         self.app.send_task(
@@ -158,10 +162,10 @@ class Producer:
                             ignore_result=True,  # as render.apply_async: no result to wait on
                         )
                     batch.flush()
-                    sent.extend(row.id for row in chunk)
+                    sent.append((sending_at, [row.id for row in chunk]))
         except Exception as exc:
-            done = set(sent)
-            jobs.mark_enqueued(self.engine, sent)
+            done = {job_id for _, ids in sent for job_id in ids}
+            self._mark_enqueued(sent)
             # Keyed jobs stay QUEUED and are re-sent when the same request comes again;
             # unkeyed ones could never be found again, so they end FAILED.
             orphans = [r.id for r in rows if r.id not in done and not r.idempotency_key]
@@ -171,4 +175,8 @@ class Producer:
             raise BrokerUnavailable(
                 f"could not enqueue on {self.settings.broker_url}: {exc}"
             ) from exc
-        jobs.mark_enqueued(self.engine, sent)
+        self._mark_enqueued(sent)
+
+    def _mark_enqueued(self, sent: list[tuple[datetime, list[str]]]) -> None:
+        for sending_at, job_ids in sent:
+            jobs.mark_enqueued(self.engine, job_ids, when=sending_at)
