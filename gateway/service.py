@@ -17,6 +17,8 @@ from canary.settings import Settings
 from gateway.assignment import Assigner, Decision, StickyAssigner
 from gateway.experiment_source import ExperimentSource
 from gateway.experiments import ExperimentConfig
+from gateway.idempotency import replay_conflicts
+from gateway.render_limits import VersionLimits
 from gateway.segments import UserAttributes
 from gateway.specs import InvalidJob, JobRequest, validate_request
 from gateway.submit import PreparedJob, Producer, Submitted
@@ -38,6 +40,7 @@ class Gateway:
         self._config: ExperimentConfig | None = None
         self._sticky: StickyAssigner | None = None
         self.retired = RetiredVersions(engine)
+        self.limits = VersionLimits(settings.resolved_model_dir)
 
     @property
     def sticky(self) -> StickyAssigner:
@@ -49,12 +52,18 @@ class Gateway:
         return self._sticky
 
     def assign(self, request: JobRequest) -> Decision:
+        """The one rule for every path in: a job that names no version is assigned one for
+        its user (the experiment's arm, else the default version), so it needs a user."""
         if request.user_id is None:
-            raise InvalidJob(["user_id: required when model_version is not given"])
+            raise InvalidJob(
+                ["user_id: required when model_version is not given (versions are assigned "
+                 "per user)"]
+            )  # fmt: skip
         return self.sticky.assign(request.user_id, _attributes(request))
 
     def prepare(self, data: Any, *, may_pin_version: bool = True) -> PreparedJob:
-        """Validate one request and decide its version; raises InvalidJob."""
+        """Validate one request, decide its version and apply that version's render
+        limits and defaults; raises InvalidJob."""
         request = validate_request(data, self.settings)
         retired = self.retired.get()
         if request.model_version is not None:
@@ -62,12 +71,19 @@ class Gateway:
                 raise InvalidJob(["model_version: only operator keys may choose the version"])
             if request.model_version in retired:
                 raise InvalidJob([f"model_version: {request.model_version!r} is retired"])
-            return PreparedJob(request, request.model_version)
-        decision = self.assign(request)
-        if decision.variant in retired:
-            decision = self._instead_of_retired(decision, retired)
+            decision = Decision(request.model_version)
+        else:
+            decision = self.assign(request)
+            if decision.variant in retired:
+                decision = self._instead_of_retired(decision, retired)
+        filled = self.limits.apply(request, decision.variant, name_version=may_pin_version)
         return PreparedJob(
-            request, decision.variant, decision.experiment, decision.arm, decision.segment
+            filled,
+            decision.variant,
+            decision.experiment,
+            decision.arm,
+            decision.segment,
+            seed_given=request.seed is not None,
         )
 
     def _instead_of_retired(self, decision: Decision, retired: frozenset[str]) -> Decision:
@@ -97,22 +113,39 @@ class Gateway:
                 prepared.append(self.prepare(request, may_pin_version=may_pin_version))
             except InvalidJob as exc:
                 prepared.append(exc)
-        return prepared
+        return self._refuse_conflicting_replays(prepared)
+
+    def _refuse_conflicting_replays(
+        self, prepared: list[PreparedJob | InvalidJob]
+    ) -> list[PreparedJob | InvalidJob]:
+        """Replace each job whose idempotency key names a different earlier job by the
+        error that says so."""
+        valid = [item for item in prepared if isinstance(item, PreparedJob)]
+        conflicts = iter(replay_conflicts(self.producer.engine, valid))
+        return [
+            item if isinstance(item, InvalidJob) else (next(conflicts) or item) for item in prepared
+        ]
 
     def prepare_all(
         self, items: Sequence[Any], *, may_pin_version: bool = True
     ) -> list[PreparedJob]:
         """All-or-nothing: every item is checked; errors carry the item's index."""
-        prepared: list[PreparedJob] = []
-        errors: list[str] = []
-        for index, item in enumerate(items):
+        prepared: list[PreparedJob | InvalidJob] = []
+        for item in items:
             try:
                 prepared.append(self.prepare(item, may_pin_version=may_pin_version))
             except InvalidJob as exc:
-                errors.extend(f"jobs.{index}.{message}" for message in exc.errors)
+                prepared.append(exc)
+        checked = self._refuse_conflicting_replays(prepared)
+        errors = [
+            f"jobs.{index}.{message}"
+            for index, item in enumerate(checked)
+            if isinstance(item, InvalidJob)
+            for message in item.errors
+        ]
         if errors:
             raise InvalidJob(errors)
-        return prepared
+        return [item for item in checked if isinstance(item, PreparedJob)]
 
     def submit(
         self,
@@ -122,7 +155,11 @@ class Gateway:
         api_key_id: str | None = None,
         may_pin_version: bool = True,
     ) -> Submitted:
-        job = self.prepare(data, may_pin_version=may_pin_version)
+        [job] = self._refuse_conflicting_replays(
+            [self.prepare(data, may_pin_version=may_pin_version)]
+        )
+        if isinstance(job, InvalidJob):
+            raise job
         return self.producer.submit_many([job], source=source, api_key_id=api_key_id)[0]
 
     def submit_many(

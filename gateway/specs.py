@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import secrets
 from typing import Any
 
 from pydantic import (
@@ -30,17 +29,18 @@ class UserAttributesIn(BaseModel):
 
 
 class JobRequest(BaseModel):
-    """What a caller asks for. Without ``model_version`` the experiment assigns one."""
+    """What a caller asks for. Without ``model_version`` the experiment assigns one; size
+    and steps left out take the serving version's defaults, a seed left out is drawn."""
 
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
 
     prompt: str = Field(min_length=1)
     negative_prompt: str = ""
     seed: int | None = Field(default=None, ge=0, le=MAX_SEED)
-    steps: int = Field(default=25, ge=1)
+    steps: int | None = Field(default=None, ge=1)
     guidance: float = Field(default=7.5, ge=0.0, le=50.0, allow_inf_nan=False)
-    width: int = 512
-    height: int = 512
+    width: int | None = None
+    height: int | None = None
     model_version: str | None = Field(default=None, min_length=1)
     user_id: str | None = Field(default=None, min_length=1, max_length=200)
     idempotency_key: str | None = Field(default=None, min_length=1, max_length=200)
@@ -88,7 +88,8 @@ def _format_pydantic(error: ValidationError) -> list[str]:
 
 
 def validate_request(data: Any, settings: Settings) -> JobRequest:
-    """Parse and check a request against the schema and the configured limits."""
+    """Parse and check a request against the schema and the global limits (the serving
+    version's own limits and defaults are applied once it is known: gateway/render_limits)."""
     if isinstance(data, JobRequest):
         request = data
     else:
@@ -103,10 +104,12 @@ def validate_request(data: Any, settings: Settings) -> JobRequest:
         errors.append(f"prompt: longer than {settings.max_prompt_chars} characters")
     if len(request.negative_prompt) > settings.max_prompt_chars:
         errors.append(f"negative_prompt: longer than {settings.max_prompt_chars} characters")
-    if request.steps > settings.max_steps:
+    if request.steps is not None and request.steps > settings.max_steps:
         errors.append(f"steps: at most {settings.max_steps}")
     for name in ("width", "height"):
         side = getattr(request, name)
+        if side is None:
+            continue
         if not settings.min_side <= side <= settings.max_side:
             errors.append(f"{name}: must be between {settings.min_side} and {settings.max_side}")
         elif side % 8:
@@ -118,6 +121,4 @@ def validate_request(data: Any, settings: Settings) -> JobRequest:
         )
     if errors:
         raise InvalidJob(errors)
-    if request.seed is None:
-        request = request.model_copy(update={"seed": secrets.randbelow(2**31)})
     return request

@@ -10,8 +10,9 @@ from pathlib import Path
 import torch
 
 from tasks import stub_pipelines
-from tasks.postprocess import PostProcessor, VersionConfig, load_version_config
+from tasks.postprocess import PostProcessor
 from tasks.registry import require_version_dir, weights_revision
+from tasks.version_config import VersionConfig, load_version_config
 
 log = logging.getLogger(__name__)
 

@@ -8,6 +8,7 @@ Different seeds give different weights, i.e. different "model versions".
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -15,6 +16,7 @@ import torch
 from tokenizers.pre_tokenizers import ByteLevel
 
 from tasks.pipelines import quiet_model_libraries
+from tasks.version_config import CONFIG_FILE
 
 if TYPE_CHECKING:
     from diffusers import StableDiffusionPipeline
@@ -107,11 +109,45 @@ def build_tiny_pipeline(seed: int) -> StableDiffusionPipeline:
     )
 
 
+# What a tiny model declares (tasks/version_config.py): it renders at 64 x 64 on a CPU in
+# well under a second and scales up to the requested size, so every size it accepts
+# finishes far inside its own time limits.
+TINY_VERSION_CONFIG = """\
+# A tiny random-weight model for CPUs, built by `canary models make-tiny` (seed {seed}).
+# It renders at 64 x 64 and scales the image up to the requested size.
+render_size: [64, 64]
+postprocess:
+  - safety_filter: {{}}
+  - resize: {{}}
+limits:
+  default_width: 512
+  default_height: 512
+  default_steps: 25
+  max_width: 1024
+  max_height: 1024
+  max_steps: 50
+  soft_time_limit_s: 60
+  time_limit_s: 90
+"""
+TINY_SEED_FILE = "tiny-model.json"
+
+
+def tiny_model_seed(target: Path) -> int | None:
+    """The seed a folder's tiny model was built with, or None for any other folder."""
+    try:
+        return int(json.loads((target / TINY_SEED_FILE).read_text())["seed"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def make_tiny_model(target: Path, seed: int) -> Path:
-    """Write a tiny pipeline to ``target`` as a diffusers folder with safetensors weights."""
+    """Write a tiny pipeline to ``target`` as a diffusers folder with safetensors weights,
+    with the ``canary.yaml`` that declares what it can render."""
     pipeline = build_tiny_pipeline(seed)
     target.mkdir(parents=True, exist_ok=True)
     pipeline.save_pretrained(target, safe_serialization=True)
+    (target / CONFIG_FILE).write_text(TINY_VERSION_CONFIG.format(seed=seed), encoding="utf-8")
+    (target / TINY_SEED_FILE).write_text(json.dumps({"seed": seed}), encoding="utf-8")
     return target
 
 

@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tasks.postprocess import (
+from tasks.postprocess import PostProcessor
+from tasks.version_config import (
     ColorCorrect,
-    PostProcessor,
     Resize,
     Step,
     VersionConfig,
