@@ -2,17 +2,27 @@
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import Annotated
+import json
+import time
+import uuid
+from datetime import UTC, datetime
+from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI, Header, HTTPException, Request, Response
+from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, RedirectResponse
-from pydantic import BaseModel, Field
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.params import Form
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
+from fastapi.routing import APIRoute
+from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel, Field, field_validator
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from swagger_ui_bundle import swagger_ui_path
 
 from canary.settings import Settings, get_settings
 from gateway.auth import KeyVerifier, Principal
+from gateway.batches_api import batches_router
 from gateway.events_api import events_router
 from gateway.golden_api import golden_router
 from gateway.http_auth import Caller, require_role
@@ -20,11 +30,15 @@ from gateway.metrics_api import metrics_router
 from gateway.reports_api import reports_router
 from gateway.service import Gateway
 from gateway.specs import InvalidJob, JobRequest
-from gateway.submit import BrokerUnavailable, Submitted
+from gateway.submit import Submitted
 from storage import jobs
+from storage.batches import record_batch
 from storage.db import get_engine
-from storage.models import ApiKeyRole, Job, JobStatus
+from storage.models import TERMINAL_STATUSES, ApiKeyRole, Batch, Job, JobStatus
 from storage.objects import ObjectNotFound, ObjectStore, store_from_settings
+
+MAX_WAIT_S = 60.0  # GET /v1/jobs/{id}?wait=: the longest a request may wait for a job
+WAIT_POLL_S = 0.2
 
 # ---------------------------------------------------------------- schemas
 
@@ -33,6 +47,10 @@ class JobAccepted(BaseModel):
     job_id: str
     status: str
     created: bool = Field(description="False when the idempotency key named an earlier job")
+    sent: bool = Field(
+        description="False when the job queue could not be reached: the job is kept and "
+        "sent automatically when the queue is back"
+    )
 
 
 class BatchIn(BaseModel):
@@ -40,6 +58,7 @@ class BatchIn(BaseModel):
 
 
 class BatchAccepted(BaseModel):
+    batch_id: str = Field(description="For GET /v1/batches/{batch_id}")
     jobs: list[JobAccepted]
 
 
@@ -52,6 +71,7 @@ class JobOut(BaseModel):
     attempts: int
     prompt: str
     seed: int
+    steps: int
     width: int
     height: int
     failure_kind: str | None = None
@@ -66,6 +86,12 @@ class JobOut(BaseModel):
     experiment: str | None = None
     arm: str | None = None
 
+    @field_validator("created_at", "started_at", "finished_at")
+    @classmethod
+    def _in_utc(cls, moment: datetime | None) -> datetime | None:
+        """SQLite hands back naive datetimes; every stored time is UTC, so say so."""
+        return moment.replace(tzinfo=UTC) if moment and moment.tzinfo is None else moment
+
 
 class ErrorOut(BaseModel):
     detail: str
@@ -76,7 +102,12 @@ class ErrorOut(BaseModel):
 
 
 class BodySizeLimit:
-    """Refuse bodies over ``limit`` bytes with 413, whether or not Content-Length is sent."""
+    """Refuse bodies over ``limit`` bytes with 413, whether or not Content-Length is sent.
+
+    The body is read here, before the app runs, and handed on whole: a chunked body over
+    the limit is refused like a declared one. (An error raised while FastAPI reads the
+    body would become its 400 "There was an error parsing the body".)
+    """
 
     def __init__(self, app: ASGIApp, limit: int) -> None:
         self.app = app
@@ -86,67 +117,245 @@ class BodySizeLimit:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        for name, value in scope.get("headers", []):
-            if name == b"content-length":
-                try:
-                    too_big = int(value) > self.limit
-                except ValueError:
-                    too_big = False
-                if too_big:
-                    await self._reject(send)
-                    return
-        received = 0
-        response_started = False
-
-        async def limited_receive() -> Message:
-            nonlocal received
+        if _declared_length(scope) > self.limit:
+            await self._reject(scope, receive, send)
+            return
+        body = bytearray()
+        more = True
+        while more:
             message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > self.limit:
-                    raise _BodyTooLarge
-            return message
+            if message["type"] != "http.request":
+                return  # the client went away: nobody to answer
+            body += message.get("body", b"")
+            if len(body) > self.limit:
+                await self._reject(scope, receive, send)
+                return
+            more = message.get("more_body", False)
+        await self.app(scope, _replay(bytes(body), receive), send)
 
-        async def tracking_send(message: Message) -> None:
-            nonlocal response_started
-            response_started = response_started or message["type"] == "http.response.start"
-            await send(message)
-
-        try:
-            await self.app(scope, limited_receive, tracking_send)
-        except _BodyTooLarge:
-            if not response_started:
-                await self._reject(send)
-
-    async def _reject(self, send: Send) -> None:
+    async def _reject(self, scope: Scope, receive: Receive, send: Send) -> None:
         response = JSONResponse(
             {"detail": f"request body larger than {self.limit} bytes", "errors": []},
             status_code=413,
         )
-        await response({"type": "http"}, _empty_receive, send)
+        await response(scope, receive, send)
 
 
-class _BodyTooLarge(Exception):
-    pass
+def _declared_length(scope: Scope) -> int:
+    for name, value in scope.get("headers", []):
+        if name == b"content-length":
+            try:
+                return int(value)
+            except ValueError:
+                return 0
+    return 0
 
 
-async def _empty_receive() -> Message:
-    return {"type": "http.disconnect"}
+def _replay(body: bytes, receive: Receive) -> Receive:
+    """A receive that gives the read body once, then whatever the client sends next."""
+    pending = True
+
+    async def replay() -> Message:
+        nonlocal pending
+        if pending:
+            pending = False
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay
 
 
-# ---------------------------------------------------------------- app
+# ---------------------------------------------------------------- request errors
 
-Submitter = Annotated[Principal, Depends(require_role(ApiKeyRole.CLIENT, ApiKeyRole.OPERATOR))]
+JSON = "application/json"
 
 
 def _validation_messages(exc: RequestValidationError) -> list[str]:
     messages = []
     for item in exc.errors():
+        if item["type"] == "json_invalid":
+            messages.append(_json_error(item, exc.body))
+            continue
         location = [str(part) for part in item["loc"] if part != "body"]
         where = ".".join(location) or "body"
         message = "unknown field" if item["type"] == "extra_forbidden" else item["msg"]
         messages.append(f"{where}: {message}")
     return messages
+
+
+def _json_error(item: dict[str, Any], body: Any) -> str:
+    """Where a body stopped being JSON, as line, column and character (FastAPI reports
+    only the character offset, in ``loc``)."""
+    reason = item.get("ctx", {}).get("error", item["msg"])
+    offset = item["loc"][-1]
+    if isinstance(body, bytes):
+        body = body.decode("utf-8", "replace")
+    if not isinstance(body, str) or not isinstance(offset, int):
+        return f"body: invalid JSON: {reason}"
+    where = json.JSONDecodeError(reason, body, offset)  # counts lines and columns
+    return (
+        f"body: invalid JSON at line {where.lineno}, column {where.colno} "
+        f"(character {offset}): {reason}"
+    )
+
+
+def _is_json(content_type: str) -> bool:
+    """The media types FastAPI parses as JSON: application/json and application/*+json."""
+    media_type = content_type.partition(";")[0].strip().lower()
+    kind, _, subtype = media_type.partition("/")
+    return kind == "application" and (subtype == "json" or subtype.endswith("+json"))
+
+
+def _require_json_body(request: Request) -> None:
+    """415 for a body sent as anything but JSON to an operation that takes JSON.
+
+    Without this FastAPI would validate the raw bytes and answer 422 "Input should be a
+    valid dictionary" (e.g. to curl's ``-d``, which sends a form). A body without any
+    Content-Type is read as JSON.
+    """
+    route = request.scope.get("route")
+    if not isinstance(route, APIRoute) or route.body_field is None:
+        return
+    if isinstance(route.body_field.field_info, Form):
+        return
+    content_type = request.headers.get("content-type")
+    if content_type and not _is_json(content_type):
+        raise HTTPException(
+            415, f"unsupported Content-Type {content_type!r}: send the body as {JSON}"
+        )
+
+
+# ---------------------------------------------------------------- OpenAPI
+
+ERRORS = {
+    400: "The body could not be read",
+    401: "Missing or unknown API key",
+    403: "The key's role may not do this",
+    404: "Not found",
+    409: "Not possible in the resource's current state",
+    413: "Body larger than CANARY_API_MAX_BODY_BYTES",
+    415: f"Body not sent as {JSON}",
+    422: "Invalid request",
+}
+# Operations of other modules' routers that answer 409 (their job has no result yet).
+CONFLICTING = {
+    ("PUT", "/v1/golden/runs/{run_id}/grades"),
+    ("GET", "/v1/golden/runs/{run_id}/cases/{case_id}/{side}/image"),
+}
+
+
+def _error_statuses(path: str, method: str, operation: dict[str, Any]) -> set[int]:
+    """The error statuses an operation can answer, from what it takes and who may call."""
+    parameters = operation.get("parameters", [])
+    security = operation.get("security", [])
+    statuses = {status for status in ERRORS if str(status) in operation["responses"]}
+    if (method.upper(), path) in CONFLICTING:
+        statuses.add(409)
+    if "requestBody" in operation:
+        statuses |= {400, 413, 415, 422}
+    if parameters:
+        statuses.add(422)
+    if any(parameter["in"] == "path" for parameter in parameters):
+        statuses.add(404)
+    if security:
+        statuses.add(401)
+    if any(roles for requirement in security for roles in requirement.values()):
+        statuses.add(403)  # only keys with the listed roles may call it
+    return statuses
+
+
+def _document_errors(schema: dict[str, Any]) -> None:
+    """Every operation lists its error answers, each an ErrorOut (FastAPI's own 422
+    schema does not describe what our handlers send)."""
+    ref = {"$ref": "#/components/schemas/ErrorOut"}
+    for path, operations in schema["paths"].items():
+        for method, operation in operations.items():
+            responses = operation["responses"]
+            for status in sorted(_error_statuses(path, method, operation)):
+                declared = responses.get(str(status), {}).get("description")
+                keep = declared if declared and status != 422 else None
+                responses[str(status)] = {
+                    "description": keep or ERRORS[status],
+                    "content": {JSON: {"schema": ref}},
+                }
+    components = schema.setdefault("components", {}).setdefault("schemas", {})
+    components["ErrorOut"] = ErrorOut.model_json_schema()
+    for unused in ("HTTPValidationError", "ValidationError"):
+        components.pop(unused, None)
+
+
+def _publish_job_limits(schema: dict[str, Any], settings: Settings) -> None:
+    """Put the limits validate_request enforces (from these settings) into JobRequest."""
+    fields = schema["components"]["schemas"]["JobRequest"]["properties"]
+    side = {"minimum": settings.min_side, "maximum": settings.max_side, "multipleOf": 8}
+    limits = {
+        "width": side,
+        "height": side,
+        "steps": {"maximum": settings.max_steps},
+        "prompt": {"maxLength": settings.max_prompt_chars},
+        "negative_prompt": {"maxLength": settings.max_prompt_chars},
+    }
+    for name, constraints in limits.items():
+        # an optional field is an anyOf with null: the limits go on its non-null branch
+        for branch in fields[name].get("anyOf", [fields[name]]):
+            if branch.get("type") != "null":
+                branch.update(constraints)
+
+
+def _customise_openapi(app: FastAPI, settings: Settings) -> None:
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        schema = FastAPI.openapi(app)  # FastAPI's own, cached on the app: patched in place
+        _document_errors(schema)
+        _publish_job_limits(schema, settings)
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
+def _serve_docs(app: FastAPI) -> None:
+    """Swagger UI at /docs from the packaged bundle (swagger-ui-bundle-v2): no CDN, so the
+    docs work on machines without internet access."""
+    app.mount("/docs/assets", StaticFiles(directory=str(swagger_ui_path)), name="docs-assets")
+
+    @app.get("/docs", include_in_schema=False)
+    def docs(request: Request) -> HTMLResponse:
+        root = request.scope.get("root_path", "").rstrip("/")
+        return get_swagger_ui_html(
+            openapi_url=f"{root}{app.openapi_url}",
+            title=f"{app.title} - API docs",
+            swagger_js_url=f"{root}/docs/assets/swagger-ui-bundle.js",
+            swagger_css_url=f"{root}/docs/assets/swagger-ui.css",
+            swagger_favicon_url=f"{root}/docs/assets/favicon-32x32.png",
+            swagger_ui_parameters={"validatorUrl": None},  # no calls to swagger.io
+        )
+
+
+# ---------------------------------------------------------------- app
+
+ACCEPTED = "Accepted (`sent` is false for a job kept until the job queue is reachable)"
+Submitter = Annotated[Principal, Depends(require_role(ApiKeyRole.CLIENT, ApiKeyRole.OPERATOR))]
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    """Every error answer is an ErrorOut: ``{"detail": ..., "errors": [...]}``."""
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = _validation_messages(exc)
+        return JSONResponse({"detail": "invalid request", "errors": errors}, status_code=422)
+
+    @app.exception_handler(InvalidJob)
+    async def _invalid_job(_: Request, exc: InvalidJob) -> JSONResponse:
+        return JSONResponse({"detail": "invalid job", "errors": exc.errors}, status_code=422)
+
+    # Starlette's class, so its own answers (unknown path, wrong method) take the shape too
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return JSONResponse(
+            {"detail": exc.detail, "errors": []}, status_code=exc.status_code, headers=exc.headers
+        )
 
 
 def create_app(
@@ -168,41 +377,19 @@ def create_app(
         title="canary-render",
         version="1",
         description="Submit text-to-image jobs, poll them, fetch their images.",
-        responses={
-            401: {"model": ErrorOut, "description": "Missing or unknown API key"},
-            403: {"model": ErrorOut, "description": "The key's role may not do this"},
-            413: {"model": ErrorOut, "description": "Body too large"},
-            422: {"model": ErrorOut, "description": "Invalid request"},
-        },
+        dependencies=[Depends(_require_json_body)],
+        # keys travel in headers, never cookies, so a body without a Content-Type cannot be
+        # a cross-site form post riding on a login: read it as JSON, as clients expect
+        strict_content_type=False,
+        docs_url=None,  # served from the packaged Swagger UI below
+        redoc_url=None,
     )
     app.add_middleware(BodySizeLimit, limit=settings.api_max_body_bytes)
     app.state.gateway = gateway
     app.state.verifier = verifier
-
-    @app.exception_handler(RequestValidationError)
-    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
-        errors = _validation_messages(exc)
-        return JSONResponse({"detail": "invalid request", "errors": errors}, status_code=422)
-
-    @app.exception_handler(InvalidJob)
-    async def _invalid_job(_: Request, exc: InvalidJob) -> JSONResponse:
-        return JSONResponse({"detail": "invalid job", "errors": exc.errors}, status_code=422)
-
-    @app.exception_handler(BrokerUnavailable)
-    async def _broker_down(_: Request, exc: BrokerUnavailable) -> JSONResponse:
-        return JSONResponse(
-            {"detail": "the job queue is unavailable; retry later", "errors": []},
-            status_code=503,
-            headers={"Retry-After": "5"},
-        )
-
-    @app.exception_handler(HTTPException)
-    async def _http_error(_: Request, exc: HTTPException) -> JSONResponse:
-        return JSONResponse(
-            {"detail": exc.detail, "errors": []},
-            status_code=exc.status_code,
-            headers=exc.headers,
-        )
+    _install_error_handlers(app)
+    _serve_docs(app)
+    _customise_openapi(app, settings)
 
     def load_job(job_id: str, caller: Principal) -> Job:
         job = jobs.get_job(engine, job_id) if len(job_id) <= 36 else None
@@ -215,12 +402,20 @@ def create_app(
         if not caller.is_operator and any(r.model_version for r in requests):
             raise HTTPException(403, "only operator keys may choose model_version")
 
-    def accepted(submitted: Submitted) -> JobAccepted:
-        status: str = JobStatus.QUEUED
-        if not submitted.created:  # a replay reports where the earlier job is now
-            earlier = jobs.get_job(engine, submitted.job_id)
-            status = earlier.status if earlier else JobStatus.QUEUED
-        return JobAccepted(job_id=submitted.job_id, status=status, created=submitted.created)
+    def accepted(submitted: list[Submitted]) -> list[JobAccepted]:
+        """What the client learns of its jobs; a job the broker did not take yet is kept
+        unsent (``enqueued_at`` unset) and sent by the outbox when the broker is back."""
+        replays = [s.job_id for s in submitted if not s.created]
+        rows = {row.id: row for row in jobs.get_jobs(engine, replays)} if replays else {}
+        answers = []
+        for item in submitted:
+            row = rows.get(item.job_id)
+            # a replay reports where the earlier job is now
+            status = row.status if row is not None else JobStatus.QUEUED
+            answers.append(
+                JobAccepted(job_id=item.job_id, status=status, created=item.created, sent=item.sent)
+            )
+        return answers
 
     @app.get("/healthz", include_in_schema=False)
     def healthz() -> dict[str, str]:
@@ -230,7 +425,10 @@ def create_app(
         "/v1/jobs",
         status_code=202,
         response_model=JobAccepted,
-        responses={200: {"model": JobAccepted, "description": "Idempotent replay"}},
+        responses={
+            200: {"model": JobAccepted, "description": "Idempotent replay"},
+            202: {"description": ACCEPTED},
+        },
     )
     def submit_job(
         body: JobRequest,
@@ -238,7 +436,11 @@ def create_app(
         response: Response,
         idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
     ) -> JobAccepted:
-        """Queue one job. The experiment picks the version unless an operator pins it."""
+        """Queue one job. The experiment picks the version unless an operator pins it.
+
+        The job is never lost: when the job queue cannot be reached the answer is still
+        202 with the job id, with `sent: false`, and the job is sent when the queue is back.
+        """
         if idempotency_key and not body.idempotency_key:
             body = body.model_copy(update={"idempotency_key": idempotency_key})
         require_pin_rights([body], caller)
@@ -248,23 +450,50 @@ def create_app(
         )
         if not submitted.created:
             response.status_code = 200
-        return accepted(submitted)
+        return accepted([submitted])[0]
 
-    @app.post("/v1/jobs:batch", status_code=202, response_model=BatchAccepted)
+    @app.post(
+        "/v1/jobs:batch",
+        status_code=202,
+        response_model=BatchAccepted,
+        responses={202: {"description": ACCEPTED}},
+    )
     def submit_batch(body: BatchIn, caller: Submitter) -> BatchAccepted:
-        """Queue up to the configured number of jobs; nothing is queued if any is invalid."""
+        """Queue up to the configured number of jobs; nothing is queued if any is invalid.
+
+        As for one job, `sent: false` marks jobs kept for when the job queue is back.
+        """
         if len(body.jobs) > settings.api_max_batch:
             raise InvalidJob([f"jobs: at most {settings.api_max_batch} per batch"])
         require_pin_rights(body.jobs, caller)
         prepared = gateway.prepare_all(
             [_scope_key(j, caller) for j in body.jobs], may_pin_version=caller.is_operator
         )
-        submitted = gateway.submit_many(prepared, source="api", api_key_id=caller.key_id)
-        return BatchAccepted(jobs=[accepted(s) for s in submitted])
+        batch = Batch(id=uuid.uuid4().hex, source="api", api_key_id=caller.key_id)
+        record_batch(batch, [], engine)
+        submitted = gateway.submit_many(
+            prepared, source="api", batch_id=batch.id, api_key_id=caller.key_id
+        )
+        batch.created = sum(s.created for s in submitted)
+        batch.duplicates = len(submitted) - batch.created
+        record_batch(batch, [(i, s.job_id) for i, s in enumerate(submitted)], engine)
+        return BatchAccepted(batch_id=batch.id, jobs=accepted(submitted))
 
     @app.get("/v1/jobs/{job_id}", response_model=JobOut, responses={404: {"model": ErrorOut}})
-    def get_job(job_id: str, caller: Caller, request: Request) -> JobOut:
+    def get_job(
+        job_id: str,
+        caller: Caller,
+        request: Request,
+        wait: Annotated[
+            float,
+            Query(ge=0, le=MAX_WAIT_S, description="Seconds to wait for the job to finish"),
+        ] = 0,
+    ) -> JobOut:
         job = load_job(job_id, caller)
+        deadline = time.monotonic() + wait
+        while job.status not in TERMINAL_STATUSES and time.monotonic() < deadline:
+            time.sleep(WAIT_POLL_S)
+            job = load_job(job_id, caller)
         out = JobOut(
             job_id=job.id,
             status=job.status,
@@ -274,6 +503,7 @@ def create_app(
             attempts=job.attempts,
             prompt=job.prompt,
             seed=job.seed,
+            steps=job.steps,
             width=job.width,
             height=job.height,
             failure_kind=job.failure_kind,
@@ -317,6 +547,7 @@ def create_app(
         except ObjectNotFound:
             raise HTTPException(404, f"the image of job {job_id} is gone") from None
 
+    app.include_router(batches_router(settings, engine))
     app.include_router(golden_router(settings, engine, store))
     app.include_router(events_router(settings, engine))
     app.include_router(reports_router(settings, engine, gateway.experiments))

@@ -1,27 +1,42 @@
-"""Who is calling the HTTP API: the API key from the request, as a FastAPI dependency."""
+"""Who is calling the HTTP API: the API key from the request, as a FastAPI dependency.
+
+The key comes as ``Authorization: Bearer <key>`` or ``X-API-Key: <key>``. Both are
+declared as OpenAPI security schemes (so /docs has an Authorize button and every
+protected operation its lock), with ``auto_error=False`` so that a missing or unknown
+key is always our 401, never FastAPI's own answer.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Annotated
 
-from fastapi import Depends, Header, HTTPException, Request
+from fastapi import Depends, HTTPException, Request, Security
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
 from gateway.auth import KeyVerifier, Principal
 from storage.models import ApiKeyRole
 
+bearer_scheme = HTTPBearer(
+    scheme_name="bearer",
+    description="An API key from `canary keys create`, as `Authorization: Bearer <key>`",
+    auto_error=False,
+)
+api_key_scheme = APIKeyHeader(
+    name="X-API-Key",
+    scheme_name="apiKey",
+    description="The same API key in an `X-API-Key` header",
+    auto_error=False,
+)
+
 
 def _principal(
     request: Request,
-    authorization: Annotated[str | None, Header()] = None,
-    x_api_key: Annotated[str | None, Header()] = None,
+    bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)],
+    x_api_key: Annotated[str | None, Depends(api_key_scheme)],
 ) -> Principal:
     """The caller, from ``Authorization: Bearer <key>`` or ``X-API-Key``; else 401."""
-    token = x_api_key
-    if authorization:
-        scheme, _, value = authorization.partition(" ")
-        if scheme.lower() == "bearer" and value.strip():
-            token = value.strip()
+    token = bearer.credentials if bearer else x_api_key
     verifier: KeyVerifier = request.app.state.verifier
     found = verifier.verify(token) if token else None
     if found is None:
@@ -34,13 +49,18 @@ def _principal(
 Caller = Annotated[Principal, Depends(_principal)]
 
 
-def require_role(*roles: ApiKeyRole) -> Callable[[Principal], Principal]:
-    """A dependency admitting only keys with one of ``roles`` (403 for the others)."""
-    allowed = ", ".join(role.value for role in roles)
+def require_role(*roles: ApiKeyRole) -> Callable[..., Principal]:
+    """A dependency admitting only keys with one of ``roles`` (403 for the others).
 
-    def check(caller: Caller) -> Principal:
+    The roles also go into the operation's OpenAPI security requirement (OpenAPI 3.1
+    allows role names there for non-OAuth schemes): the schema says who may call what.
+    """
+    allowed = [role.value for role in roles]
+    caller_with_role = Security(_principal, scopes=allowed)
+
+    def check(caller: Principal = caller_with_role) -> Principal:
         if caller.role not in roles:
-            raise HTTPException(403, f"this needs a key with role {allowed}")
+            raise HTTPException(403, f"this needs a key with role {', '.join(allowed)}")
         return caller
 
     return check

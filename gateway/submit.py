@@ -7,6 +7,7 @@ makes a repeated request return the same job without a second message.
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -15,14 +16,18 @@ from types import SimpleNamespace
 from typing import Any
 
 from celery import Celery
+from kombu.exceptions import OperationalError
 from pydantic_core import PydanticUndefined
+from redis.exceptions import RedisError
 from sqlalchemy.engine import Engine
 
 from canary.settings import Settings
 from gateway.specs import JobRequest
 from storage import jobs
-from storage.models import FailureKind, Job, JobStatus, utcnow
+from storage.models import Job, JobStatus, utcnow
 from tasks.spec import RENDER_TASK, render_spec
+
+log = logging.getLogger(__name__)
 
 JOB_ID_NAMESPACE = uuid.UUID("6f1c3c1e-5a55-4a8e-9b59-0c6b1b8b7a10")
 # Jobs per pipelined round trip to the broker when publishing.
@@ -34,10 +39,6 @@ NEW_JOB: dict[str, Any] = {
 }
 
 
-class BrokerUnavailable(RuntimeError):
-    pass
-
-
 @dataclass(frozen=True)
 class PreparedJob:
     """A validated request with the version that will serve it and why."""
@@ -47,6 +48,7 @@ class PreparedJob:
     experiment: str | None = None
     arm: str | None = None
     segment: str | None = None
+    seed_given: bool = True  # False: the gateway drew the seed (a replay may draw another)
 
 
 @dataclass(frozen=True)
@@ -54,6 +56,7 @@ class Submitted:
     job_id: str
     model_version: str
     created: bool  # False when an earlier submission with the same key already exists
+    sent: bool = True  # False: the broker did not take it yet; the outbox sends it later
 
 
 def job_id_for(request: JobRequest) -> str:
@@ -90,7 +93,7 @@ class Producer:
             for job in existing.values()
             if job.status == JobStatus.QUEUED and job.enqueued_at is None
         ]
-        self.publish(to_send)
+        unsent = self.publish(to_send)
         return [
             Submitted(
                 row["id"],
@@ -98,6 +101,7 @@ class Producer:
                 if row["id"] in existing
                 else row["model_version"],
                 row["id"] in inserted,
+                sent=row["id"] not in unsent,
             )
             for row in rows
         ]
@@ -132,8 +136,16 @@ class Producer:
             "created_at": utcnow(),
         }
 
-    def publish(self, rows: Sequence[Any]) -> None:
-        """Send recorded jobs to their version queues over one producer connection."""
+    def publish(self, rows: Sequence[Any]) -> set[str]:
+        """Send recorded jobs to their version queues over one producer connection.
+
+        Returns the ids of the jobs the broker did not take (empty when all were sent).
+        Those stay QUEUED with ``enqueued_at`` unset and nothing is marked failed: the
+        outbox (``scheduler.maintenance.republish_unsent``) sends them once the broker is
+        back, and a replayed idempotent request sends its job at once.
+        """
+        if not rows:  # e.g. an idempotent replay of a sent job: no broker round trip
+            return set()
         # (when the chunk's sending began, its job ids): a job is stamped enqueued before
         # its message can reach a worker, so its queue wait is never negative
         sent: list[tuple[datetime, list[str]]] = []
@@ -163,19 +175,16 @@ class Producer:
                         )
                     batch.flush()
                     sent.append((sending_at, [row.id for row in chunk]))
-        except Exception as exc:
-            done = {job_id for _, ids in sent for job_id in ids}
-            self._mark_enqueued(sent)
-            # Keyed jobs stay QUEUED and are re-sent when the same request comes again;
-            # unkeyed ones could never be found again, so they end FAILED.
-            orphans = [r.id for r in rows if r.id not in done and not r.idempotency_key]
-            jobs.fail_unstarted(
-                self.engine, orphans, FailureKind.ENQUEUE_ERROR, f"broker refused: {exc}"
+        except (OperationalError, RedisError, OSError) as exc:
+            log.warning(
+                "the broker refused %d of %d jobs; they stay queued for the outbox: %s",
+                len(rows) - sum(len(ids) for _, ids in sent),
+                len(rows),
+                exc,
             )
-            raise BrokerUnavailable(
-                f"could not enqueue on {self.settings.broker_url}: {exc}"
-            ) from exc
         self._mark_enqueued(sent)
+        done = {job_id for _, ids in sent for job_id in ids}
+        return {row.id for row in rows if row.id not in done}
 
     def _mark_enqueued(self, sent: list[tuple[datetime, list[str]]]) -> None:
         for sending_at, job_ids in sent:

@@ -30,8 +30,7 @@ def republish_unsent(producer: Producer, older_than: timedelta, limit: int = 100
                 .limit(limit)
             )
         )
-    producer.publish(orphans)
-    return len(orphans)
+    return len(orphans) - len(producer.publish(orphans))
 
 
 @app.task(name=REPUBLISH_TASK)

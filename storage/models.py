@@ -325,3 +325,30 @@ class RolloutEvent(SQLModel, table=True):
     reason: str = ""
     evaluation: str | None = None  # JSON of the gate evaluation that justified it
     dry_run: bool = False
+
+
+class Batch(SQLModel, table=True):
+    """One bulk submission (a file, an API batch, the demo's jobs): what came in and what
+    was refused, so `canary status BATCH_ID` can say what happened to every line."""
+
+    __tablename__ = "batches"
+
+    id: str = Field(primary_key=True, max_length=64)
+    source: str = Field(max_length=32)  # bulk (a file), api, demo: as the jobs' source
+    file: str | None = Field(default=None, max_length=1000)  # absolute path of a file batch
+    api_key_id: str | None = Field(default=None, max_length=36)
+    created_at: datetime = Field(default_factory=utcnow, sa_column=_utc_column(nullable=False))
+    created: int = 0  # new jobs
+    duplicates: int = 0  # lines whose job existed (an earlier submission of the same line)
+    rejected: str = "[]"  # JSON list of {"line": n, "message": "..."}
+
+
+class BatchLine(SQLModel, table=True):
+    """Which job serves each line (file batches) or item (API batches) of a batch; a
+    resubmitted line points at the job it was first submitted as."""
+
+    __tablename__ = "batch_lines"
+
+    batch_id: str = Field(primary_key=True, max_length=64)
+    line: int = Field(primary_key=True)
+    job_id: str = Field(index=True, max_length=36)
