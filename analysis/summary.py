@@ -17,9 +17,12 @@ class VersionSummary:
     succeeded: int = 0
     failed: int = 0
     pending: int = 0
-    p50_ms: float | None = None
-    p95_ms: float | None = None
-    p50_inference_ms: float | None = None
+    # end to end = queue wait + render + upload: from submission to the stored image
+    p50_end_to_end_ms: float | None = None
+    p95_end_to_end_ms: float | None = None
+    p50_queue_wait_ms: float | None = None
+    p50_render_ms: float | None = None  # the pipeline call (inference) alone
+    p95_render_ms: float | None = None
     failures: dict[str, int] = field(default_factory=dict)
 
     @property
@@ -70,9 +73,11 @@ def summarize(engine: Engine, *, batch_id: str | None = None) -> list[VersionSum
             else:
                 summary.pending += n
     for attribute, column, q in (
-        ("p50_ms", Job.end_to_end_ms, 0.5),
-        ("p95_ms", Job.end_to_end_ms, 0.95),
-        ("p50_inference_ms", Job.inference_ms, 0.5),
+        ("p50_end_to_end_ms", Job.end_to_end_ms, 0.5),
+        ("p95_end_to_end_ms", Job.end_to_end_ms, 0.95),
+        ("p50_queue_wait_ms", Job.queue_wait_ms, 0.5),
+        ("p50_render_ms", Job.inference_ms, 0.5),
+        ("p95_render_ms", Job.inference_ms, 0.95),
     ):
         for version, value in _nearest_rank(engine, column, where, q).items():
             setattr(summaries[version], attribute, value)

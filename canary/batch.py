@@ -1,8 +1,14 @@
-"""Bulk submission and waiting, with progress bars: shared by `canary submit` and `demo`."""
+"""Bulk submission and waiting, with progress bars: shared by `canary submit` and `demo`.
+
+Every submission is recorded as a batch (storage/batches.py): which job serves each line,
+which lines were refused and why, so `canary status BATCH_ID` can answer later.
+"""
 
 from __future__ import annotations
 
+import json
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -13,26 +19,53 @@ from gateway.bulk import LineError, ParsedLine, read_requests
 from gateway.service import Gateway
 from gateway.specs import InvalidJob
 from gateway.submit import PreparedJob
-from storage import jobs
+from storage import batches, jobs
 from storage.db import get_engine
-from storage.models import JobStatus
+from storage.models import Batch, JobStatus
+
+
+@dataclass
+class Skipped:
+    """A line whose job already existed: submitted earlier (by ``batch_id``)."""
+
+    line: int
+    job_id: str
+    batch_id: str | None
+    status: str
 
 
 @dataclass
 class BatchOutcome:
+    batch_id: str
     created: int = 0
     duplicates: int = 0
+    unsent: int = 0  # recorded, but the broker refused them: the outbox sends them later
     job_ids: list[str] = field(default_factory=list)
     errors: list[LineError] = field(default_factory=list)
+    skipped: list[Skipped] = field(default_factory=list)
+
+    def as_json(self) -> dict[str, object]:
+        return {
+            "batch_id": self.batch_id,
+            "created": self.created,
+            "duplicates": self.duplicates,
+            "unsent": self.unsent,
+            "rejected": [{"line": e.line, "message": e.message} for e in self.errors],
+            "skipped": [vars(s) for s in self.skipped],
+            "job_ids": self.job_ids,
+        }
 
 
-def _progress() -> Progress:
+def progress_bar(*, stderr: bool = False) -> Progress:
+    from rich.console import Console
+
     return Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
         transient=False,
+        console=Console(stderr=True) if stderr else None,
     )
 
 
@@ -48,21 +81,49 @@ def make_gateway(settings: Settings) -> Gateway:
     return Gateway(settings, get_engine(settings.resolved_database_url), app)
 
 
-def submit_prepared(
-    gateway: Gateway, jobs_in: list[PreparedJob], *, batch_id: str, source: str, chunk: int
+def submit_lines(
+    gateway: Gateway,
+    lines: list[tuple[int, PreparedJob]],
+    batch: Batch,
+    *,
+    chunk: int,
+    errors: list[LineError] | None = None,
+    quiet: bool = False,
 ) -> BatchOutcome:
-    outcome = BatchOutcome()
-    with _progress() as progress:
-        task = progress.add_task("submitting", total=len(jobs_in))
-        for start in range(0, len(jobs_in), chunk):
-            part = jobs_in[start : start + chunk]
-            for submitted in gateway.submit_many(part, source=source, batch_id=batch_id):
-                outcome.job_ids.append(submitted.job_id)
-                if submitted.created:
+    """Record the batch, then submit its prepared lines in chunks with a progress bar."""
+    engine = gateway.producer.engine
+    outcome = BatchOutcome(batch.id, errors=sorted(errors or [], key=lambda e: e.line))
+    batch.rejected = json.dumps([{"line": e.line, "message": e.message} for e in outcome.errors])
+    batches.record_batch(batch, [], engine)
+    with progress_bar(stderr=quiet) as progress:
+        task = progress.add_task("submitting", total=len(lines))
+        for start in range(0, len(lines), chunk):
+            part = lines[start : start + chunk]
+            submitted = gateway.submit_many(
+                [job for _, job in part], source=batch.source, batch_id=batch.id
+            )
+            batches.add_lines(
+                engine, batch.id, [(n, s.job_id) for (n, _), s in zip(part, submitted, strict=True)]
+            )
+            earlier = {
+                row.id: row
+                for row in jobs.get_jobs(engine, [s.job_id for s in submitted if not s.created])
+            }
+            for (line, _), item in zip(part, submitted, strict=True):
+                outcome.job_ids.append(item.job_id)
+                outcome.unsent += not item.sent
+                if item.created:
                     outcome.created += 1
                 else:
                     outcome.duplicates += 1
+                    row = earlier.get(item.job_id)
+                    outcome.skipped.append(
+                        Skipped(line, item.job_id, row.batch_id if row else None,
+                                row.status if row else "unknown")
+                    )  # fmt: skip
             progress.advance(task, len(part))
+    batch.created, batch.duplicates = outcome.created, outcome.duplicates
+    batches.record_batch(batch, [], engine)
     return outcome
 
 
@@ -70,19 +131,26 @@ def submit_file(
     path: Path,
     settings: Settings,
     *,
-    batch_id: str,
+    batch_id: str | None = None,
     default_version: str | None = None,
     chunk: int = 500,
+    resubmit: bool = False,
+    quiet: bool = False,
 ) -> BatchOutcome:
     """Validate and assign the whole file first (errors by line), then submit in chunks.
 
-    Lines without a model_version are assigned by the experiment, as over HTTP.
+    Lines without a model_version are assigned by the experiment, as over HTTP. With
+    ``resubmit``, lines submitted before become new jobs instead of being skipped.
     """
+    batch_id = batch_id or uuid.uuid4().hex
     gateway = make_gateway(settings)
-    good: list[PreparedJob] = []
+    good: list[tuple[int, PreparedJob]] = []
     errors: list[LineError] = []
     parsed: list[ParsedLine] = []
-    for item in read_requests(path, settings, default_version=default_version):
+    resubmission = batch_id if resubmit else None
+    for item in read_requests(
+        path, settings, default_version=default_version, resubmission=resubmission
+    ):
         if isinstance(item, LineError):
             errors.append(item)
         else:
@@ -95,28 +163,26 @@ def submit_file(
             if isinstance(prepared, InvalidJob):
                 errors.append(LineError(line.line, str(prepared)))
             else:
-                good.append(prepared)
-    errors.sort(key=lambda error: error.line)
-    outcome = submit_prepared(gateway, good, batch_id=batch_id, source="bulk", chunk=chunk)
-    outcome.errors = errors
-    return outcome
+                good.append((line.line, prepared))
+    batch = Batch(id=batch_id, source="bulk", file=str(path.resolve()))
+    return submit_lines(gateway, good, batch, chunk=chunk, errors=errors, quiet=quiet)
 
 
 def wait_for_batch(
-    settings: Settings, batch_id: str, total: int, *, timeout: float = 3600.0
+    settings: Settings, batch_id: str, *, timeout: float = 3600.0, quiet: bool = False
 ) -> dict[str, int]:
-    """Poll the batch's job rows until all have finished; returns counts by status."""
+    """Poll the batch's jobs until all have finished (or ``timeout``); counts by status."""
     engine = get_engine(settings.resolved_database_url)
     deadline = time.monotonic() + timeout
-    with _progress() as progress:
-        task = progress.add_task("rendering", total=total)
+    with progress_bar(stderr=quiet) as progress:
+        task = progress.add_task("rendering", total=None)
         while True:
-            counts = jobs.count_batch_by_status(engine, batch_id)
+            counts = batches.count_by_status(engine, batch_id)
+            total = sum(counts.values())
             done = counts.get(JobStatus.SUCCEEDED, 0) + counts.get(JobStatus.FAILED, 0)
+            failed = counts.get(JobStatus.FAILED, 0)
             progress.update(
-                task,
-                completed=done,
-                description=f"rendering ({counts.get(JobStatus.FAILED, 0)} failed)",
+                task, total=total, completed=done, description=f"rendering ({failed} failed)"
             )
             if done >= total or time.monotonic() > deadline:
                 return counts

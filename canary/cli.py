@@ -6,15 +6,20 @@ import os
 import re
 import sys
 import time
-import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 
 from canary.rollout_cli import rollout_app
-from canary.settings import VERSION_PATTERN, get_settings, reset_settings_cache
+from canary.settings import VERSION_PATTERN, Settings, get_settings, reset_settings_cache
+from storage.models import ApiKeyRole
+
+if TYPE_CHECKING:
+    from storage.models import Job
 
 app = typer.Typer(
     help="Canary releases and A/B tests of diffusion model versions.", no_args_is_help=True
@@ -39,9 +44,49 @@ err = Console(stderr=True)
 DEVICE_PATTERN = re.compile(r"^(cpu|cuda(:\d+)?|mps)$")
 
 
-def fail(message: str, code: int = 2) -> typer.Exit:
-    err.print(f"[bold red]error:[/] {message}")
+# Exit codes of every command (README, "Exit codes"): 0 done; 1 the operation failed (a
+# failed job, a timeout, an unknown id, a refusal, a broker or database out of reach);
+# 2 bad usage (Typer's own usage errors and invalid option values).
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+
+
+def fail(message: str, code: int = EXIT_FAILED) -> typer.Exit:
+    """Print ``message`` to stderr (unwrapped, for scripts); returns the exit to raise."""
+    err.print(f"[bold red]error:[/] {message}", soft_wrap=True, highlight=False)
     return typer.Exit(code)
+
+
+def usage_error(message: str) -> typer.Exit:
+    """An invalid option value: exit code 2, like Typer's own usage errors."""
+    return fail(message, EXIT_USAGE)
+
+
+def _print_json(document: object) -> None:
+    from canary.report import print_json
+
+    print_json(document)
+
+
+def _write(path: Path | None, text: Callable[[], str], what: str) -> None:
+    """Write a report file if asked to; the note goes to stderr (stdout may be JSON)."""
+    if path is not None:
+        path.write_text(text(), encoding="utf-8")
+        err.print(f"{what}: {path}")
+
+
+@contextmanager
+def _database_errors(settings: Settings) -> Iterator[None]:
+    """A database out of reach (or without the schema) as one line and exit code 1."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import OperationalError, ProgrammingError
+
+    try:
+        yield
+    except (OperationalError, ProgrammingError) as exc:
+        shown = make_url(settings.resolved_database_url).render_as_string(hide_password=True)
+        first_line = str(exc.orig).strip().splitlines()[0]
+        raise fail(f"database {shown}: {first_line}") from None
 
 
 def _engine():  # type: ignore[no-untyped-def]
@@ -58,7 +103,8 @@ def db_init() -> None:
 
     from storage.db import init_db
 
-    init_db(_engine())
+    with _database_errors(get_settings()):
+        init_db(_engine())
     shown = make_url(get_settings().resolved_database_url).render_as_string(hide_password=True)
     console.print(f"database ready: {shown}")
 
@@ -71,13 +117,16 @@ def models_make_tiny(
 ) -> None:
     """Build a tiny random-weight Stable Diffusion pipeline (no hub access) as VERSION."""
     if not re.match(VERSION_PATTERN, version):
-        raise fail(f"version {version!r} must match {VERSION_PATTERN}")
+        raise usage_error(f"version {version!r} must match {VERSION_PATTERN}")
     from tasks.registry import version_dir, weights_revision
-    from tasks.tiny_model import make_tiny_model
+    from tasks.tiny_model import make_tiny_model, tiny_model_seed
 
     target = version_dir(get_settings().resolved_model_dir, version)
     if (target / "model_index.json").exists() and not force:
-        raise fail(f"{target} already exists (use --force to overwrite)")
+        if tiny_model_seed(target) == seed:
+            console.print(f"{version} is already built (seed {seed}) at {target}")
+            return
+        raise fail(f"{target} already holds another model (use --force to overwrite)", 1)
     make_tiny_model(target, seed)
     console.print(f"built {version} (seed {seed}) at {target}, revision {weights_revision(target)}")
 
@@ -109,18 +158,12 @@ def models_list() -> None:
 @keys_app.command("create")
 def keys_create(
     name: Annotated[str, typer.Option(help="Who or what uses the key")],
-    role: Annotated[str, typer.Option(help="client, operator or grader")] = "client",
+    role: Annotated[ApiKeyRole, typer.Option(help="What the key may do")] = ApiKeyRole.CLIENT,
 ) -> None:
     """Create an API key and print its token (the only time it is shown)."""
     from gateway.auth import create_key
-    from storage.models import ApiKeyRole
 
-    try:
-        key_role = ApiKeyRole(role)
-    except ValueError:
-        roles = ", ".join(r.value for r in ApiKeyRole)
-        raise fail(f"role {role!r} is not one of: {roles}") from None
-    key, token = create_key(_engine(), name, key_role)
+    key, token = create_key(_engine(), name, role)
     err.print(f"created {key.role} key {key.id} ({key.name}); store the token now:")
     print(token)
 
@@ -141,7 +184,7 @@ def keys_revoke(key_id: str) -> None:
     from gateway.auth import revoke_key
 
     if not revoke_key(_engine(), key_id):
-        raise fail(f"no active key {key_id}", 1)
+        raise fail(f"no active key {key_id}")
     console.print(f"revoked {key_id}")
 
 
@@ -169,17 +212,19 @@ def worker(
 ) -> None:
     """A render worker bound to one model version and one device (concurrency 1)."""
     if not DEVICE_PATTERN.match(device):
-        raise fail(f"device {device!r} is not cpu, cuda or cuda:N")
+        raise usage_error(f"device {device!r} is not cpu, cuda or cuda:N")
     settings = get_settings()
     if model_version not in settings.versions:
-        raise fail(
+        raise usage_error(
             f"unknown version {model_version!r} (configured: {', '.join(settings.versions)})"
         )
     from tasks.registry import ModelNotFound, require_version_dir
+    from tasks.version_config import VersionConfigError, load_version_config
 
     try:
-        require_version_dir(settings.resolved_model_dir, model_version)
-    except ModelNotFound as exc:
+        folder = require_version_dir(settings.resolved_model_dir, model_version)
+        limits = load_version_config(folder).limits
+    except (ModelNotFound, VersionConfigError) as exc:
         raise fail(str(exc)) from None
     # The binding travels in the environment so the pool's child processes see it too.
     import socket
@@ -189,7 +234,19 @@ def worker(
     os.environ["CANARY_WORKER_MODEL_VERSION"] = model_version
     os.environ["CANARY_WORKER_DEVICE"] = device
     os.environ["CANARY_WORKER_NODE"] = node
+    # The version's own time limits (canary.yaml) unless the environment sets them for
+    # every version (an operator's override).
+    overridden = {"task_time_limit_s", "task_soft_time_limit_s"} & settings.model_fields_set
+    if limits.time_limit_s is not None and not overridden:
+        os.environ["CANARY_TASK_SOFT_TIME_LIMIT_S"] = str(limits.soft_time_limit_s)
+        os.environ["CANARY_TASK_TIME_LIMIT_S"] = str(limits.time_limit_s)
     reset_settings_cache()
+    from pydantic import ValidationError
+
+    try:
+        settings = get_settings()
+    except ValidationError as exc:
+        raise fail(f"{folder / 'canary.yaml'} limits: {exc.errors()[0]['msg']}") from None
     from tasks import app as celery_app
 
     celery_app.worker_main(
@@ -198,6 +255,8 @@ def worker(
             "--queues", settings.queue_for(model_version),
             "--concurrency", "1",
             "--pool", "prefork",
+            "--soft-time-limit", str(settings.task_soft_time_limit_s),
+            "--time-limit", str(settings.task_time_limit_s),
             "--hostname", node,
             "--loglevel", loglevel,
             "--without-mingle",
@@ -277,7 +336,7 @@ def up(
     for item in device or []:
         version, _, dev = item.partition("=")
         if not dev or not DEVICE_PATTERN.match(dev):
-            raise fail(f"--device {item!r}: expected VERSION=cpu|cuda|cuda:N")
+            raise usage_error(f"--device {item!r}: expected VERSION=cpu|cuda|cuda:N")
         devices[version] = dev
     try:
         raise typer.Exit(run_stack(get_settings(), devices))
@@ -293,72 +352,148 @@ def submit(
         str | None, typer.Option("--model-version", help="For lines that name none")
     ] = None,
     wait: Annotated[bool, typer.Option(help="Wait until every job has finished")] = False,
+    resubmit: Annotated[
+        bool,
+        typer.Option(help="Queue lines submitted before again, as new jobs (default: skip them)"),
+    ] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the outcome (and with --wait the batch) as JSON")
+    ] = False,
+    timeout: Annotated[float, typer.Option(help="With --wait: seconds to wait at most")] = 3600.0,
     chunk: Annotated[int, typer.Option(min=1, max=10_000)] = 500,
 ) -> None:
-    """Submit every line of FILE as a job; bad lines are reported and skipped."""
+    """Submit every line of FILE as a job; bad lines are reported by line number and
+    skipped, lines submitted before are skipped (see --resubmit). Exits 1 if a line was
+    rejected or, with --wait, a job failed."""
+    import json
+
     from canary.batch import submit_file, wait_for_batch
-    from gateway.submit import BrokerUnavailable
+    from canary.batch_status import explain_skipped, show_batch
+    from canary.stack import broker_problem
 
     settings = get_settings()
-    batch_id = uuid.uuid4().hex
+    problem = broker_problem(settings)
+    if problem:
+        raise fail(f"nothing submitted: {problem}", 1)
     try:
         outcome = submit_file(
-            file, settings, batch_id=batch_id, default_version=model_version, chunk=chunk
+            file,
+            settings,
+            default_version=model_version,
+            chunk=chunk,
+            resubmit=resubmit,
+            quiet=as_json,
         )
-    except (ValueError, BrokerUnavailable) as exc:
-        raise fail(str(exc)) from None
+    except ValueError as exc:
+        raise usage_error(str(exc)) from None
     for error in outcome.errors:
-        err.print(f"[red]{file}:{error.line}:[/] {error.message}")
-    console.print(
+        err.print(f"[red]{file}:{error.line}:[/] {error.message}", highlight=False, soft_wrap=True)
+    skipped = explain_skipped(outcome, str(file))
+    summary = (
         f"{outcome.created} jobs queued, {outcome.duplicates} already submitted, "
-        f"{len(outcome.errors)} lines rejected (batch {batch_id})"
+        f"{len(outcome.errors)} lines rejected (batch {outcome.batch_id})"
     )
-    if wait and outcome.created:
-        wait_for_batch(settings, batch_id, outcome.created)
-    if outcome.errors:
-        raise typer.Exit(1)
+    if outcome.unsent:
+        summary += (
+            f"; {outcome.unsent} not sent yet: the broker {settings.shown_broker_url} refused "
+            "them, and they are sent when it is back (they stay QUEUED)"
+        )
+    (err if as_json else console).print(summary, highlight=False, soft_wrap=True)
+    if skipped:
+        (err if as_json else console).print(skipped, highlight=False, soft_wrap=True)
+    if not wait:
+        if as_json:
+            print(json.dumps(outcome.as_json(), indent=2))
+        raise typer.Exit(1 if outcome.errors else 0)
+    wait_for_batch(settings, outcome.batch_id, timeout=timeout, quiet=as_json)
+    code = show_batch(settings, outcome.batch_id, as_json=as_json, wait=True, timeout=0)
+    raise typer.Exit(code or 0)
 
 
 @app.command()
 def status(
     job_id: Annotated[
-        str | None, typer.Argument(help="A job id; without one: the whole system")
+        str | None,
+        typer.Argument(help="A job id or a batch id; without one: the whole system"),
     ] = None,
-    wait: Annotated[bool, typer.Option(help="Wait until the job has finished")] = False,
-    timeout: Annotated[float, typer.Option(help="Seconds to wait at most")] = 600.0,
+    wait: Annotated[
+        bool, typer.Option(help="Wait until the job (or every job of the batch) has finished")
+    ] = False,
+    timeout: Annotated[float, typer.Option(min=0, help="Seconds to wait at most")] = 600.0,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print one JSON document (and nothing else)")
+    ] = False,
 ) -> None:
-    """One job (status, version, timings, failure, image), or the system overview:
-    experiments and stages, queues and workers, the last golden run, the gate verdicts."""
+    """One job (status, version, timings, failure, image), one batch (counts by status,
+    rejected and failed lines, images), or the system overview: experiments and stages,
+    queues and workers, the last golden run, the gate verdicts."""
+    settings = get_settings()
     if job_id is None:
-        from canary.overview import print_overview
-
-        print_overview(get_settings())
+        _status_overview(settings, as_json)
         return
-    from canary.report import print_job
     from storage import jobs
-    from storage.models import TERMINAL_STATUSES
+
+    with _database_errors(settings):
+        job = jobs.get_job(_engine(), job_id)
+    if job is None:
+        from canary.batch_status import show_batch
+
+        with _database_errors(settings):
+            code = show_batch(settings, job_id, as_json=as_json, wait=wait, timeout=timeout)
+        if code is None:
+            raise fail(f"no job or batch {job_id}")
+        raise typer.Exit(code)
+    _status_of_job(settings, job, wait, timeout, as_json)
+
+
+def _status_overview(settings: Settings, as_json: bool) -> None:
+    from canary.overview import OverviewError, collect_overview, print_overview
+
+    try:
+        with _database_errors(settings):
+            overview = collect_overview(settings)
+    except OverviewError as exc:
+        raise fail(str(exc)) from None
+    if as_json:
+        _print_json(overview)
+    else:
+        print_overview(settings, overview)
+
+
+def _status_of_job(settings: Settings, job: Job, wait: bool, timeout: float, as_json: bool) -> None:
+    """Print the job (after waiting for it if asked); exit 1 if it failed or is not done."""
+    from canary.report import job_document, print_job
+    from storage.models import JobStatus
     from storage.objects import store_from_settings
 
-    engine = _engine()
-    deadline = time.monotonic() + timeout
-    while True:
-        job = jobs.get_job(engine, job_id)
-        if job is None:
-            raise fail(f"no job {job_id}", 1)
-        if not wait or job.status in TERMINAL_STATUSES:
-            break
-        if time.monotonic() > deadline:
-            print_job(job)
-            raise fail(f"job {job_id} still {job.status} after {timeout:.0f} s", 3)
-        time.sleep(0.5)
+    done = True
+    if wait:
+        job, done = _wait_for_job(job, timeout)
     image_url = None
     if job.image_key:
-        image_url = store_from_settings(get_settings()).url(
-            job.image_key, get_settings().presign_expiry_s
-        )
-    print_job(job, image_url)
-    if job.status == "FAILED":
-        raise typer.Exit(1)
+        image_url = store_from_settings(settings).url(job.image_key, settings.presign_expiry_s)
+    if as_json:
+        _print_json(job_document(job, image_url))
+    else:
+        print_job(job, image_url)
+    if not done:
+        raise fail(f"job {job.id} still {job.status} after {timeout:g} s")
+    if job.status == JobStatus.FAILED:
+        raise fail(f"job {job.id} failed ({job.failure_kind})")
+
+
+def _wait_for_job(job: Job, timeout: float) -> tuple[Job, bool]:
+    """The job as it is once finished (True) or after ``timeout`` seconds (False)."""
+    from storage import jobs
+    from storage.models import TERMINAL_STATUSES
+
+    deadline = time.monotonic() + timeout
+    while job.status not in TERMINAL_STATUSES:
+        if time.monotonic() > deadline:
+            return job, False
+        time.sleep(0.5)
+        job = jobs.get_job(_engine(), job.id) or job
+    return job, True
 
 
 @app.command()
@@ -374,7 +509,7 @@ def hotfix(
 
     settings = get_settings()
     if model_version not in settings.versions:
-        raise fail(f"unknown version {model_version!r}")
+        raise usage_error(f"unknown version {model_version!r}")
     try:
         outcome = run_hotfix(settings, make_app(settings), model_version, weights, timeout)
     except ModelNotFound as exc:
@@ -426,7 +561,7 @@ def retire(
             timeout=timeout,
         )
     except RetireError as exc:
-        raise fail(str(exc), 1) from None
+        raise fail(str(exc)) from None
     if reroute_to:
         console.print(f"re-routed {outcome.rerouted} queued jobs to {reroute_to}")
     console.print(
@@ -473,7 +608,7 @@ def golden_run(
     if not wait:
         return
     if not golden_cli.wait_and_check(settings, outcome.run_id, timeout):
-        raise fail(f"golden run {outcome.run_id} not complete after {timeout:.0f} s", 3)
+        raise fail(f"golden run {outcome.run_id} not complete after {timeout:.0f} s")
     from analysis.golden_report import report_for_run
 
     report = report_for_run(_engine(), outcome.run_id)
@@ -484,10 +619,17 @@ def golden_run(
 @golden_app.command("report")
 def golden_report(
     run_id: str,
-    json_out: Annotated[Path | None, typer.Option("--json", help="Write the JSON here")] = None,
-    html_out: Annotated[Path | None, typer.Option("--html", help="Write the HTML here")] = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the JSON report instead of the table")
+    ] = False,
+    json_out: Annotated[
+        Path | None, typer.Option("--json-out", dir_okay=False, help="Write the JSON here")
+    ] = None,
+    html_out: Annotated[
+        Path | None, typer.Option("--html", dir_okay=False, help="Write the HTML here")
+    ] = None,
 ) -> None:
-    """Summary table of a golden run; optionally its JSON and HTML reports."""
+    """Summary table of a golden run; or its JSON; optionally JSON and HTML files."""
     import json
 
     from analysis.golden_html import render_report_html
@@ -496,39 +638,32 @@ def golden_report(
 
     report = report_for_run(_engine(), run_id)
     if report is None:
-        raise fail(f"no golden run {run_id}", 1)
-    golden_cli.print_report(report)
-    if json_out:
-        json_out.write_text(json.dumps(report, indent=2))
-        console.print(f"JSON report: {json_out}")
-    if html_out:
-        html_out.write_text(render_report_html(report))
-        console.print(f"HTML report: {html_out}")
+        raise fail(f"no golden run {run_id}")
+    if as_json:
+        _print_json(report)
+    else:
+        golden_cli.print_report(report)
+    _write(json_out, lambda: json.dumps(report, indent=2), "JSON report")
+    _write(html_out, lambda: render_report_html(report), "HTML report")
 
 
 @golden_app.command("list")
-def golden_list(limit: Annotated[int, typer.Option(min=1)] = 20) -> None:
+def golden_list(
+    limit: Annotated[int, typer.Option(min=1)] = 20,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print one JSON document (and nothing else)")
+    ] = False,
+) -> None:
     """Recent golden runs."""
-    from rich.table import Table
-
+    from canary.golden import print_runs, run_summary
     from storage import golden
 
     engine = _engine()
-    table = Table(title="Golden runs")
-    for column in ("run", "trigger", "status", "created", "cases", "versions", "checked"):
-        table.add_column(column)
-    for run in golden.list_runs(engine, limit):
-        checked = golden.run_progress(engine, run.id).get("checked", 0)
-        table.add_row(
-            run.id,
-            run.trigger,
-            run.status,
-            f"{run.created_at:%Y-%m-%d %H:%M}",
-            str(run.case_count),
-            f"{run.baseline} vs {run.candidate}",
-            f"{checked}/{2 * run.case_count}",
-        )
-    console.print(table)
+    runs = [run_summary(engine, run) for run in golden.list_runs(engine, limit)]
+    if as_json:
+        _print_json({"runs": runs})
+    else:
+        print_runs(runs)
 
 
 # ---------------------------------------------------------------- measurement
@@ -538,9 +673,14 @@ def report(
     day: Annotated[
         str | None, typer.Option("--date", help="Last day of the report (UTC, YYYY-MM-DD)")
     ] = None,
-    json_out: Annotated[Path | None, typer.Option("--json", help="Write the JSON here")] = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the JSON report instead of the tables")
+    ] = False,
+    json_out: Annotated[
+        Path | None, typer.Option("--json-out", dir_okay=False, help="Write the JSON here")
+    ] = None,
     html_out: Annotated[
-        Path | None, typer.Option("--html", help="Write the dashboard here")
+        Path | None, typer.Option("--html", dir_okay=False, help="Write the dashboard here")
     ] = None,
 ) -> None:
     """The A/B report of an experiment: three metric layers, statistics, SRM, gates."""
@@ -558,7 +698,7 @@ def report(
     try:
         last = date.fromisoformat(day) if day else utcnow().date()
     except ValueError:
-        raise fail(f"--date {day!r} is not YYYY-MM-DD") from None
+        raise usage_error(f"--date {day!r} is not YYYY-MM-DD") from None
     config = ExperimentSource.from_settings(settings, _engine()).config
     if experiment not in {e.name for e in config.experiments}:
         known = ", ".join(e.name for e in config.experiments) or "none (no experiment file)"
@@ -568,13 +708,16 @@ def report(
         policy = load_policy(settings.gate_policy_file)
     except GatePolicyError as exc:
         raise fail(f"gate policy: {exc}") from None
-    print_ab_report(result)
-    if json_out:
-        json_out.write_text(json.dumps(result, indent=1, default=str))
-        console.print(f"JSON report: {json_out}")
-    if html_out:
-        html_out.write_text(render_dashboard(result, policy.guardrails.p95_latency_max_ms))
-        console.print(f"dashboard: {html_out}")
+    if as_json:
+        _print_json(result)
+    else:
+        print_ab_report(result)
+    _write(json_out, lambda: json.dumps(result, indent=1, default=str), "JSON report")
+    _write(
+        html_out,
+        lambda: render_dashboard(result, policy.guardrails.p95_latency_max_ms),
+        "dashboard",
+    )
 
 
 @app.command()
@@ -587,7 +730,7 @@ def demo(
     try:
         run_demo(get_settings(), jobs)
     except DemoError as exc:
-        raise fail(str(exc), 1) from None
+        raise fail(str(exc)) from None
 
 
 # ---------------------------------------------------------------- simulated traffic
@@ -622,7 +765,7 @@ def simulate(
     try:
         end = date.fromisoformat(last) if last else utcnow().date() - timedelta(days=1)
     except ValueError:
-        raise fail(f"--last {last!r} is not YYYY-MM-DD") from None
+        raise usage_error(f"--last {last!r} is not YYYY-MM-DD") from None
     effects = Effects(
         dwell=dwell_effect, quick_retry=retry_effect, download=download_effect,
         negative_feedback=feedback_effect, retention=retention_effect,
@@ -635,7 +778,7 @@ def simulate(
     try:
         run_simulation(get_settings(), spec, seed=seed, last=end, run_id=f"sim{seed}")
     except SimulationRefused as exc:
-        raise fail(str(exc), 1) from None
+        raise fail(str(exc)) from None
 
 
 def main() -> None:

@@ -20,7 +20,7 @@ from pathlib import Path
 from rich.console import Console
 
 from canary.settings import Settings, get_settings, reset_settings_cache
-from canary.stack import StackError, broker
+from canary.stack import broker_reachable, running_stack_pid
 
 console = Console()
 PROMPTS = [
@@ -56,10 +56,12 @@ class DemoError(RuntimeError):
 
 
 def ensure_experiment(settings: Settings) -> Path:
-    """The configured experiment file, else a demo one (baseline v1, candidate v2 at 50%)."""
-    if settings.experiment_file is not None:
-        return settings.experiment_file
-    path = settings.home / "demo-experiment.yaml"
+    """The configured experiment file, else a demo one (baseline v1, candidate v2 at 50%)
+    at ``home/experiments.yaml``, where every later `canary` command finds it."""
+    configured = settings.resolved_experiment_file
+    if configured is not None:
+        return configured
+    path = settings.home / "experiments.yaml"
     baseline, candidate = settings.versions[:2]
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(DEMO_EXPERIMENT.format(baseline=baseline, candidate=candidate))
@@ -80,7 +82,13 @@ def ensure_models(settings: Settings) -> None:
 
 @contextmanager
 def background_stack(settings: Settings) -> Iterator[None]:
-    """Run `canary up` (on our broker) as a child process group until the block ends."""
+    """Run `canary up` as a child process group until the block ends (or use the local
+    stack that is already running)."""
+    pid = running_stack_pid(settings)
+    if pid is not None and broker_reachable(settings.broker_url):
+        console.print(f"using the local stack that is already running (pid {pid})")
+        yield
+        return
     settings.log_dir.mkdir(parents=True, exist_ok=True)
     log_path = settings.log_dir / "stack.log"
     with log_path.open("ab") as log:
@@ -128,52 +136,57 @@ def run_demo(settings: Settings, n_jobs: int) -> None:
         raise DemoError("the demo needs two configured versions (CANARY_VERSIONS)")
     ensure_models(settings)
     experiment_file = ensure_experiment(settings)
-    try:
-        with broker(settings) as broker_url:
-            # The stack we start, and our own gateway, share this broker and experiment.
-            os.environ["REDIS_URL"] = broker_url
-            os.environ["CANARY_EXPERIMENT_FILE"] = str(experiment_file.resolve())
-            reset_settings_cache()
-            _render_batch(get_settings(), n_jobs)
-    except StackError as exc:
-        raise DemoError(str(exc)) from None
+    # The stack we start, and our own gateway, share this experiment file.
+    os.environ["CANARY_EXPERIMENT_FILE"] = str(experiment_file.resolve())
+    reset_settings_cache()
+    _render_batch(get_settings(), n_jobs)
 
 
 def _render_batch(settings: Settings, n_jobs: int) -> None:
     from analysis.summary import summarize
-    from canary.batch import make_gateway, submit_prepared, wait_for_batch
+    from canary.batch import make_gateway, submit_lines, wait_for_batch
     from canary.report import print_summary
     from storage.db import get_engine, init_db
+    from storage.models import Batch
     from storage.objects import store_from_settings
 
     engine = get_engine(settings.resolved_database_url)
     init_db(engine)
     gateway = make_gateway(settings)
-    jobs_in = [
-        gateway.prepare(
-            {
-                "prompt": PROMPTS[i % len(PROMPTS)],
-                "seed": 1000 + i,
-                "steps": 8,
-                "width": 64,
-                "height": 64,
-                "user_id": f"demo-user-{i}",
-            }
+    lines = [
+        (
+            i + 1,
+            gateway.prepare(
+                {
+                    "prompt": PROMPTS[i % len(PROMPTS)],
+                    "seed": 1000 + i,
+                    "steps": 8,
+                    "width": 64,
+                    "height": 64,
+                    "user_id": f"demo-user-{i}",
+                }
+            ),
         )
         for i in range(n_jobs)
     ]
     console.print(
-        f"experiment {settings.experiment_file}: each demo user is assigned a version "
-        "by the gateway (sticky, 50% stage)"
+        f"experiment file {settings.resolved_experiment_file}: the gateway assigns each demo "
+        "user a version (sticky, deterministic)"
     )
     with background_stack(settings):
-        batch_id = uuid.uuid4().hex
-        outcome = submit_prepared(gateway, jobs_in, batch_id=batch_id, source="demo", chunk=100)
-        counts = wait_for_batch(settings, batch_id, outcome.created, timeout=600)
-    print_summary(summarize(engine, batch_id=batch_id), store_from_settings(settings).describe())
+        batch = Batch(id=uuid.uuid4().hex, source="demo")
+        submit_lines(gateway, lines, batch, chunk=100)
+        counts = wait_for_batch(settings, batch.id, timeout=600)
+    print_summary(summarize(engine, batch_id=batch.id), store_from_settings(settings).describe())
     unfinished = sum(v for k, v in counts.items() if k not in ("SUCCEEDED", "FAILED"))
     if unfinished:
         raise DemoError(f"{unfinished} jobs did not finish in time; see {settings.log_dir}")
+    experiments = gateway.experiments.config.experiments
+    experiment = experiments[0].name if experiments else "NAME"
     console.print(
-        f"logs: {settings.log_dir}; Flower ran at http://127.0.0.1:{settings.flower_port}"
+        f"logs: {settings.log_dir}; Flower ran at http://127.0.0.1:{settings.flower_port}\n"
+        "next:\n"
+        f"  canary status {batch.id}      # this batch, line by line\n"
+        f"  canary rollout status {experiment}     # the demo experiment's stage and audit log\n"
+        "  canary up                              # the local stack again, in the foreground"
     )

@@ -1,28 +1,25 @@
-"""`canary golden ...`: start or resume a golden run by hand, wait for it, print its report."""
+"""`canary golden ...`: start or resume a golden run by hand, wait for it, print its report.
+
+The submission and checking machinery is imported where it is used, so that listing runs
+(and `canary status`, which shows the last one) stays quick.
+"""
 
 from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.table import Table
+from sqlalchemy.engine import Engine
 
-from canary.batch import _progress, make_gateway
 from canary.settings import Settings
-from scheduler.golden_checking import check_run, scorer_from_settings
-from scheduler.golden_replay import (
-    GoldenReplay,
-    ReplayOutcome,
-    manual_run_id,
-    versions_under_test,
-)
-from scheduler.golden_set import load_golden_set
 from storage import golden
-from storage.db import get_engine
-from storage.models import GoldenRunStatus, utcnow
-from storage.objects import store_from_settings
+from storage.models import GoldenRun, GoldenRunStatus, utcnow
+
+if TYPE_CHECKING:
+    from scheduler.golden_replay import ReplayOutcome
 
 console = Console()
 
@@ -35,12 +32,16 @@ def start_run(
     baseline: str | None,
     candidate: str | None,
 ) -> ReplayOutcome:
+    from canary.batch import make_gateway, progress_bar
+    from scheduler.golden_replay import GoldenReplay, manual_run_id, versions_under_test
+    from scheduler.golden_set import load_golden_set
+
     gateway = make_gateway(settings)
     path = set_file or settings.golden_set_file
     golden_set = load_golden_set(path, settings)
     default_baseline, default_candidate = versions_under_test(settings, gateway.experiments.config)
     replay = GoldenReplay(settings, gateway)
-    with _progress() as progress:
+    with progress_bar() as progress:
         task = progress.add_task("enqueue golden cases", total=2 * len(golden_set.cases))
         return replay.start(
             run_id or manual_run_id(utcnow()),
@@ -54,8 +55,11 @@ def start_run(
 
 
 def resume_run(settings: Settings, run_id: str) -> ReplayOutcome:
+    from canary.batch import make_gateway, progress_bar
+    from scheduler.golden_replay import GoldenReplay
+
     gateway = make_gateway(settings)
-    with _progress() as progress:
+    with progress_bar() as progress:
         task = progress.add_task("enqueue remaining cases", total=None)
         return GoldenReplay(settings, gateway).resume(
             run_id, progress=lambda done, total: progress.update(task, completed=done, total=total)
@@ -64,11 +68,16 @@ def resume_run(settings: Settings, run_id: str) -> ReplayOutcome:
 
 def wait_and_check(settings: Settings, run_id: str, timeout: float) -> bool:
     """Wait for every image of the run, checking each as it finishes; True when complete."""
+    from canary.batch import progress_bar
+    from scheduler.golden_checking import check_run, scorer_from_settings
+    from storage.db import get_engine
+    from storage.objects import store_from_settings
+
     engine = get_engine(settings.resolved_database_url)
     store = store_from_settings(settings)
     scorer = scorer_from_settings(settings)
     deadline = time.monotonic() + timeout
-    with _progress() as progress:
+    with progress_bar() as progress:
         run = golden.get_run(engine, run_id)
         assert run is not None
         task = progress.add_task("render and check", total=2 * run.case_count)
@@ -83,6 +92,41 @@ def wait_and_check(settings: Settings, run_id: str, timeout: float) -> bool:
             if time.monotonic() > deadline:
                 return False
             time.sleep(0.5)
+
+
+def run_summary(engine: Engine, run: GoldenRun) -> dict[str, Any]:
+    """One run as plain JSON data: who, when, and how many of its images are checked."""
+    return {
+        "id": run.id,
+        "trigger": run.trigger,
+        "status": run.status,
+        "created_at": run.created_at.isoformat(),
+        "cases": run.case_count,
+        "baseline": run.baseline,
+        "candidate": run.candidate,
+        "checked": golden.run_progress(engine, run.id).get("checked", 0),
+        "images": 2 * run.case_count,
+    }
+
+
+def print_runs(runs: list[dict[str, Any]]) -> None:
+    if not runs:
+        console.print("no golden run yet (`canary golden run`)")
+        return
+    table = Table(title="Golden runs")
+    for column in ("run", "trigger", "status", "created", "cases", "versions", "checked"):
+        table.add_column(column)
+    for run in runs:
+        table.add_row(
+            run["id"],
+            run["trigger"],
+            run["status"],
+            run["created_at"][:16].replace("T", " "),
+            str(run["cases"]),
+            f"{run['baseline']} vs {run['candidate']}",
+            f"{run['checked']}/{run['images']}",
+        )
+    console.print(table)
 
 
 def _pct(value: float | None) -> str:

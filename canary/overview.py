@@ -1,76 +1,170 @@
-"""`canary status` without a job id: one screen of the whole system for an operator."""
+"""`canary status` without a job id: the whole system on one screen, or as one JSON document.
+
+It should answer within a second on a running stack, so it imports nothing heavy (the
+analysis and scheduler packages pull in scipy and matplotlib) and asks only the workers
+recorded in the database which queues they consume: a broadcast to everyone has to wait
+out its whole timeout, since nobody knows how many nodes will answer.
+"""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 from rich.table import Table
+from sqlalchemy.engine import Engine
 
 from canary.settings import Settings
-from gateway.experiment_source import ExperimentSource
-from scheduler.dashboards import dashboard_paths
-from storage import golden, overview
-from storage.db import get_engine
-from tasks.queues import consumers, queue_depth
 
 console = Console()
+# How long a recorded worker may take to answer before it counts as offline.
+WORKER_REPLY_TIMEOUT_S = 0.5
+VERDICT_COLOUR = {"advance": "green", "hold": "yellow", "rollback": "red"}
 
 
-def print_overview(settings: Settings) -> None:
-    from tasks.app import make_app
+class OverviewError(RuntimeError):
+    """The overview cannot be built (broker down, invalid experiment file); one line."""
 
+
+def collect_overview(settings: Settings) -> dict[str, Any]:
+    """Experiments, queues and workers, and the last golden run, as plain JSON data."""
+    from canary.stack import broker_problem
+    from storage.db import get_engine
+
+    problem = broker_problem(settings)
+    if problem:
+        raise OverviewError(problem)
     engine = get_engine(settings.resolved_database_url)
+    experiment_file, experiments = _experiments(settings, engine)
+    return {
+        "experiment_file": experiment_file,
+        "experiments": experiments,
+        "queues": _queues(settings, engine),
+        "golden": _golden(engine),
+    }
+
+
+def _experiments(settings: Settings, engine: Engine) -> tuple[str | None, list[dict[str, Any]]]:
+    from gateway.experiment_source import ExperimentSource
+
+    try:
+        source = ExperimentSource.from_settings(settings, engine)
+    except (OSError, ValueError) as exc:
+        raise OverviewError(f"experiment file: {exc}") from None
+    experiments = [
+        {
+            "name": e.name,
+            "baseline": e.baseline,
+            "candidate": e.candidate,
+            "stage": e.stage,
+            "rolled_back": e.rolled_back,
+            "candidate_shares": dict(e.current_stage.shares),
+            "gates": _verdict(settings, e.name),
+        }
+        for e in source.config.experiments
+    ]
+    return (str(source.path) if source.path else None), experiments
+
+
+def latest_dashboard(settings: Settings, experiment: str) -> Path:
+    """``scheduler.dashboards.dashboard_paths(settings, experiment, None)[1]``, without
+    importing the scheduler (and with it the whole analysis stack)."""
+    return settings.dashboard_dir / experiment / "latest.json"
+
+
+def _verdict(settings: Settings, experiment: str) -> dict[str, str] | None:
+    """The gate verdict of the latest daily dashboard and its day; None before the first."""
+    path = latest_dashboard(settings, experiment)
+    if not path.exists():
+        return None
+    report = json.loads(path.read_text(encoding="utf-8"))
+    return {"verdict": report["gates"]["verdict"], "day": report["window"]["last"]}
+
+
+def _queues(settings: Settings, engine: Engine) -> list[dict[str, Any]]:
+    """Each version's queue, its waiting messages and the online workers consuming it."""
+    from kombu.exceptions import OperationalError
+
+    from storage import overview
+    from tasks.app import make_app
+    from tasks.queues import consumers, queue_depth
+
     app = make_app(settings)
-    config = ExperimentSource.from_settings(settings, engine).config
-
-    experiments = Table(title="Experiments")
-    for column in ("experiment", "baseline", "candidate", "stage", "candidate share", "gates"):
-        experiments.add_column(column)
-    for experiment in config.experiments:
-        shares = ", ".join(f"{k} {v:.0%}" for k, v in experiment.current_stage.shares.items())
-        stage = experiment.stage + (" [bold red](rolled back)[/]" if experiment.rolled_back else "")
-        experiments.add_row(
-            experiment.name, experiment.baseline, experiment.candidate, stage, shares,
-            _verdict(settings, experiment.name),
-        )  # fmt: skip
-    console.print(experiments)
-
-    online = consumers(app, timeout=1.0)
-    records = {r.node: r for r in overview.worker_records(engine)}
-    queues = Table(title="Queues and workers")
-    for column in ("version", "queue", "waiting", "workers (device, revision)"):
-        queues.add_column(column)
+    records = {r.node: r for r in overview.worker_records(engine) if r.version in settings.versions}
+    try:
+        online = consumers(app, WORKER_REPLY_TIMEOUT_S, nodes=records)
+        depths = {v: queue_depth(app, settings.queue_for(v)) for v in settings.versions}
+    except OperationalError:
+        raise OverviewError(f"the broker {settings.shown_broker_url} does not answer") from None
+    rows = []
     for version in settings.versions:
         queue = settings.queue_for(version)
         nodes = sorted(node for node, names in online.items() if queue in names)
-        described = ", ".join(
-            f"{node} ({records[node].device}, {records[node].revision or '-'})"
-            if node in records
-            else node
-            for node in nodes
+        workers = [
+            {"node": n, "device": records[n].device, "revision": records[n].revision} for n in nodes
+        ]
+        rows.append(
+            {"version": version, "queue": queue, "waiting": depths[version], "workers": workers}
         )
-        queues.add_row(version, queue, str(queue_depth(app, queue)), described or "[red]none[/]")
-    console.print(queues)
+    return rows
+
+
+def _golden(engine: Engine) -> dict[str, Any] | None:
+    from canary.golden import run_summary
+    from storage import golden
 
     run = golden.latest_run(engine)
+    return None if run is None else run_summary(engine, run)
+
+
+def print_overview(settings: Settings, data: dict[str, Any]) -> None:
+    _print_experiments(settings, data)
+    _print_queues(data["queues"])
+    run = data["golden"]
     if run is None:
         console.print("golden set: no run yet (`canary golden run`)")
     else:
-        progress = golden.run_progress(engine, run.id)
         console.print(
-            f"golden set: last run {run.id} ({run.status}, {run.baseline} vs {run.candidate}, "
-            f"{progress.get('checked', 0)}/{2 * run.case_count} images checked, started "
-            f"{run.created_at:%Y-%m-%d %H:%M} UTC)"
+            f"golden set: last run {run['id']} ({run['status']}, {run['baseline']} vs "
+            f"{run['candidate']}, {run['checked']}/{run['images']} images checked, started "
+            f"{run['created_at'][:16].replace('T', ' ')} UTC)"
         )
 
 
-def _verdict(settings: Settings, experiment: str) -> str:
-    """The gate verdict of the latest daily dashboard, with its day."""
-    _, latest = dashboard_paths(settings, experiment, None)
-    if not latest.exists():
-        return "no dashboard yet (`canary report`)"
-    report = json.loads(latest.read_text(encoding="utf-8"))
-    verdict = report["gates"]["verdict"]
-    colour = {"advance": "green", "hold": "yellow", "rollback": "red"}[verdict]
-    return f"[{colour}]{verdict}[/] ({report['window']['last']})"
+def _print_experiments(settings: Settings, data: dict[str, Any]) -> None:
+    if not data["experiments"]:
+        where = (
+            f"in {data['experiment_file']}"
+            if data["experiment_file"]
+            else f"(set CANARY_EXPERIMENT_FILE, or write {settings.home / 'experiments.yaml'})"
+        )
+        console.print(f"no experiments configured {where}", soft_wrap=True)
+        return
+    table = Table(title="Experiments")
+    for column in ("experiment", "baseline", "candidate", "stage", "candidate share", "gates"):
+        table.add_column(column)
+    for e in data["experiments"]:
+        shares = ", ".join(f"{k} {v:.0%}" for k, v in e["candidate_shares"].items())
+        stage = e["stage"] + (" [bold red](rolled back)[/]" if e["rolled_back"] else "")
+        gates = e["gates"]
+        verdict = (
+            "no dashboard yet (`canary report`)"
+            if gates is None
+            else f"[{VERDICT_COLOUR[gates['verdict']]}]{gates['verdict']}[/] ({gates['day']})"
+        )
+        table.add_row(e["name"], e["baseline"], e["candidate"], stage, shares, verdict)
+    console.print(table)
+
+
+def _print_queues(queues: list[dict[str, Any]]) -> None:
+    table = Table(title="Queues and workers")
+    for column in ("version", "queue", "waiting", "workers (device, revision)"):
+        table.add_column(column)
+    for q in queues:
+        described = ", ".join(
+            f"{w['node']} ({w['device']}, {w['revision'] or '-'})" for w in q["workers"]
+        )
+        table.add_row(q["version"], q["queue"], str(q["waiting"]), described or "[red]none[/]")
+    console.print(table)

@@ -1,6 +1,10 @@
-"""Terminal output of jobs and per-version summaries."""
+"""Terminal output of jobs and per-version summaries, and the JSON of `--json` options."""
 
 from __future__ import annotations
+
+import json
+import sys
+from typing import Any
 
 from rich.console import Console
 from rich.table import Table
@@ -15,6 +19,16 @@ def _ms(value: float | None) -> str:
     return "-" if value is None else f"{value:,.0f} ms"
 
 
+def print_json(document: Any) -> None:
+    """The one JSON document of a `--json` command: plain stdout, no wrapping or markup."""
+    sys.stdout.write(json.dumps(document, indent=2, default=str) + "\n")
+
+
+def job_document(job: Job, image_url: str | None = None) -> dict[str, Any]:
+    """Every column of the job (times in ISO 8601, durations in ms) and its image URL."""
+    return {**job.model_dump(mode="json"), "image_url": image_url}
+
+
 def print_job(job: Job, image_url: str | None = None) -> None:
     table = Table(show_header=False, box=None)
     rows = {
@@ -24,7 +38,7 @@ def print_job(job: Job, image_url: str | None = None) -> None:
         "worker": f"{job.worker_host or '-'} {job.device or ''}".strip(),
         "attempts": str(job.attempts),
         "queue wait": _ms(job.queue_wait_ms),
-        "inference": _ms(job.inference_ms),
+        "render": _ms(job.inference_ms),
         "upload": _ms(job.upload_ms),
         "end to end": _ms(job.end_to_end_ms),
     }
@@ -41,7 +55,8 @@ def print_job(job: Job, image_url: str | None = None) -> None:
 
 def print_summary(summaries: list[VersionSummary], image_location: str) -> None:
     table = Table(title="Per-version summary")
-    for column in ("version", "jobs", "success", "P50", "P95", "P50 inference", "failures"):
+    for column in ("version", "jobs", "success", "queue wait P50", "render P50 / P95",
+                   "end-to-end P50 / P95", "failures"):  # fmt: skip
         table.add_column(column, justify="left" if column in {"version", "failures"} else "right")
     for s in summaries:
         rate = "-" if s.success_rate is None else f"{s.success_rate:.1%}"
@@ -52,10 +67,15 @@ def print_summary(summaries: list[VersionSummary], image_location: str) -> None:
             s.version,
             str(s.jobs),
             rate,
-            _ms(s.p50_ms),
-            _ms(s.p95_ms),
-            _ms(s.p50_inference_ms),
+            _ms(s.p50_queue_wait_ms),
+            f"{_ms(s.p50_render_ms)} / {_ms(s.p95_render_ms)}",
+            f"{_ms(s.p50_end_to_end_ms)} / {_ms(s.p95_end_to_end_ms)}",
             failures,
         )
     console.print(table)
+    console.print(
+        "end-to-end = queue wait + render + upload, from submission to the stored image; "
+        "jobs submitted together wait for those ahead of them in the queue",
+        soft_wrap=True,
+    )
     console.print(f"images: {image_location}/renders/<version>/<job id>.png")

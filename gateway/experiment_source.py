@@ -79,7 +79,7 @@ class ExperimentSource:
 
     @classmethod
     def from_settings(cls, settings: Settings, engine: Engine | None = None) -> ExperimentSource:
-        return cls(settings.experiment_file, settings.versions, engine=engine)
+        return cls(settings.resolved_experiment_file, settings.versions, engine=engine)
 
     @property
     def config(self) -> ExperimentConfig:

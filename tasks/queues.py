@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
+
 from celery import Celery
 
 
@@ -15,7 +17,22 @@ def queue_depth(app: Celery, queue: str) -> int:
         return declared.message_count
 
 
-def consumers(app: Celery, timeout: float = 1.0) -> dict[str, list[str]]:
-    """Online worker nodes and the queues each consumes."""
-    replies = app.control.inspect(timeout=timeout).active_queues() or {}
+def consumers(
+    app: Celery, timeout: float = 1.0, nodes: Collection[str] | None = None
+) -> dict[str, list[str]]:
+    """Online worker nodes and the queues each consumes.
+
+    A broadcast to every node always waits the whole ``timeout``: nobody knows how many
+    will answer. Given the ``nodes`` expected (e.g. the workers recorded in the database),
+    only those are asked and the answer comes as soon as all of them replied; the timeout
+    then only runs out when one of them is offline.
+    """
+    if nodes is not None and not nodes:
+        return {}
+    inspector = app.control.inspect(
+        timeout=timeout,
+        destination=None if nodes is None else list(nodes),
+        limit=None if nodes is None else len(nodes),
+    )
+    replies = inspector.active_queues() or {}
     return {node: [q["name"] for q in queues] for node, queues in replies.items()}

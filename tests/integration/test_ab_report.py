@@ -119,7 +119,7 @@ def test_cli_report_prints_the_table_and_writes_json_and_html(reporting, tmp_pat
     out_json, out_html = tmp_path / "r.json", tmp_path / "r.html"
     result = subprocess.run(
         [sys.executable, "-m", "canary.cli", "report", "v2-canary", "--date", LAST_DAY.isoformat(),
-         "--json", str(out_json), "--html", str(out_html)],
+         "--json-out", str(out_json), "--html", str(out_html)],
         env={**reporting.env, "COLUMNS": "200"}, cwd=PROJECT_ROOT, capture_output=True,
         text=True, timeout=120, check=False,
     )  # fmt: skip
@@ -138,7 +138,7 @@ def test_cli_report_prints_the_table_and_writes_json_and_html(reporting, tmp_pat
         [sys.executable, "-m", "canary.cli", "report", "nope"], env=reporting.env,
         cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
-    assert unknown.returncode == 2 and "no experiment 'nope'" in unknown.stderr
+    assert unknown.returncode == 1 and "no experiment 'nope'" in unknown.stderr
     bad_date = subprocess.run(
         [sys.executable, "-m", "canary.cli", "report", "v2-canary", "--date", "25/11/2026"],
         env=reporting.env, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=60,

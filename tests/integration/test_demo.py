@@ -28,6 +28,7 @@ def test_demo_renders_a_batch_on_embedded_defaults(tmp_path: Path) -> None:
     env.update(
         CANARY_HOME=str(tmp_path / "home"),
         CANARY_FLOWER_PORT=str(free_port()),
+        CANARY_LOCAL_BROKER_PORT=str(free_port()),
         COLUMNS="200",
     )
     result = subprocess.run(
@@ -52,6 +53,7 @@ def test_demo_renders_a_batch_on_embedded_defaults(tmp_path: Path) -> None:
     for version, count in counts.items():
         assert len(list((home / "objects" / "renders" / version).glob("*.png"))) == count
         assert (home / "logs" / f"worker-{version}.log").stat().st_size > 0
-    assert (home / "demo-experiment.yaml").exists()
+    # the demo's experiment stays where every later command finds it
+    assert (home / "experiments.yaml").exists()
     assert (home / "canary.db").exists()
     assert not (home / "stack.json").exists()  # the stack cleaned up after itself

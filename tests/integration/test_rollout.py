@@ -109,7 +109,7 @@ def test_audit_log_records_who_when_from_to_why_and_the_evidence(rollout_stack: 
     refused = canary(
         rollout_stack, "advance", "v2-canary", "--reason", "looks fine", "--actor", "ann"
     )
-    assert refused.returncode == 2 and "the gates say HOLD" in refused.stderr
+    assert refused.returncode == 1 and "the gates say HOLD" in refused.stderr
     assert rollout.audit_log(rollout_stack.engine, "v2-canary") == []
 
     forced = canary(
@@ -125,13 +125,13 @@ def test_audit_log_records_who_when_from_to_why_and_the_evidence(rollout_stack: 
     again = canary(
         rollout_stack, "advance", "v2-canary", "--reason", "x", "--actor", "ann", "--force"
     )
-    assert again.returncode == 2 and "rolled back" in again.stderr
+    assert again.returncode == 1 and "rolled back" in again.stderr
     resumed = canary(
         rollout_stack, "set-stage", "v2-canary", "5%", "--reason", "fixed", "--actor", "cat"
     )
     assert resumed.returncode == 0, resumed.stderr
     unknown = canary(rollout_stack, "set-stage", "v2-canary", "7%", "--reason", "x")
-    assert unknown.returncode == 2 and "no stage '7%'" in unknown.stderr
+    assert unknown.returncode == 1 and "no stage '7%'" in unknown.stderr
 
     log = list(reversed(rollout.audit_log(rollout_stack.engine, "v2-canary")))
     assert [(e.actor, e.action, e.from_stage, e.to_stage) for e in log] == [

@@ -124,7 +124,7 @@ def test_status_command_shows_a_job(stack: Stack) -> None:
     assert result.returncode == 0, result.stderr
     assert submitted.job_id in result.stdout and "QUEUED" in result.stdout
     missing = run_cli(stack, "status", "no-such-job")
-    assert missing.returncode == 1 and "no job no-such-job" in missing.stderr
+    assert missing.returncode == 1 and "no job or batch no-such-job" in missing.stderr
 
 
 def test_bulk_cli_assigns_versions_like_the_api(stack: Stack, tmp_path: Path) -> None:

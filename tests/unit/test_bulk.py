@@ -61,7 +61,16 @@ def test_resubmitting_a_file_derives_the_same_keys(tmp_path: Path) -> None:
     first, second = (next(iter(read_requests(path, SETTINGS))) for _ in range(2))
     assert isinstance(first, ParsedLine) and isinstance(second, ParsedLine)
     assert first.request.idempotency_key == second.request.idempotency_key
-    assert first.request.idempotency_key.startswith("file:jobs.jsonl:1:")
+    assert first.request.idempotency_key.startswith("file:jobs.jsonl:")
+    # the same lines in another folder are other jobs; a resubmission token, new ones too
+    (tmp_path / "other").mkdir()
+    elsewhere = tmp_path / "other" / "jobs.jsonl"
+    elsewhere.write_text(path.read_text())
+    moved = next(iter(read_requests(elsewhere, SETTINGS)))
+    again = next(iter(read_requests(path, SETTINGS, resubmission="batch-2")))
+    assert isinstance(moved, ParsedLine) and isinstance(again, ParsedLine)
+    keys = {first.request.idempotency_key, moved.request.idempotency_key}
+    assert len(keys | {again.request.idempotency_key}) == 3
 
 
 def test_unknown_extension_is_refused(tmp_path: Path) -> None:
