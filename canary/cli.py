@@ -249,14 +249,16 @@ def worker(
         raise fail(f"{folder / 'canary.yaml'} limits: {exc.errors()[0]['msg']}") from None
     from tasks import app as celery_app
 
+    # The app's configuration was read before the version's limits were known; its tasks
+    # take their limits from it when the worker finalizes the app.
+    celery_app.conf.task_soft_time_limit = settings.task_soft_time_limit_s
+    celery_app.conf.task_time_limit = settings.task_time_limit_s
     celery_app.worker_main(
         [
             "worker",
             "--queues", settings.queue_for(model_version),
             "--concurrency", "1",
             "--pool", "prefork",
-            "--soft-time-limit", str(settings.task_soft_time_limit_s),
-            "--time-limit", str(settings.task_time_limit_s),
             "--hostname", node,
             "--loglevel", loglevel,
             "--without-mingle",

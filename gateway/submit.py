@@ -16,7 +16,7 @@ from types import SimpleNamespace
 from typing import Any
 
 from celery import Celery
-from kombu.exceptions import OperationalError
+from kombu.exceptions import BatchPublishError, OperationalError
 from pydantic_core import PydanticUndefined
 from redis.exceptions import RedisError
 from sqlalchemy.engine import Engine
@@ -175,7 +175,10 @@ class Producer:
                         )
                     batch.flush()
                     sent.append((sending_at, [row.id for row in chunk]))
-        except (OperationalError, RedisError, OSError) as exc:
+        # BatchPublishError: a broker that went away mid-batch leaves delivery uncertain; the
+        # chunk stays unsent, and a message that did arrive meets the claim guard, which
+        # never renders a job twice.
+        except (OperationalError, BatchPublishError, RedisError, OSError) as exc:
             log.warning(
                 "the broker refused %d of %d jobs; they stay queued for the outbox: %s",
                 len(rows) - sum(len(ids) for _, ids in sent),

@@ -45,6 +45,7 @@ class Checkout:
     root: Path
     env: dict[str, str]
     background: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    stack: subprocess.Popen[bytes] | None = None  # `canary up`, once started
 
     def run(
         self, command: str, *, check: bool = True, timeout: float = 600, stdin: str | None = None
@@ -88,19 +89,28 @@ class Checkout:
             parts.append(f"--- {path.name}\n{path.read_text(errors='replace')[-2500:]}")
         return "\n".join(parts)
 
-    def stop_background(self) -> None:
-        """SIGTERM to each background command's process group (what it started in the
-        background too), SIGKILL to what is left after 40 s."""
-        for process in self.background:
-            _signal_group(process.pid, signal.SIGTERM)
+    def stop(self, process: subprocess.Popen[bytes]) -> None:
+        """SIGTERM to a background command's process group (what it started too), SIGKILL
+        to what is left after 40 s."""
+        _signal_group(process.pid, signal.SIGTERM)
         deadline = time.monotonic() + 40
-        for process in self.background:
-            while _group_alive(process.pid) and time.monotonic() < deadline:
-                process.poll()
-                time.sleep(0.2)
-            _signal_group(process.pid, signal.SIGKILL)
-            process.wait()
-        self.background.clear()
+        while _group_alive(process.pid) and time.monotonic() < deadline:
+            process.poll()
+            time.sleep(0.2)
+        _signal_group(process.pid, signal.SIGKILL)
+        process.wait()
+        if process in self.background:
+            self.background.remove(process)
+
+    def stop_background(self) -> None:
+        for process in list(self.background):
+            self.stop(process)
+
+    def start_stack(self) -> subprocess.Popen[bytes]:
+        """`canary up` in the background, once every version's worker answers."""
+        process = self.start("canary up", "stack")
+        self.wait_for_stack(process)
+        return process
 
     def wait_for_stack(self, process: subprocess.Popen[bytes]) -> None:
         """Until a render worker of every version answers a ping on the stack's broker."""
@@ -159,5 +169,5 @@ def running_stack(checkout: Checkout) -> Checkout:
     """The checkout with tiny models, the schema and `canary up` running (one per module)."""
     checkout.run("canary models make-tiny v1 --seed 1 && canary models make-tiny v2 --seed 2")
     checkout.run("canary db init")
-    checkout.wait_for_stack(checkout.start("canary up", "stack"))
+    checkout.stack = checkout.start_stack()
     return checkout

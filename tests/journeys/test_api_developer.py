@@ -182,3 +182,19 @@ def test_the_docs_are_served_without_a_cdn(api: tuple[httpx.Client, httpx.Client
     assert "bearer" in schema["components"]["securitySchemes"]
     width = schema["components"]["schemas"]["JobRequest"]["properties"]["width"]
     assert json.dumps(width).count("2048") >= 1
+
+
+def test_a_running_api_follows_a_restarted_local_stack(
+    api: tuple[httpx.Client, httpx.Client, str], running_stack: Checkout
+) -> None:
+    """The local broker keeps its address, so an API started earlier keeps working."""
+    client, _, _ = api
+    assert running_stack.stack is not None
+    running_stack.stop(running_stack.stack)
+    down = client.post("/v1/jobs", json={**JOB, "user_id": "dev-down", "seed": 31})
+    assert down.status_code == 202 and down.json()["sent"] is False  # kept for later
+    running_stack.stack = running_stack.start_stack()
+    after = client.post("/v1/jobs", json={**JOB, "user_id": "dev-after", "seed": 32})
+    assert after.status_code == 202 and after.json()["sent"] is True
+    job = client.get(f"/v1/jobs/{after.json()['job_id']}", params={"wait": 60}).json()
+    assert job["status"] == "SUCCEEDED", job
