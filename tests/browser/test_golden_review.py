@@ -9,7 +9,6 @@ the page never submits jobs.
 from __future__ import annotations
 
 import io
-import os
 import shutil
 import socket
 import threading
@@ -21,7 +20,7 @@ from pathlib import Path
 import pytest
 import uvicorn
 from PIL import Image, ImageDraw, ImageStat
-from playwright.sync_api import Locator, Page, expect, sync_playwright
+from playwright.sync_api import Locator, Page, expect
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
@@ -43,19 +42,10 @@ from storage.models import (
 )
 from storage.objects import LocalStore
 from tasks.app import make_app
+from tests.browser_support import chromium_page
 
 pytestmark = pytest.mark.timeout(120)
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 SCREENSHOT_COPY = Path("/tmp/golden_review_screenshot.png")
 RUN_ID = "golden-browser-test"
 BASELINE, CANDIDATE = "v1", "v2"
@@ -237,24 +227,12 @@ def review_server(tmp_path: Path) -> Iterator[ReviewServer]:
 
 @pytest.fixture
 def page() -> Iterator[Page]:
-    if not CHROMIUM.exists():
-        if os.environ.get("CI"):
-            pytest.fail(f"{CHROMIUM} is missing and CI is set (run scripts/test_tools.sh)")
-        pytest.skip(f"{CHROMIUM} is missing (run scripts/test_tools.sh to install it)")
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS
-        )
-        try:
-            context = browser.new_context(viewport={"width": 1280, "height": 900})
-            page = context.new_page()
-            page.set_default_timeout(10_000)
-            errors: list[str] = []
-            page.on("pageerror", lambda exc: errors.append(str(exc)))
-            yield page
-            assert not errors, f"JavaScript errors on the page: {errors}"
-        finally:
-            browser.close()
+    with chromium_page(1280, 900) as page:
+        page.set_default_timeout(10_000)
+        errors: list[str] = []
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        yield page
+        assert not errors, f"JavaScript errors on the page: {errors}"
 
 
 def version_of(case_id: str, side: str) -> str:

@@ -8,7 +8,6 @@ Chromium with every request that leaves the machine blocked.
 from __future__ import annotations
 
 import json
-import os
 import socket
 import threading
 from collections.abc import Iterator
@@ -34,14 +33,13 @@ from gateway.submit import Producer
 from scheduler.maintenance import republish_unsent
 from storage.models import ApiKeyRole, Job, JobStatus
 from tasks.app import make_app
+from tests.browser_support import chromium_page
 from tests.integration.conftest import Stack, local_stack
 
 pytestmark = pytest.mark.integration
 
 LIMIT = 20_000  # CANARY_API_MAX_BODY_BYTES in these tests
 JOB = {"user_id": "u-1", "prompt": "a lighthouse at dusk", "seed": 1, "width": 64, "height": 64}
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking"]
 SCREENSHOT = Path("/tmp/docs.png")
 
 
@@ -287,20 +285,8 @@ def test_every_operation_documents_its_errors_as_error_out(client: TestClient) -
 
 @pytest.fixture
 def browser_page() -> Iterator[Any]:
-    if not CHROMIUM.exists():
-        if os.environ.get("CI"):
-            pytest.fail(f"{CHROMIUM} is missing and CI is set (run scripts/test_tools.sh)")
-        pytest.skip(f"{CHROMIUM} is missing (apt-get install chromium)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS
-        )
-        try:
-            yield browser.new_context(viewport={"width": 1280, "height": 1000}).new_page()
-        finally:
-            browser.close()
+    with chromium_page(1280, 1000) as page:
+        yield page
 
 
 def test_docs_work_without_internet(stack: Stack, browser_page: Any) -> None:
