@@ -1,68 +1,36 @@
 """The daily dashboard: one self-contained HTML page per experiment and day.
 
-Per metric: the daily trend per variant with 95% intervals, the cumulative lift with its
-always-valid interval, the segment breakdown with the stratified estimate; then the
-P95 latency trend, failures, SRM status and the gate verdict with every reason.
+Top down: the gate verdict and every check (coloured by status, with a legend; "not enough
+data yet" is grey, never red), the sample-ratio check per segment (naming the segment that
+is off), the promotion rule read literally and with intervals, what the sample can detect
+(power), the lift over time of each promotion and guardrail metric with its always-valid
+band, then per metric the daily trend per variant and the segment breakdown with raw and
+Benjamini-Hochberg-adjusted p-values.
 """
 
 from __future__ import annotations
 
-import io
 from html import escape
 from typing import Any
 
-import matplotlib
+from analysis.dashboard_charts import latency_chart, lift_chart, trend_chart
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
-
-ARM_COLOURS = {"baseline": "#4c72b0", "candidate": "#dd8452"}
 VERDICT_COLOURS = {"advance": "#2e7d32", "hold": "#9a6b00", "rollback": "#c62828"}
+# status -> (css class, legend text)
+LEGEND = {
+    "pass": ("ok", "pass"),
+    "fail-rollback": ("bad", "fail: rolls back"),
+    "fail-hold": ("warn", "fail: holds"),
+    "insufficient": ("wait", "not enough data yet (holds, not a failure)"),
+}
 
 
-def _svg(fig: Any) -> str:
-    buffer = io.StringIO()
-    fig.savefig(buffer, format="svg", bbox_inches="tight")
-    plt.close(fig)
-    text = buffer.getvalue()
-    return text[text.index("<svg") :]
+class Html(str):
+    """A table cell that is already HTML (not escaped)."""
 
 
-def trend_chart(title: str, daily: list[dict[str, Any]]) -> str | None:
-    """Daily estimate per arm with its 95% interval; None without daily data."""
-    points = [d for d in daily if d["comparison"]]
-    if not points:
-        return None
-    fig, axis = plt.subplots(figsize=(6.2, 2.6))
-    days = [d["day"][5:] for d in points]
-    for arm in ("baseline", "candidate"):
-        values = [d["comparison"][arm] for d in points]
-        low = [d["comparison"][f"{arm}_ci"]["low"] for d in points]
-        high = [d["comparison"][f"{arm}_ci"]["high"] for d in points]
-        axis.plot(days, values, marker="o", label=arm, color=ARM_COLOURS[arm])
-        axis.fill_between(days, low, high, alpha=0.18, color=ARM_COLOURS[arm])
-    axis.set_title(title, fontsize=10)
-    axis.tick_params(axis="x", labelrotation=45, labelsize=8)
-    axis.legend(fontsize=8)
-    axis.grid(alpha=0.3)
-    return _svg(fig)
-
-
-def latency_chart(daily: list[dict[str, Any]], limit_ms: float | None) -> str | None:
-    if not daily:
-        return None
-    fig, axis = plt.subplots(figsize=(6.2, 2.6))
-    days = [d["day"][5:] for d in daily]
-    for arm in ("baseline", "candidate"):
-        values = [d[arm]["value"] if d.get(arm) else float("nan") for d in daily]
-        axis.plot(days, values, marker="o", label=arm, color=ARM_COLOURS[arm])
-    if limit_ms:
-        axis.axhline(limit_ms, color="#c62828", linestyle="--", linewidth=1, label="guardrail")
-    axis.set_title("P95 end-to-end latency of successful jobs (ms)", fontsize=10)
-    axis.tick_params(axis="x", labelrotation=45, labelsize=8)
-    axis.legend(fontsize=8)
-    axis.grid(alpha=0.3)
-    return _svg(fig)
+def _chip(kind: str, text: str) -> Html:
+    return Html(f"<span class='chip {LEGEND[kind][0]}'>{escape(text)}</span>")
 
 
 def _fmt(value: float | None, digits: int = 4) -> str:
@@ -75,24 +43,50 @@ def _pct(value: float | None) -> str:
 
 def _ci(interval: dict[str, float] | None, percent: bool = False) -> str:
     if not interval:
-        return "-"
-    if percent:
-        return f"[{_pct(interval['low'])}, {_pct(interval['high'])}]"
+        return "unbounded" if percent else "-"
+    if percent:  # a relative interval past +1000% says only "far too few data"
+        high = "> +1000%" if interval["high"] > 10 else _pct(interval["high"])
+        return f"[{_pct(interval['low'])}, {high}]"
     return f"[{interval['low']:+.4g}, {interval['high']:+.4g}]"
 
 
-def _table(headers: list[str], rows: list[list[str]]) -> str:
+def _table(headers: list[str], rows: list[list[str]], css: str = "") -> str:
     head = "".join(f"<th>{escape(h)}</th>" for h in headers)
     body = "".join(
-        "<tr>" + "".join(f"<td>{escape(cell)}</td>" for cell in row) + "</tr>" for row in rows
+        "<tr>"
+        + "".join(f"<td>{cell if isinstance(cell, Html) else escape(cell)}</td>" for cell in row)
+        + "</tr>"
+        for row in rows
     )
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    return f"<table class='{css}'><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def comparison_row(name: str, c: dict[str, Any] | None) -> list[str]:
+def _legend() -> str:
+    chips = " ".join(_chip(kind, text) for kind, (_, text) in LEGEND.items())
+    return f"<p class='legend'>Status: {chips}</p>"
+
+
+def _check_status(check: dict[str, Any]) -> Html:
+    if check["status"] == "fail":
+        kind = "fail-rollback" if check["breach"] == "rollback" else "fail-hold"
+        return _chip(kind, "FAIL")
+    if check["status"] == "insufficient":
+        return _chip("insufficient", "not enough data")
+    return _chip("pass", "pass")
+
+
+# ---------------------------------------------------------------- metric blocks
+def comparison_row(name: str, c: dict[str, Any] | None, higher_is_better: bool) -> list[str]:
     if c is None:
-        return [name, "-", "-", "-", "-", "-", "-", "not enough data"]
-    verdict = "significant" if c["significant"] else "not significant"
+        return [name, "-", "-", "-", "-", "-", "-", "-", _chip("insufficient", "not enough data")]
+    if c.get("sequential_q_value", 0.0) is None:
+        result = _chip("insufficient", "too few users to test")
+    elif c["significant"]:
+        better = (c["lift"] > 0) == higher_is_better
+        result = _chip("pass" if better else "fail-rollback", "better" if better else "worse")
+    else:
+        result = Html("<span class='meta'>no clear difference</span>")
+    q = c.get("sequential_q_value")
     return [
         name,
         _fmt(c["baseline"]),
@@ -101,50 +95,213 @@ def comparison_row(name: str, c: dict[str, Any] | None) -> list[str]:
         _ci(c["relative_ci"], percent=True),
         _ci(c["sequential_relative_ci"], percent=True),
         _fmt(c["sequential_p_value"], 3),
-        f"{verdict} (n {c['n_baseline']}/{c['n_candidate']})",
+        _fmt(q, 3),
+        Html(f"{result} <span class='meta'>n {c['n_baseline']}/{c['n_candidate']}</span>"),
     ]
 
 
 COMPARISON_HEADERS = [
     "scope", "baseline", "candidate", "relative lift", "95% CI", "always-valid CI",
-    "always-valid p", "result",
+    "always-valid p (raw)", "q (BH-adjusted)", "result",
 ]  # fmt: skip
 
 
 def metric_block(name: str, section: dict[str, Any]) -> str:
-    rows = [comparison_row("all users", section["overall"])]
+    better = section["higher_is_better"]
+    rows = [comparison_row("all users", section["overall"], better)]
     if section.get("cuped"):
-        rows.append(comparison_row("all users, CUPED", section["cuped"]))
-    rows += [comparison_row(seg, c) for seg, c in section["segments"].items()]
+        rows.append(comparison_row("all users, CUPED", section["cuped"], better))
+    rows += [comparison_row(seg, c, better) for seg, c in section["segments"].items()]
     strat = section.get("stratified")
     stratified = (
-        f"<p>Stratified over segments: lift {strat['lift']:+.4g} "
+        f"<p class='meta'>Stratified over segments: lift {strat['lift']:+.4g} "
         f"(95% CI {_ci(strat['ci'])}, p {strat['p_value']:.3g})</p>"
         if strat
         else ""
     )
-    better = "higher is better" if section["higher_is_better"] else "lower is better"
-    chart = trend_chart(f"{section['label']} by day", section["daily"]) or (
-        "<p class='meta'>no daily data</p>"
-    )
+    direction = "higher is better" if better else "lower is better"
+    chart = trend_chart(
+        f"{section['label']} by day (95% intervals)", section["daily"], section.get("scale", "")
+    ) or ("<p class='meta'>no daily data</p>")
     return (
         f"<section><h3>{escape(section['label'])} <span class='meta'>({escape(name)}, "
-        f"{escape(section['layer'])}, {better})</span></h3>{chart}"
+        f"{escape(section['layer'])}, {direction})</span></h3>{chart}"
         f"{_table(COMPARISON_HEADERS, rows)}{stratified}</section>"
     )
 
 
+# ---------------------------------------------------------------- decision panels
+def srm_panel(srm: dict[str, Any]) -> str:
+    joint = srm.get("joint")
+    rows: list[list[str]] = []
+    banner = ""
+    if joint:
+        status = _chip("fail-hold", "MISMATCH") if joint["mismatch"] else _chip("pass", "ok")
+        rows.append(
+            [Html("<b>joint (segment x arm)</b>"), "-", "-", "-",
+             f"{joint['p_value']:.3g} (df {joint['df']})",
+             f"min {joint['min_adjusted_p_value']:.3g}", status]
+        )  # fmt: skip
+        if joint["mismatch"]:
+            banner = (
+                f"<p class='banner bad'>The split is off: most clearly in "
+                f"<b>{escape(str(joint['worst']))}</b>. Results may be biased; find the cause "
+                f"before reading them.</p>"
+            )
+    overall = srm.get("overall")
+    if overall:
+        rows.append(
+            ["pooled (all users)", str(overall["baseline"]), str(overall["candidate"]),
+             f"{overall['expected_candidate_share']:.2%}", f"{overall['p_value']:.3g}", "-",
+             Html("<span class='meta'>shown only: misses a single broken segment</span>")]
+        )  # fmt: skip
+    worst = joint["worst"] if joint else None
+    for scope, cell in srm["segments"].items():
+        if not cell:
+            continue
+        if cell["mismatch"]:
+            status = _chip("fail-hold", "OFF")
+        elif scope == worst and joint and joint["mismatch"]:
+            status = _chip("fail-hold", "most off")
+        else:
+            status = _chip("pass", "ok")
+        rows.append(
+            [scope, str(cell["baseline"]), str(cell["candidate"]),
+             f"{cell['expected_candidate_share']:.2%}", f"{cell['p_value']:.3g}",
+             f"{cell['adjusted_p_value']:.3g}", status]
+        )  # fmt: skip
+    headers = ["scope", "baseline", "candidate", "expected candidate share", "p",
+               "Holm-adjusted p", "status"]  # fmt: skip
+    return (
+        f"<h2>Sample ratio</h2>{banner}<p class='meta'>{escape(srm.get('note', ''))}</p>"
+        f"{_table(headers, rows)}"
+    )
+
+
+def _pass_chip(ok: bool) -> Html:
+    return _chip("pass", "clears") if ok else _chip("fail-hold", "does not clear")
+
+
+def promotion_panel(promotion: dict[str, Any] | None) -> str:
+    if not promotion:
+        return ""
+    threshold = promotion["threshold"]
+    rows = [
+        [d["day"], _pct(d["relative_lift"]), _ci(d["relative_ci"], percent=True),
+         _pass_chip(d["point_pass"]), _pass_chip(d["interval_pass"])]
+        for d in promotion["days"]
+    ]  # fmt: skip
+    pooled = promotion["pooled"]
+    rows.append(
+        [Html(f"<b>{pooled['first']} to {pooled['last']} pooled</b>"),
+         _pct(pooled["relative_lift"]), _ci(pooled["sequential_relative_ci"], percent=True)
+         + " (always valid)", "-", _pass_chip(pooled["pass"])]
+    )  # fmt: skip
+    table = _table(
+        ["day", "relative lift", "interval", "point estimate > threshold",
+         "interval above threshold"], rows,
+    )  # fmt: skip
+    decrease = promotion["must_decrease"]
+    falling = ""
+    if decrease:
+        falling = (
+            f"<p>{escape(decrease['metric'])} must fall: lift {_pct(decrease['relative_lift'])}, "
+            f"always-valid {_ci(decrease['sequential_relative_ci'], percent=True)} "
+            f"{_pass_chip(decrease['interval_pass'])}</p>"
+        )
+    names = {
+        "point": "literal (daily point estimates)",
+        "daily_interval": "each day's 95% interval",
+        "pooled_always_valid": "pooled always-valid interval",
+    }
+    readings = " ".join(
+        _chip("pass" if ok else "fail-hold", f"{names[name]}: {'pass' if ok else 'fail'}")
+        + (" <b>(used by the gate)</b>" if name == promotion["evidence"] else "")
+        for name, ok in promotion["readings"].items()
+    )
+    noise = (
+        "<p class='banner warn'>The literal rule passes, but no interval clears the "
+        f"{_pct(threshold)} threshold: this pass rests on day-to-day noise.</p>"
+        if promotion["rests_on_noise"]
+        else ""
+    )
+    return (
+        f"<h2>Promotion rule</h2><p class='meta'>{escape(promotion['metric'])} relative lift "
+        f"above {_pct(threshold)} on each of the last {promotion['days_required']} days</p>"
+        f"{noise}<p>{readings}</p>{table}{falling}"
+    )
+
+
+def power_panel(plans: list[dict[str, Any]], tuning_per_arm: int | None) -> str:
+    rows = []
+    for p in plans:
+        if "note" in p:
+            rows.append([p["metric"], _pct(p["target"]), "-", "-", "-", "-", p["note"]])
+            continue
+        days = p["days_needed"]
+        wait = "now" if days == 0 else (f"{days} more days" if days else "over a year")
+        rows.append(
+            [p["metric"], _pct(p["target"]), f"{p['users']:,} ({p['users_per_day']:,.0f}/day)",
+             _pct(p["mde"]), _pct(p["fixed_horizon_mde"]), f"{p['power_at_target']:.0%}", wait]
+        )  # fmt: skip
+    headers = ["metric", "effect the rule asks for", "users (both arms)",
+               "detectable today (always valid, 80% power)", "detectable with one look",
+               "power today", "to detect the rule's effect"]  # fmt: skip
+    tuning = (
+        f"The always-valid test is tuned to {tuning_per_arm:,} users per arm (gate policy)."
+        if tuning_per_arm
+        else ""
+    )
+    return (
+        f"<h2>What this sample can detect</h2><p class='meta'>{tuning} Forecasts assume "
+        f"today's traffic and per-user variance.</p>{_table(headers, rows)}"
+    )
+
+
+def trajectory_panel(report: dict[str, Any]) -> str:
+    promotion = report["gates"].get("promotion") or {}
+    stats = report.get("statistics", {})
+    charts = []
+    leading = [promotion.get("metric"), (promotion.get("must_decrease") or {}).get("metric")]
+    order = sorted(report["metrics"], key=lambda n: leading.index(n) if n in leading else 2)
+    for name in order:
+        section = report["metrics"][name]
+        if "cumulative" not in section:
+            continue
+        if name == promotion.get("metric"):
+            threshold, label = promotion["threshold"], "promotion threshold"
+        else:
+            threshold, label = None, ""
+        role = (
+            "promotion"
+            if name
+            in (promotion.get("metric"), (promotion.get("must_decrease") or {}).get("metric"))
+            else "guardrail"
+        )
+        chart = lift_chart(
+            f"{section['label']}: relative lift so far ({role})",
+            section["cumulative"],
+            threshold,
+            label,
+        )
+        if chart:
+            charts.append(f"<div class='chart'>{chart}</div>")
+    if not charts:
+        return ""
+    family = ", ".join(stats.get("guardrail_family", []))
+    return (
+        "<h2>Lift over time</h2><p class='meta'>Cumulative relative lift after each day. The "
+        "shaded always-valid band may be read every day; the dotted 95% interval only once. "
+        f"Guardrails ({escape(family)}) are Holm-adjusted as one family in the gate.</p>"
+        f"<div class='charts'>{''.join(charts)}</div>"
+    )
+
+
+# ---------------------------------------------------------------- the page
 def render_dashboard(report: dict[str, Any], p95_limit_ms: float | None = None) -> str:
     gates = report["gates"]
     verdict = gates["verdict"]
-    checks = [[c["name"], c["status"], c["detail"]] for c in gates["checks"]]
-    srm = report["srm"]
-    srm_rows = [
-        [scope, str(v["baseline"]), str(v["candidate"]), f"{v['expected_candidate_share']:.1%}",
-         f"{v['p_value']:.3g}", "MISMATCH" if v["mismatch"] else "ok"]
-        for scope, v in ([("overall", srm["overall"])] if srm["overall"] else [])
-        + [(k, v) for k, v in srm["segments"].items() if v]
-    ]  # fmt: skip
+    checks = [[c["name"], _check_status(c), c["detail"]] for c in gates["checks"]]
     failures = [
         [arm, kind, str(n)]
         for arm, kinds in report["failures"].items()
@@ -155,16 +312,25 @@ def render_dashboard(report: dict[str, Any], p95_limit_ms: float | None = None) 
         for arm, c in report["dwell_retention_correlation"].items()
         if c
     ]
-    layers = {"health": [], "interaction": [], "value": []}
+    layers: dict[str, list[str]] = {"health": [], "interaction": [], "value": []}
     for name, section in report["metrics"].items():
         layers[section["layer"]].append(metric_block(name, section))
     latency = latency_chart(report["latency_p95"]["daily"], p95_limit_ms) or ""
     title = f"{report['experiment']}: {report['baseline']} vs {report['candidate']}"
     users = report["users"]
+    stats = report.get("statistics", {})
     meta = (
         f"stage {report['stage']}{' (rolled back)' if report['rolled_back'] else ''}; "
         f"window {report['window']['first']} to {report['window']['last']} (UTC days); "
         f"users: baseline {users.get('baseline', 0)}, candidate {users.get('candidate', 0)}"
+    )
+    family = stats.get("exploratory_family")
+    exploratory = (
+        f"<p class='meta'>{family} metric x segment rows (those with at least 30 users per "
+        "arm) are tested together; a row is called better or worse only when its "
+        "Benjamini-Hochberg q (false-discovery rate over all tested rows) is below 0.05.</p>"
+        if family
+        else ""
     )
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>{escape(title)}</title>
@@ -176,17 +342,33 @@ th {{ background: #f3f3f3; }}
 .meta {{ color: #666; font-weight: normal; font-size: .9rem; }}
 .verdict {{ display: inline-block; padding: .3rem .8rem; border-radius: 4px; color: white;
   background: {VERDICT_COLOURS[verdict]}; font-weight: bold; text-transform: uppercase; }}
+.chip {{ display: inline-block; padding: 0 .45rem; border-radius: 3px; font-size: .85rem;
+  font-weight: 600; white-space: nowrap; }}
+.chip.ok {{ background: #e3f1e4; color: #1b5e20; border: 1px solid #2e7d32; }}
+.chip.bad {{ background: #c62828; color: white; border: 1px solid #c62828; }}
+.chip.warn {{ background: #fff3cd; color: #7a5200; border: 1px solid #b7791f; }}
+.chip.wait {{ background: #eceff1; color: #455a64; border: 1px dashed #78909c;
+  font-style: italic; }}
+.banner {{ padding: .5rem .8rem; border-radius: 4px; max-width: 60rem; }}
+.banner.bad {{ background: #fdecea; border-left: 5px solid #c62828; }}
+.banner.warn {{ background: #fff8e1; border-left: 5px solid #b7791f; }}
+.legend {{ font-size: .9rem; }}
+.charts {{ display: flex; flex-wrap: wrap; gap: 1rem; }}
+.chart svg {{ max-width: 100%; height: auto; }}
 section {{ margin-bottom: 1.5rem; }}
 </style></head><body>
 <h1>{escape(title)}</h1>
 <p class="meta">{escape(meta)}</p>
 <h2>Gate verdict: <span class="verdict">{escape(verdict)}</span></h2>
+{_legend()}
 {_table(["check", "status", "detail"], checks)}
-<h2>Sample ratio</h2>
-<p class="meta">{escape(srm.get("note", ""))}</p>
-{_table(["scope", "baseline", "candidate", "expected candidate share", "p", "status"], srm_rows)}
+{srm_panel(report["srm"])}
+{promotion_panel(gates.get("promotion"))}
+{power_panel(report.get("power", []), stats.get("tuning_users_per_arm"))}
+{trajectory_panel(report)}
 <h2>Health</h2>
 {latency}
+{exploratory}
 {"".join(layers["health"])}
 {_table(["arm", "failure kind", "jobs"], failures) if failures else "<p>No failed jobs.</p>"}
 <h2>Interaction</h2>

@@ -2,7 +2,9 @@
 
 The database does the aggregation (analysis.metrics); this module turns sufficient
 statistics into comparisons (analysis.stats) and a JSON-ready dict that the CLI table,
-the dashboard and the gates all read.
+the dashboard and the gates all read. Every comparison's always-valid test is tuned to the
+policy's planned sample (analysis.gates_policy.Planning); the exploratory rows (metric x
+scope) carry Benjamini-Hochberg q-values next to their raw p-values.
 """
 
 from __future__ import annotations
@@ -15,12 +17,15 @@ from sqlalchemy.engine import Engine
 
 from analysis import metrics as m
 from analysis.gates import GatePolicy, evaluate, load_policy
+from analysis.multiple_testing import benjamini_hochberg
+from analysis.power import plan
+from analysis.srm import srm_section
 from analysis.stats import (
+    DEFAULT_TUNING_USERS,
     Comparison,
     compare,
     compare_stratified,
     pearson,
-    sample_ratio,
     stratified,
 )
 from canary.settings import Settings
@@ -29,6 +34,7 @@ from storage import golden
 from storage.models import Arm, GoldenRunStatus
 
 BASELINE, CANDIDATE = Arm.BASELINE.value, Arm.CANDIDATE.value
+MIN_TESTED_USERS = 30  # per arm, for a row to enter the exploratory family
 
 
 def _comparison_dict(comparison: Comparison | None) -> dict[str, Any] | None:
@@ -46,10 +52,6 @@ def _arm_totals(
     for (arm, _, _), s in stats.items():
         totals[arm] = totals[arm] + s if arm in totals else s
     return totals.get(BASELINE), totals.get(CANDIDATE)
-
-
-def _compare(b: m.Sufficient | None, c: m.Sufficient | None, **options: Any) -> Comparison | None:
-    return compare(b, c, **options) if b is not None and c is not None else None
 
 
 def _by_segment(
@@ -71,31 +73,39 @@ def metric_section(
     *,
     use_cuped: bool,
     statistics: tuple[dict[m.Key, m.Sufficient], dict[m.Key, m.Sufficient]] | None = None,
+    tuning_users: int = DEFAULT_TUNING_USERS,
+    trajectory: bool = False,
+    last_days: int | None = None,
 ) -> dict[str, Any]:
     """Overall and daily comparisons are stratified by segment: a segment's candidate share
     may differ from another's, and pooling would mix the arms' segment mix into the lift.
 
     ``statistics`` are the metric's overall and daily sufficient statistics when the caller
-    has them already (else they are computed here, in one statement)."""
+    has them already (else they are computed here, in one statement). ``trajectory`` adds
+    the cumulative comparison at the end of each day (the lift-over-time chart);
+    ``last_days`` the comparison of the window's last days pooled (the promotion rule)."""
     overall_stats, daily_stats = statistics or m.overall_and_daily_statistics(
         engine, metric.units, window
     )
+    options: dict[str, Any] = {"tuning_users": tuning_users, "scale": metric.scale}
     by_segment = _by_segment(overall_stats)
     combined = stratified(by_segment)
     section: dict[str, Any] = {
         "label": metric.label,
         "layer": metric.layer,
         "higher_is_better": metric.higher_is_better,
-        "overall": _comparison_dict(compare_stratified(by_segment)),
+        "scale": metric.scale.value,
+        "overall": _comparison_dict(compare_stratified(by_segment, **options)),
         "cuped": None,
         "segments": {
-            segment: _comparison_dict(_compare(b, c)) for segment, (b, c) in by_segment.items()
+            segment: _comparison_dict(compare(b, c, **options))
+            for segment, (b, c) in by_segment.items()
         },
         "stratified": asdict(combined) if combined else None,
         "daily": [],
     }
     if use_cuped and metric.layer == m.VALUE:
-        adjusted = compare_stratified(by_segment, use_cuped=True)
+        adjusted = compare_stratified(by_segment, use_cuped=True, **options)
         if adjusted is not None and adjusted.cuped:
             section["cuped"] = _comparison_dict(adjusted)
     for day in sorted({d for _, _, d in daily_stats if d is not None}):
@@ -105,43 +115,78 @@ def metric_section(
                 "day": day.isoformat(),
                 "baseline_users": b.n if b else 0,
                 "candidate_users": c.n if c else 0,
-                "comparison": _comparison_dict(compare_stratified(_by_segment(daily_stats, day))),
+                "comparison": _comparison_dict(
+                    compare_stratified(_by_segment(daily_stats, day), **options)
+                ),
             }
         )
+    if trajectory:
+        cumulative = m.cumulative_statistics(engine, metric.units, window)
+        section["cumulative"] = [
+            {
+                "day": day.isoformat(),
+                "comparison": _comparison_dict(
+                    compare_stratified(_by_segment(cumulative, day), **options)
+                ),
+            }
+            for day in sorted({d for _, _, d in cumulative if d is not None})
+        ]
+    if last_days:
+        start = max(window.start, window.end - timedelta(days=last_days))
+        recent = m.sufficient_statistics(
+            engine, metric.units, m.Window(window.experiment, start, window.end), by_day=False
+        )
+        section["last_days"] = _comparison_dict(compare_stratified(_by_segment(recent), **options))
     return section
 
 
-def srm_section(engine: Engine, experiment: Experiment) -> dict[str, Any]:
-    """Users by arm at first exposure against the share their stage gave their segment."""
-    if experiment.rolled_back:
-        return {"overall": None, "segments": {}, "note": "rolled back: everyone gets the baseline"}
-    allowlisted = set(experiment.allowlist)
-    stages = {stage.name: stage for stage in experiment.stages}
-    counts: dict[tuple[str, str], dict[str, int]] = {}
-    for stage, segment, arm, n in m.exposures(engine, experiment.name, exclude=allowlisted):
-        counts.setdefault((stage, segment), {}).setdefault(arm, 0)
-        counts[(stage, segment)][arm] += n
-    segments: dict[str, Any] = {}
-    observed_b = observed_c = 0
-    expected_c = 0.0
-    for (stage, segment), by_arm in sorted(counts.items()):
-        if stage not in stages:
+def adjust_exploratory(sections: dict[str, dict[str, Any]]) -> int:
+    """Benjamini-Hochberg over every metric x scope row (overall, CUPED, each segment) with at
+    least MIN_TESTED_USERS users per arm: each gets ``q_value`` (fixed horizon) and
+    ``sequential_q_value`` (always valid), and ``significant`` then means sequential
+    q < alpha. Smaller rows are shown but not tested (q None): there the normal
+    approximation fails (an arm where every user converted has variance 0 and p = 0).
+    Returns the family's size."""
+    shown = [
+        c
+        for section in sections.values()
+        for c in [section["overall"], section["cuped"], *section["segments"].values()]
+        if c is not None
+    ]
+    rows = [c for c in shown if min(c["n_baseline"], c["n_candidate"]) >= MIN_TESTED_USERS]
+    for c in shown:
+        c["q_value"] = c["sequential_q_value"] = None
+        c["significant"] = False
+    for key in ("p_value", "sequential_p_value"):
+        adjusted = benjamini_hochberg([c[key] for c in rows])
+        for c, q in zip(rows, adjusted, strict=True):
+            c[key.replace("p_value", "q_value")] = q
+    for c in rows:
+        c["significant"] = c["sequential_q_value"] < c["alpha"]
+    return len(rows)
+
+
+def power_section(
+    sections: dict[str, dict[str, Any]], policy: GatePolicy, days_with_data: int
+) -> list[dict[str, Any]]:
+    """Per promotion metric: MDE today and the days still needed for the rule's effect."""
+    p = policy.promotion
+    targets = [(p.metric, p.min_relative_lift)]
+    if p.must_decrease:
+        targets.append((p.must_decrease, -p.min_relative_lift))
+    plans = []
+    for name, target in targets:
+        c = sections.get(name, {}).get("overall")
+        if c is None or not c["log_ratio_variance"]:
+            plans.append({"metric": name, "target": target, "note": "not enough data"})
             continue
-        share = stages[stage].share(segment)
-        b, c = by_arm.get(BASELINE, 0), by_arm.get(CANDIDATE, 0)
-        result = sample_ratio(b, c, share)
-        segments[f"{stage}/{segment}"] = (
-            asdict(result) | {"mismatch": result.mismatch} if result else None
-        )
-        observed_b, observed_c = observed_b + b, observed_c + c
-        expected_c += (b + c) * share
-    total = observed_b + observed_c
-    overall = sample_ratio(observed_b, observed_c, expected_c / total) if total else None
-    return {
-        "overall": asdict(overall) | {"mismatch": overall.mismatch} if overall else None,
-        "segments": segments,
-        "note": "users by stage at first exposure; allowlisted users left out",
-    }
+        users = c["n_baseline"] + c["n_candidate"]
+        found = plan(
+            name, target, c["log_ratio_variance"], users, users / max(days_with_data, 1),
+            c["tuning_users"], c["alpha"], policy.planning.power,
+        )  # fmt: skip
+        plans.append(asdict(found))
+    return plans
 
 
 def golden_section(engine: Engine, experiment: Experiment) -> dict[str, Any] | None:
@@ -174,16 +219,28 @@ def build_report(
     use_cuped: bool = True,
 ) -> dict[str, Any]:
     window = m.Window.days(experiment.name, first, last)
+    tuning_per_arm = policy.planning.tuning_users_per_arm_for(experiment.name, experiment.stage)
+    charted = {policy.promotion.metric, policy.promotion.must_decrease}
+    charted |= set(policy.worsening_family())
     statistics = {
         metric.name: m.overall_and_daily_statistics(engine, metric.units, window)
         for metric in m.METRICS
     }
     sections = {
         metric.name: metric_section(
-            engine, metric, window, use_cuped=use_cuped, statistics=statistics[metric.name]
+            engine,
+            metric,
+            window,
+            use_cuped=use_cuped,
+            statistics=statistics[metric.name],
+            tuning_users=2 * tuning_per_arm,
+            trajectory=metric.name in charted,
+            last_days=policy.promotion.days if metric.name == policy.promotion.metric else None,
         )
         for metric in m.METRICS
     }
+    family_size = adjust_exploratory(sections)
+    days_with_data = len({d for _, _, d in statistics["success_rate"][1]})
     p95_overall = m.percentile_by_arm(engine, window, 0.95, by_day=False)
     p95_daily = m.percentile_by_arm(engine, window, 0.95, by_day=True)
     dwell = m.sufficient_statistics(engine, m.dwell_vs_retention, window, by_day=False)
@@ -220,8 +277,16 @@ def build_report(
         },
         "failures": m.failures_by_kind(engine, window),
         "dwell_retention_correlation": correlation,
-        "srm": srm_section(engine, experiment),
+        "srm": srm_section(engine, experiment, policy.guardrails.srm_alpha),
         "golden": golden_section(engine, experiment),
+        "statistics": {
+            "tuning_users_per_arm": tuning_per_arm,
+            "exploratory_family": family_size,
+            "guardrail_family": policy.worsening_family(),
+            "guardrail_alpha": policy.guardrails.alpha,
+            "srm_alpha": policy.guardrails.srm_alpha,
+        },
+        "power": power_section(sections, policy, days_with_data),
     }
     report["gates"] = evaluate(report, policy).as_dict()
     return report

@@ -1,89 +1,48 @@
-"""The gate policy and its evaluation: advance, hold or roll back, with every reason.
+"""The gate's evaluation: advance, hold or roll back, with every reason.
 
-Policy file (YAML; every field has the seed's default)::
-
-    guardrails:
-      success_rate_min: 0.992       # candidate's success rate
-      p95_latency_max_ms: 8500      # candidate's P95 end-to-end latency of successful jobs
-      peak_vram_max_gb: 21.3        # candidate's mean peak VRAM
-      negative_feedback_may_rise: false   # a significant rise is a breach
-      srm_alpha: 0.001              # sample-ratio mismatch alarm
-      on_srm: hold                  # hold | rollback
-      golden_s_not_worse: true      # candidate S-level count <= baseline's (last golden run)
-      min_users_per_arm: 100        # below this nothing is decided: hold
-    promotion:
-      metric: long_dwell_share
-      min_relative_lift: 0.08       # the daily relative lift must exceed this ...
-      days: 3                       # ... on each of the last 3 days
-      must_decrease: quick_retry_share
-
-A guardrail breach means roll back; advancing needs every guardrail green and the
-promotion rule met; anything else holds.
+The policy (analysis.gates_policy) names the limits. A guardrail breach means roll back;
+advancing needs every guardrail green and the promotion rule met; anything else holds.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
-from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from analysis.gates_policy import (
+    GatePolicy,
+    GatePolicyError,
+    Guardrails,
+    Planning,
+    Promotion,
+    load_policy,
+)
+from analysis.guardrails import worsening
+from analysis.metrics import METRICS
+from analysis.promotion import evaluate_promotion
+
+HIGHER_IS_BETTER = {metric.name: metric.higher_is_better for metric in METRICS}
+LABELS = {metric.name: metric.label for metric in METRICS}
+
+__all__ = [
+    "Check",
+    "GateEvaluation",
+    "GatePolicy",
+    "GatePolicyError",
+    "Guardrails",
+    "Planning",
+    "Promotion",
+    "Verdict",
+    "evaluate",
+    "load_policy",
+]
 
 
 class Verdict(StrEnum):
     ADVANCE = "advance"
     HOLD = "hold"
     ROLLBACK = "rollback"
-
-
-class Guardrails(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    success_rate_min: float = Field(default=0.992, ge=0, le=1)
-    p95_latency_max_ms: float = Field(default=8500, gt=0)
-    peak_vram_max_gb: float = Field(default=21.3, gt=0)
-    negative_feedback_may_rise: bool = False
-    srm_alpha: float = Field(default=0.001, gt=0, lt=1)
-    on_srm: Literal["hold", "rollback"] = "hold"
-    golden_s_not_worse: bool = True
-    min_users_per_arm: int = Field(default=100, ge=2)
-
-
-class Promotion(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    metric: str = "long_dwell_share"
-    min_relative_lift: float = 0.08
-    days: int = Field(default=3, ge=1)
-    must_decrease: str | None = "quick_retry_share"
-
-
-class GatePolicy(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    guardrails: Guardrails = Field(default_factory=Guardrails)
-    promotion: Promotion = Field(default_factory=Promotion)
-
-
-class GatePolicyError(ValueError):
-    pass
-
-
-def load_policy(path: Path | None) -> GatePolicy:
-    if path is None:
-        return GatePolicy()
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        return GatePolicy.model_validate(raw)
-    except (OSError, yaml.YAMLError) as exc:
-        raise GatePolicyError(f"{path}: {exc}") from None
-    except ValidationError as exc:
-        errors = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
-        )
-        raise GatePolicyError(f"{path}: {errors}") from None
 
 
 @dataclass
@@ -99,11 +58,13 @@ class GateEvaluation:
     verdict: Verdict
     reasons: list[str]
     checks: list[Check] = field(default_factory=list)
+    promotion: dict[str, Any] | None = None  # analysis.promotion's three readings
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "verdict": self.verdict.value,
             "reasons": self.reasons,
+            "promotion": self.promotion,
             "checks": [
                 asdict(c) | {"breach": c.breach.value if c.breach else None} for c in self.checks
             ],
@@ -165,36 +126,8 @@ def evaluate(report: dict[str, Any], policy: GatePolicy) -> GateEvaluation:
         ),
     ]  # fmt: skip
 
-    feedback = _overall(report, "negative_feedback_rate")
-    if feedback is None:
-        checks.append(Check("negative feedback", "insufficient", "no generations in both arms"))
-    else:
-        rose = feedback["lift"] > 0 and feedback["sequential_p_value"] < 0.05
-        breach = rose and not g.negative_feedback_may_rise
-        checks.append(
-            Check(
-                "negative feedback",
-                "fail" if breach else "pass",
-                f"lift {feedback['lift']:+.4f} per generation, always-valid p "
-                f"{feedback['sequential_p_value']:.3g}",
-                Verdict.ROLLBACK,
-            )
-        )
-
-    srm = report["srm"]["overall"]
-    if srm is None:
-        checks.append(Check("sample ratio", "insufficient", report["srm"].get("note", "no users")))
-    else:
-        bad = srm["p_value"] < g.srm_alpha
-        checks.append(
-            Check(
-                "sample ratio",
-                "fail" if bad else "pass",
-                f"baseline {srm['baseline']}, candidate {srm['candidate']}, expected candidate "
-                f"share {srm['expected_candidate_share']:.2%}, p {srm['p_value']:.3g}",
-                Verdict(g.on_srm),
-            )
-        )
+    checks += _worsening_checks(report, policy)
+    checks.append(_srm_check(report, g))
 
     golden = report.get("golden")
     if g.golden_s_not_worse:
@@ -212,36 +145,93 @@ def evaluate(report: dict[str, Any], policy: GatePolicy) -> GateEvaluation:
                 )
             )
 
-    daily = [d for d in report["metrics"].get(p.metric, {}).get("daily", []) if d["comparison"]]
-    recent = daily[-p.days :]
-    lifts = [d["comparison"]["relative_lift"] for d in recent]
-    promoted = len(recent) == p.days and all(
-        lift is not None and lift > p.min_relative_lift for lift in lifts
+    promotion = evaluate_promotion(
+        report["metrics"].get(p.metric, {}).get("daily", []),
+        report["metrics"].get(p.metric, {}).get("last_days"),
+        _overall(report, p.must_decrease) if p.must_decrease else None,
+        p,
     )
-    shown = ", ".join(
-        f"{d['day']}: {lift:+.1%}"
-        for d, lift in zip(recent, lifts, strict=True)
-        if lift is not None
-    )
-    detail = (
-        f"{p.metric} relative lift on the last {p.days} days: {shown or 'no data'} "
-        f"(need > {p.min_relative_lift:+.0%} each)"
-    )
-    if p.must_decrease:
-        falling = _overall(report, p.must_decrease)
-        down = falling is not None and falling["lift"] < 0
-        promoted = promoted and down
-        detail += (
-            f"; {p.must_decrease} lift {falling['lift']:+.4f}"
-            if falling
-            else f"; no {p.must_decrease} data"
-        )
-    checks.append(Check("promotion rule", "pass" if promoted else "fail", detail, Verdict.HOLD))
+    checks.append(_promotion_check(promotion, p))
 
     breaches = [c for c in checks if c.status == "fail" and c.breach == Verdict.ROLLBACK]
     if breaches:  # safety first: a breach rolls back even before the sample is large
-        return GateEvaluation(Verdict.ROLLBACK, [f"{c.name}: {c.detail}" for c in breaches], checks)
-    blocking = [c for c in checks if c.status != "pass"]
-    if not blocking:
-        return GateEvaluation(Verdict.ADVANCE, [f"{c.name}: {c.detail}" for c in checks], checks)
-    return GateEvaluation(Verdict.HOLD, [f"{c.name}: {c.detail}" for c in blocking], checks)
+        verdict, shown = Verdict.ROLLBACK, breaches
+    else:
+        blocking = [c for c in checks if c.status != "pass"]
+        verdict, shown = (Verdict.HOLD, blocking) if blocking else (Verdict.ADVANCE, checks)
+    return GateEvaluation(verdict, [f"{c.name}: {c.detail}" for c in shown], checks, promotion)
+
+
+def _worsening_checks(report: dict[str, Any], policy: GatePolicy) -> list[Check]:
+    """One check per must-not-worsen metric, Holm-adjusted across them."""
+    family = policy.worsening_family()
+    alpha = policy.guardrails.alpha
+    members, missing = worsening(
+        {name: _overall(report, name) for name in family}, HIGHER_IS_BETTER
+    )
+    checks = [
+        Check(
+            f"{LABELS[w.metric]} not worse",
+            "fail" if w.breach(alpha) else "pass",
+            f"lift {w.lift:+.4g}, always-valid p {w.p_value:.3g}, Holm-adjusted over "
+            f"{len(family)} guardrails {w.adjusted_p_value:.3g} (breach: worse and < {alpha:g})",
+            Verdict.ROLLBACK,
+        )
+        for w in members
+    ]
+    checks += [
+        Check(f"{LABELS[name]} not worse", "insufficient", "fewer than 2 users in an arm")
+        for name in missing
+    ]
+    return checks
+
+
+def _srm_check(report: dict[str, Any], g: Guardrails) -> Check:
+    """The joint split check (analysis.srm); a report without it: the pooled test."""
+    srm = report["srm"]
+    joint, overall = srm.get("joint"), srm["overall"]
+    if joint is None and overall is None:
+        return Check("sample ratio", "insufficient", srm.get("note", "no users"))
+    if joint is None:
+        bad = overall["p_value"] < g.srm_alpha
+        detail = (
+            f"baseline {overall['baseline']}, candidate {overall['candidate']}, expected "
+            f"candidate share {overall['expected_candidate_share']:.2%}, p {overall['p_value']:.3g}"
+        )
+        return Check("sample ratio", "fail" if bad else "pass", detail, Verdict(g.on_srm))
+    worst = srm["segments"].get(joint["worst"]) if joint["worst"] else None
+    detail = (
+        f"joint chi-square over {joint['df']} segment cells p {joint['p_value']:.3g}; "
+        f"most off: {joint['worst']} (baseline {worst['baseline']}, candidate "
+        f"{worst['candidate']}, expected candidate share {worst['expected_candidate_share']:.2%}"
+        f", Holm-adjusted p {worst['adjusted_p_value']:.3g})"
+        if worst
+        else f"joint p {joint['p_value']:.3g}"
+    )
+    if overall:
+        detail += f"; pooled p {overall['p_value']:.3g}"
+    return Check("sample ratio", "fail" if joint["mismatch"] else "pass", detail, Verdict(g.on_srm))
+
+
+def _promotion_check(promotion: dict[str, Any], p: Promotion) -> Check:
+    shown = ", ".join(
+        f"{d['day']}: {d['relative_lift']:+.1%}" for d in promotion["days"] if d["relative_lift"]
+    )
+    detail = (
+        f"{p.metric} relative lift on the last {p.days} days: {shown or 'no data'} "
+        f"(need > {p.min_relative_lift:+.0%} each, evidence: {p.evidence})"
+    )
+    decrease = promotion["must_decrease"]
+    if decrease:
+        lift = decrease["relative_lift"]
+        detail += (
+            f"; {p.must_decrease} lift {lift:+.1%}" if lift is not None
+            else f"; no {p.must_decrease} data"
+        )  # fmt: skip
+    readings = promotion["readings"]
+    detail += "; readings: " + ", ".join(
+        f"{name} {'pass' if ok else 'fail'}" for name, ok in readings.items()
+    )
+    if promotion["rests_on_noise"]:
+        detail += "; the literal pass rests on noise (no interval clears the threshold)"
+    return Check("promotion rule", "pass" if promotion["passes"] else "fail", detail, Verdict.HOLD)

@@ -38,6 +38,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.sql import ColumnElement, Select
 from sqlalchemy.sql.selectable import NamedFromClause, Subquery
 
+from analysis.intervals import Scale
 from storage.models import Assignment, Event, EventType, Job, JobStatus
 
 LONG_DWELL_MS = 15_000
@@ -530,6 +531,38 @@ def overall_and_daily_statistics(
     return overall, daily
 
 
+def cumulative_statistics(
+    engine: Engine, units: UnitQuery, window: Window
+) -> dict[Key, Sufficient]:
+    """What a look at the end of each day saw: per (arm, segment, day D) the sufficient
+    statistics of the window's first day up to D, one unit per user (their days summed)."""
+    rows = units(engine, window).cte("unit_rows")
+    has_z = "z" in rows.c
+    cuts = select(rows.c.day.label("cut")).distinct().subquery()
+    upto = (
+        select(
+            rows.c.arm,
+            rows.c.segment,
+            cuts.c.cut,
+            rows.c.unit,
+            func.sum(rows.c.num).label("num"),
+            func.sum(rows.c.den).label("den"),
+            *([func.max(rows.c.z).label("z")] if has_z else []),
+        )
+        .select_from(rows.join(cuts, rows.c.day <= cuts.c.cut))
+        .group_by(rows.c.arm, rows.c.segment, cuts.c.cut, rows.c.unit)
+        .subquery()
+    )
+    query = select(upto.c.arm, upto.c.segment, upto.c.cut, *_sums(upto, has_z)).group_by(
+        upto.c.arm, upto.c.segment, upto.c.cut
+    )
+    found: dict[Key, Sufficient] = {}
+    with _report_connection(engine) as connection:
+        for arm, segment, cut, *numbers in connection.execute(query):
+            found[(arm, segment, _as_day(engine, cut))] = _sufficient(numbers)
+    return found
+
+
 def percentile_by_arm(
     engine: Engine, window: Window, q: float, *, by_day: bool
 ) -> dict[tuple[str, date | None], dict[str, float | int]]:
@@ -594,26 +627,38 @@ class MetricDef:
     units: UnitQuery
     higher_is_better: bool
     daily: bool = True  # value metrics are by exposure cohort day
+    scale: Scale = Scale.NONNEGATIVE  # a RATE's intervals stay in [0, 1]
 
 
 HEALTH, INTERACTION, VALUE = "health", "interaction", "value"
 METRICS: tuple[MetricDef, ...] = (
-    MetricDef("success_rate", "success rate", HEALTH, success_rate, True),
+    MetricDef("success_rate", "success rate", HEALTH, success_rate, True, scale=Scale.RATE),
     MetricDef("mean_peak_vram_gb", "mean peak VRAM (GB)", HEALTH, mean_peak_vram_gb, False),
-    MetricDef("long_dwell_share", "views with dwell >= 15 s", INTERACTION, long_dwell_share, True),
-    MetricDef("download_rate", "downloads per generation", INTERACTION, download_rate, True),
-    MetricDef("quick_retry_share", "quick retries", INTERACTION, quick_retry_share, False),
+    MetricDef(
+        "long_dwell_share", "views with dwell >= 15 s", INTERACTION, long_dwell_share, True,
+        scale=Scale.RATE,
+    ),
+    MetricDef(
+        "download_rate", "downloads per generation", INTERACTION, download_rate, True,
+        scale=Scale.RATE,
+    ),
+    MetricDef(
+        "quick_retry_share", "quick retries", INTERACTION, quick_retry_share, False,
+        scale=Scale.RATE,
+    ),
     MetricDef(
         "negative_feedback_rate", "negative feedback", INTERACTION, negative_feedback_rate, False
     ),
-    MetricDef("retention_7d", "7-day retention", VALUE, retention_7d, True, daily=False),
     MetricDef(
-        "generations_per_week",
-        "generations in week 1",
-        VALUE,
-        generations_per_week,
-        True,
+        "retention_7d", "7-day retention", VALUE, retention_7d, True, daily=False,
+        scale=Scale.RATE,
+    ),
+    MetricDef(
+        "generations_per_week", "generations in week 1", VALUE, generations_per_week, True,
         daily=False,
     ),
-    MetricDef("trial_to_paid", "trial-to-paid conversion", VALUE, trial_to_paid, True, daily=False),
-)
+    MetricDef(
+        "trial_to_paid", "trial-to-paid conversion", VALUE, trial_to_paid, True, daily=False,
+        scale=Scale.RATE,
+    ),
+)  # fmt: skip

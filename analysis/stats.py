@@ -8,7 +8,11 @@
   Engine use): looking at the dashboard every day does not inflate false positives.
 - CUPED (optional, mean metrics with a pre-period covariate) removes the part of the
   variance the pre-period explains, with theta pooled over both arms.
-- Sample-ratio mismatch: chi-square of users per arm against the configured share.
+- Sample-ratio mismatch: chi-square of users per arm against the configured share
+  (analysis.srm tests all segments jointly).
+- Intervals respect their range (analysis.intervals): each arm's interval stays in [0, 1]
+  for a rate and >= 0 otherwise; the relative lift's interval is built on log(c/b), so it
+  is asymmetric like the ratio and never below -100%.
 """
 
 from __future__ import annotations
@@ -18,12 +22,20 @@ from dataclasses import dataclass
 
 from scipy.stats import chisquare, norm
 
+from analysis.intervals import (
+    Interval,
+    Scale,
+    arm_interval,
+    log_ratio_variance,
+    relative_interval,
+)
 from analysis.metrics import Sufficient
 
 DEFAULT_ALPHA = 0.05
 # The mSPRT's normal mixture is tuned, as GrowthBook does, to give its tightest interval
 # when the experiment has this many users (both arms): the mixing variance is the
 # per-user variance times rho^2 = (-2 ln a + ln(1 - 2 ln a)) / N (Howard et al. 2021).
+# The report takes N from the gate policy (analysis.gates.Planning): the planned sample.
 DEFAULT_TUNING_USERS = 10_000
 SRM_ALPHA = 0.001
 
@@ -83,15 +95,6 @@ def cuped_estimates(
 
 
 @dataclass(frozen=True)
-class Interval:
-    low: float
-    high: float
-
-    def contains(self, value: float) -> bool:
-        return self.low <= value <= self.high
-
-
-@dataclass(frozen=True)
 class Comparison:
     baseline: float
     candidate: float
@@ -105,10 +108,13 @@ class Comparison:
     sequential_ci: Interval  # always valid (absolute)
     sequential_relative_ci: Interval | None
     sequential_p_value: float
-    baseline_ci: Interval  # each arm's own 95% interval (for trend plots)
+    baseline_ci: Interval  # each arm's own 95% interval (for trend plots), in range
     candidate_ci: Interval
     cuped: bool = False
     alpha: float = DEFAULT_ALPHA
+    variance: float = 0.0  # of the lift
+    log_ratio_variance: float | None = None  # of log(candidate / baseline)
+    tuning_users: int = DEFAULT_TUNING_USERS  # both arms
 
     @property
     def significant(self) -> bool:
@@ -116,12 +122,7 @@ class Comparison:
         return self.sequential_p_value < self.alpha
 
 
-def _arm_interval(estimate: Estimate, z: float) -> Interval:
-    half = z * math.sqrt(estimate.variance)
-    return Interval(estimate.value - half, estimate.value + half)
-
-
-def _mixing_variance(variance: float, users: int, tuning_users: int, alpha: float) -> float:
+def mixing_variance(variance: float, users: int, tuning_users: int, alpha: float) -> float:
     """tau^2 on the estimate's scale: per-user variance (variance * users) times rho^2."""
     log_alpha = math.log(alpha)
     rho2 = (-2 * log_alpha + math.log(1 - 2 * log_alpha)) / tuning_users
@@ -148,12 +149,13 @@ def compare(
     alpha: float = DEFAULT_ALPHA,
     tuning_users: int = DEFAULT_TUNING_USERS,
     use_cuped: bool = False,
+    scale: Scale = Scale.NONNEGATIVE,
 ) -> Comparison | None:
     """Candidate vs baseline; None when either arm has fewer than two users."""
     found = _estimates(baseline, candidate, use_cuped)
     if found is None:
         return None
-    return _compare_estimates(*found, alpha=alpha, tuning_users=tuning_users)
+    return _compare_estimates(*found, alpha=alpha, tuning_users=tuning_users, scale=scale)
 
 
 def _estimates(
@@ -174,6 +176,7 @@ def compare_stratified(
     alpha: float = DEFAULT_ALPHA,
     tuning_users: int = DEFAULT_TUNING_USERS,
     use_cuped: bool = False,
+    scale: Scale = Scale.NONNEGATIVE,
 ) -> Comparison | None:
     """Candidate vs baseline within each segment, combined with each segment's share of the
     metric's denominator over both arms (the population's own mix).
@@ -205,11 +208,18 @@ def compare_stratified(
         any(cuped for _, _, _, cuped in parts),
         alpha=alpha,
         tuning_users=tuning_users,
+        scale=scale,
     )
 
 
 def _compare_estimates(
-    b: Estimate, c: Estimate, cuped: bool, *, alpha: float, tuning_users: int
+    b: Estimate,
+    c: Estimate,
+    cuped: bool,
+    *,
+    alpha: float,
+    tuning_users: int,
+    scale: Scale = Scale.NONNEGATIVE,
 ) -> Comparison:
     z = float(norm.ppf(1 - alpha / 2))
     lift = c.value - b.value
@@ -218,17 +228,20 @@ def _compare_estimates(
     p_value = 2 * float(norm.sf(abs(lift) / se)) if se > 0 else (1.0 if lift == 0 else 0.0)
     users = b.n + c.n
     seq_p, seq_half = msprt(
-        lift, variance, _mixing_variance(variance, users, tuning_users, alpha), alpha
+        lift, variance, mixing_variance(variance, users, tuning_users, alpha), alpha
     )
     relative = relative_ci = seq_relative = None
+    log_var = log_ratio_variance(b.value, b.variance, c.value, c.variance)
     if b.value != 0:
         relative = c.value / b.value - 1
-        rel_var = c.variance / b.value**2 + c.value**2 * b.variance / b.value**4
-        rel_se = math.sqrt(rel_var)
-        relative_ci = Interval(relative - z * rel_se, relative + z * rel_se)
-        mixing = _mixing_variance(rel_var, users, tuning_users, alpha)
-        _, rel_half = msprt(relative, rel_var, mixing, alpha)
-        seq_relative = Interval(relative - rel_half, relative + rel_half)
+        relative_ci = relative_interval(b.value, b.variance, c.value, c.variance, z)
+    if log_var is not None and log_var > 0:
+        # the always-valid interval of log(c/b), mapped back: asymmetric, above -100%
+        log_ratio = math.log(c.value / b.value)
+        _, half = msprt(
+            log_ratio, log_var, mixing_variance(log_var, users, tuning_users, alpha), alpha
+        )
+        seq_relative = Interval(math.exp(log_ratio - half) - 1, math.exp(log_ratio + half) - 1)
     return Comparison(
         baseline=b.value,
         candidate=c.value,
@@ -242,10 +255,13 @@ def _compare_estimates(
         sequential_ci=Interval(lift - seq_half, lift + seq_half),
         sequential_relative_ci=seq_relative,
         sequential_p_value=seq_p,
-        baseline_ci=_arm_interval(b, z),
-        candidate_ci=_arm_interval(c, z),
+        baseline_ci=arm_interval(b.value, b.variance, b.n, scale, z),
+        candidate_ci=arm_interval(c.value, c.variance, c.n, scale, z),
         cuped=cuped,
         alpha=alpha,
+        variance=variance,
+        log_ratio_variance=log_var,
+        tuning_users=tuning_users,
     )
 
 

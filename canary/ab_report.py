@@ -55,12 +55,19 @@ def print_ab_report(report: dict[str, Any]) -> None:
         f"{arm} {p95[arm]['value']:,.0f} ms (n {p95[arm]['n']})" for arm in p95 if p95[arm]
     )
     console.print(f"P95 latency of successful jobs: {shown or 'no data'}")
-    srm = report["srm"]["overall"]
+    srm, joint = report["srm"]["overall"], report["srm"].get("joint")
     if srm:
-        status = "[bold red]MISMATCH[/]" if srm["mismatch"] else "ok"
+        bad = joint["mismatch"] if joint else srm["mismatch"]
+        status = "[bold red]MISMATCH[/]" if bad else "ok"
+        by_segment = (
+            f"; per segment: joint p {joint['p_value']:.3g}, most off {joint['worst']}"
+            if joint
+            else ""
+        )
         console.print(
             f"sample ratio: {srm['baseline']} / {srm['candidate']} users, expected candidate "
-            f"share {srm['expected_candidate_share']:.1%}, p {srm['p_value']:.3g}: {status}"
+            f"share {srm['expected_candidate_share']:.1%}, pooled p {srm['p_value']:.3g}"
+            f"{by_segment}: {status}"
         )
     gates = report["gates"]
     style = VERDICT_STYLE[gates["verdict"]]

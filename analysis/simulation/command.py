@@ -39,6 +39,26 @@ class SimulationRefused(ValueError):
     pass
 
 
+def parse_broken_split(values: list[str]) -> tuple[float, dict[str, float]]:
+    """``--broken-split`` values: FRACTION (every segment's candidates) or SEGMENT=FRACTION
+    (a negative fraction loses that segment's baseline users: the candidate looks
+    over-enrolled). Returns (everywhere, per segment); SimulationSpec checks the names."""
+    everywhere, by_segment = 0.0, {}
+    for value in values:
+        segment, _, fraction = value.rpartition("=")
+        try:
+            number = float(fraction)
+        except ValueError:
+            raise ValueError(f"{value!r}: expected FRACTION or SEGMENT=FRACTION") from None
+        if segment:
+            by_segment[segment] = number
+        elif not 0 <= number <= 1:
+            raise ValueError(f"{value!r}: a fraction for every segment is between 0 and 1")
+        else:
+            everywhere = number
+    return everywhere, by_segment
+
+
 def experiment_path(settings: Settings) -> Path:
     return settings.home / "simulated-experiment.yaml"
 
@@ -126,9 +146,11 @@ def _print_summary(spec: SimulationSpec, jobs: int, events, report: dict) -> Non
             f"[{ci['low']:+.1%}, {ci['high']:+.1%}]", f"{overall['sequential_p_value']:.3g}",
         )  # fmt: skip
     console.print(table)
-    srm = report["srm"]["overall"]
-    if srm:
+    srm, joint = report["srm"]["overall"], report["srm"].get("joint")
+    if srm and joint:
         console.print(
-            f"sample ratio: p {srm['p_value']:.3g}{' MISMATCH' if srm['mismatch'] else ''}"
+            f"sample ratio: joint over segments p {joint['p_value']:.3g}, most off "
+            f"{joint['worst']} (Holm-adjusted p {joint['min_adjusted_p_value']:.3g}), pooled p "
+            f"{srm['p_value']:.3g}{' [bold red]MISMATCH[/]' if joint['mismatch'] else ''}"
         )
     console.print(f"gate verdict: [bold]{report['gates']['verdict'].upper()}[/]")

@@ -126,7 +126,7 @@ class Population:
     arrival: np.ndarray  # first exposure, µs since the origin
     first_prompt: np.ndarray
     tz_minutes: np.ndarray  # the client's UTC offset
-    drop_draw: np.ndarray  # uniform: below spec.broken_split, a candidate user is lost
+    drop_draw: np.ndarray  # uniform: below the segment's lost fraction, a user is lost
 
     @property
     def arrival_day(self) -> np.ndarray:
@@ -309,8 +309,11 @@ class Simulator:
         return arm, self.lost(arriving, arm)
 
     def lost(self, users: np.ndarray, arm: np.ndarray) -> np.ndarray:
-        """A broken split: a share of the candidate's users never reach the system."""
-        return (arm == CANDIDATE) & (self.population.drop_draw[users] < self.spec.broken_split)
+        """A broken split: a share of one arm's users (per segment) never reach the system."""
+        fraction = np.array([self.spec.lost_fraction(int(s)) for s in self.segments[users]])
+        lost_arm = np.where(fraction > 0, CANDIDATE, BASELINE)
+        draw = self.population.drop_draw[users]
+        return (arm == lost_arm) & (draw < np.abs(fraction))
 
     # ------------------------------------------------------------ segments
     def expected_segments(self, history: Jobs) -> np.ndarray:

@@ -98,6 +98,10 @@ class SimulationSpec:
     effects: Effects = field(default_factory=Effects)
     shares: dict[str, float] = field(default_factory=lambda: {"default": 0.5})
     broken_split: float = 0.0  # share of candidate users whose traffic is never recorded
+    # per segment, overriding broken_split there: a positive fraction loses that share of
+    # the segment's candidate users, a negative one that share of its baseline users (the
+    # candidate looks over-enrolled)
+    broken_segments: dict[str, float] = field(default_factory=dict)
     rules: SegmentRules = field(default_factory=SegmentRules)
     failure_rate: float = 0.002
     engagement_weight: float = 0.8  # how strongly engagement drives activity and dwell
@@ -107,11 +111,25 @@ class SimulationSpec:
             raise ValueError("users and days must be positive, pre_days not negative")
         if not 0.0 <= self.broken_split <= 1.0:
             raise ValueError("broken_split is a share between 0 and 1")
+        unknown = sorted(set(self.broken_segments) - set(SEGMENTS))
+        if unknown:
+            raise ValueError(f"broken_segments: unknown segments {unknown}; known: {SEGMENTS}")
+        if any(not -1.0 <= f <= 1.0 for f in self.broken_segments.values()):
+            raise ValueError("broken_segments: each fraction is between -1 and 1")
         if "default" not in self.shares:
             raise ValueError("shares need a 'default'")
 
     def share(self, segment: int) -> float:
         return self.shares.get(SEGMENTS[segment], self.shares["default"])
+
+    def lost_fraction(self, segment: int) -> float:
+        """Signed share of a segment's users that never reach the system: > 0 candidates,
+        < 0 baseline users."""
+        return self.broken_segments.get(SEGMENTS[segment], self.broken_split)
+
+    @property
+    def breaks_split(self) -> bool:
+        return self.broken_split > 0 or any(self.broken_segments.values())
 
     @property
     def horizon(self) -> int:

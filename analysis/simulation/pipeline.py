@@ -192,6 +192,7 @@ class PipelineDriver:
         self.first_requests: dict[int, PreparedJob] = {}  # user -> their first request
         self.segments = np.full(users, -1)  # as the gateway decided
         self.lost = np.zeros(users, dtype=bool)  # by the broken client
+        self.would = np.zeros(users, dtype=np.int64)  # the arm the hash gives each user
         self.lost_known = False
         self.pending: list[Events] = []  # events not yet sent
         self.job_ids: dict[int, str] = {}  # simulation's job index -> job id
@@ -230,12 +231,12 @@ class PipelineDriver:
     def _assign(self, arriving: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """First requests of today's new users, in order: the gateway decides the arm."""
         pop, expected = self.simulator.population, self.simulator.segments
-        if self.spec.broken_split > 0 and not self.lost_known:
+        if self.spec.breaks_split and not self.lost_known:
             self._find_lost(expected)
         arms = np.zeros(len(arriving), dtype=np.int64)
         for i, user in enumerate(arriving.tolist()):
             if self.lost[user]:
-                arms[i] = CANDIDATE
+                arms[i] = self.would[user]
                 continue
             t = int(pop.arrival[user])
             self.clock.at(t)
@@ -253,8 +254,8 @@ class PipelineDriver:
         return arms, self.lost[arriving]
 
     def _find_lost(self, expected: np.ndarray) -> None:
-        """A buggy candidate client knows its flag (the same pure hash as the gateway) and
-        loses the user's traffic before any of it reaches the gateway."""
+        """A buggy client knows its flag (the same pure hash as the gateway) and loses the
+        user's traffic before any of it reaches the gateway."""
         users = np.arange(self.spec.users)
         would = np.array(
             [
@@ -263,6 +264,7 @@ class PipelineDriver:
                 for u in users.tolist()
             ]
         )  # fmt: skip
+        self.would = would
         self.lost = self.simulator.lost(users, would)
         self.lost_known = True
 

@@ -33,7 +33,7 @@ class TrueValue:
         return self.candidate / self.baseline - 1
 
 
-def _everyone(arm: int):  # type: ignore[no-untyped-def]
+def everyone_in(arm: int):  # type: ignore[no-untyped-def]
     def assign(users: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return np.full(len(users), arm), np.zeros(len(users), dtype=bool)
 
@@ -44,10 +44,10 @@ def true_values(
     spec: SimulationSpec, metrics: list[str], *, users: int = 50_000, seed: int = 2**31 - 1
 ) -> dict[str, TrueValue]:
     """Ratio of sums over the whole window (the estimand of the overall comparison)."""
-    big = replace(spec, users=users, broken_split=0.0)
+    big = replace(spec, users=users, broken_split=0.0, broken_segments={})
     estimates: dict[str, list[Estimate]] = {metric: [] for metric in metrics}
     for arm in (BASELINE, CANDIDATE):
-        reducer = Reducer(Simulator(big, seed).run(assign=_everyone(arm)))
+        reducer = Reducer(Simulator(big, seed).run(assign=everyone_in(arm)))
         for metric in metrics:
             total = next(s for s in totals(reducer.sufficient(metric, by_day=False)) if s)
             found = ratio_estimate(total)

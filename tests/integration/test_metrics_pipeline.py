@@ -19,7 +19,7 @@ import pytest
 
 from analysis import metrics as m
 from analysis.experiment_report import build_report
-from analysis.gates import GatePolicy, Guardrails
+from analysis.gates import GatePolicy, Guardrails, Planning
 from analysis.simulation.generate import Simulator
 from analysis.simulation.model import Effects, SimulationSpec
 from analysis.simulation.pipeline import (
@@ -41,7 +41,11 @@ pytestmark = pytest.mark.integration
 # short histories are enough to tell creators apart with a lower threshold
 RULES = SegmentRules(high_frequency_min_generations=6)
 SHARES = {"default": 0.5, "new_user": 0.3}  # new users are shielded a little
-POLICY = GatePolicy(guardrails=Guardrails(min_users_per_arm=30, golden_s_not_worse=False))
+POLICY = GatePolicy(
+    guardrails=Guardrails(min_users_per_arm=30, golden_s_not_worse=False),
+    # these experiments plan for a few hundred users: the always-valid test is tuned to that
+    planning=Planning(planned_users_per_arm={"default": 150}),
+)
 DWELL_VS_RETENTION = m.MetricDef("dwell_vs_retention", "", m.VALUE, m.dwell_vs_retention, True)
 
 
@@ -145,10 +149,38 @@ def test_an_aa_run_finds_nothing_and_the_gates_hold(database_url: str, tmp_path:
     """
     spec = SimulationSpec(users=400, days=5, pre_days=0, shares=SHARES, rules=RULES)
     simulated = simulate(database_url, tmp_path, spec, seed=8)
-    for name, section in simulated.report["metrics"].items():
+    report = simulated.report
+    for name, section in report["metrics"].items():
         if section["overall"] is not None:
             assert not section["overall"]["significant"], name
+    # every metric x scope row with enough users is in one BH family; none is called
+    tested = [
+        c
+        for section in report["metrics"].values()
+        for c in [section["overall"], section["cuped"], *section["segments"].values()]
+        if c is not None and c["sequential_q_value"] is not None
+    ]
+    assert len(tested) == report["statistics"]["exploratory_family"] >= 10
+    assert all(c["q_value"] >= c["p_value"] and not c["significant"] for c in tested)
+    # the guardrail family: Holm-adjusted, no breach; lift-over-time charts' data is there
+    family = [c for c in report["gates"]["checks"] if c["name"].endswith("not worse")]
+    assert len(family) == 3 and all(c["status"] == "pass" for c in family)
+    assert all("Holm-adjusted over 3 guardrails" in c["detail"] for c in family)
+    cumulative = report["metrics"]["long_dwell_share"]["cumulative"]
+    assert len(cumulative) == spec.days
+    last = cumulative[-1]["comparison"]
+    assert last["n_baseline"] == report["metrics"]["long_dwell_share"]["overall"]["n_baseline"]
+    # intervals inside their ranges; a power plan for each promotion metric
+    for section in report["metrics"].values():
+        for day in section["daily"]:
+            c = day["comparison"]
+            if c and section["scale"] == "rate":
+                assert c["baseline_ci"]["low"] >= 0 and c["candidate_ci"]["high"] <= 1
+    assert [p["metric"] for p in report["power"]] == ["long_dwell_share", "quick_retry_share"]
+    assert report["power"][0]["mde"] > 0 and report["power"][1]["mde"] < 0
+    assert report["gates"]["promotion"]["readings"]["daily_interval"] is False
     assert simulated.report["srm"]["overall"]["mismatch"] is False
+    assert simulated.report["srm"]["joint"]["mismatch"] is False
     assert simulated.report["gates"]["verdict"] == "hold"
     assert simulated.check("promotion rule")["status"] == "fail"
     assert all(
@@ -183,3 +215,27 @@ def test_a_failing_candidate_is_rolled_back(database_url: str, tmp_path: Path) -
     assert sum(simulated.report["failures"]["candidate"].values()) > 5
     assert simulated.check("success rate")["status"] == "fail"
     assert simulated.report["gates"]["verdict"] == "rollback"
+
+
+def test_a_broken_segment_trips_the_joint_split_check(database_url: str, tmp_path: Path) -> None:
+    """New users over-enrolled in the candidate (90% of their baseline users lost before the
+    gateway): the pooled test stays quiet, the gate's split check holds and names the
+    segment, and the dashboard says which."""
+    from analysis.dashboard import render_dashboard
+
+    spec = SimulationSpec(
+        users=600, days=2, pre_days=0, shares=SHARES, rules=RULES,
+        broken_segments={"new_user": -0.9},
+    )  # fmt: skip
+    simulated = simulate(database_url, tmp_path, spec, seed=6)
+    srm = simulated.report["srm"]
+    cell = srm["segments"][f"{STAGE}/new_user"]
+    assert cell["candidate"] > cell["baseline"] and cell["mismatch"]
+    assert srm["overall"]["p_value"] > 0.001  # the pooled test alone would not alarm
+    assert srm["joint"]["mismatch"] and srm["joint"]["worst"] == f"{STAGE}/new_user"
+    check = simulated.check("sample ratio")
+    assert check["status"] == "fail" and check["breach"] == "hold"
+    assert f"most off: {STAGE}/new_user" in check["detail"]
+    assert simulated.report["gates"]["verdict"] == "hold"
+    html = render_dashboard(simulated.report)
+    assert f"most clearly in <b>{STAGE}/new_user</b>" in html
