@@ -38,16 +38,22 @@ def render_chart(report: dict[str, Any]) -> str:
     for offset, version in enumerate(versions):
         blocks = [report["versions"][version]["categories"][c] for c in categories]
         values = [b["pass_rate"] or 0.0 for b in blocks]
+        bounds = [b["pass_rate_ci"] or [v, v] for v, b in zip(values, blocks, strict=True)]
+        # matplotlib refuses a negative error bar; rounding must never produce one
         errors = [
-            [v - (b["pass_rate_ci"] or [v, v])[0] for v, b in zip(values, blocks, strict=True)],
-            [(b["pass_rate_ci"] or [v, v])[1] - v for v, b in zip(values, blocks, strict=True)],
+            [max(0.0, v - low) for v, (low, _) in zip(values, bounds, strict=True)],
+            [max(0.0, high - v) for v, (_, high) in zip(values, bounds, strict=True)],
         ]
         xs = [i + (offset - 0.5) * width for i in range(len(categories))]
-        rates.bar(xs, values, width, yerr=errors, capsize=3, label=version)
+        bars = rates.bar(xs, values, width, yerr=errors, capsize=3, label=version)
+        # a label on every bar, so a 0% bar is seen as 0% and not as missing
+        rates.bar_label(
+            bars, labels=[_pct(b["pass_rate"]) for b in blocks], label_type="center", fontsize=7
+        )
     rates.set_xticks(range(len(categories)), [c.replace("_", "\n") for c in categories])
     rates.set_ylim(0, 1.05)
     rates.set_ylabel("pass rate (95% CI)")
-    rates.legend(loc="lower right")
+    rates.legend(loc="lower left", bbox_to_anchor=(0, 1.08), ncols=2, fontsize=8, frameon=False)
     rates.set_title("Pass rate by category")
     bottoms = [0.0, 0.0]
     for level in ("pass", "B", "A", "S"):

@@ -18,8 +18,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy.engine import Engine
+from statsmodels.stats.proportion import proportion_confint
 
-from analysis.proportions import PairedDifference, paired_difference, wilson
+from analysis.proportions import PairedDifference, paired_difference
 from scheduler.golden_set import FAILURE_LEVELS, Category, Level
 from storage import golden
 from storage.models import GoldenGrade, GoldenResult, GoldenRun, Job
@@ -101,10 +102,17 @@ def _rate_block(outcomes: list[ImageOutcome]) -> dict[str, Any]:
         "pass_rate_ci": None,
     }
     if graded:
-        interval = wilson(passed, graded)
-        block["pass_rate"] = interval.estimate
-        block["pass_rate_ci"] = [interval.low, interval.high]
+        block["pass_rate"] = passed / graded
+        block["pass_rate_ci"] = pass_rate_interval(passed, graded)
     return block
+
+
+def pass_rate_interval(passed: int, graded: int, confidence: float = 0.95) -> list[float]:
+    """Wilson score interval from statsmodels: exactly 0 (1) at a 0% (100%) pass rate,
+    where the textbook formula in floating point lands a hair inside and puts the
+    estimate outside its own interval."""
+    low, high = proportion_confint(passed, graded, alpha=1 - confidence, method="wilson")
+    return [float(low), float(high)]
 
 
 def _difference(pairs: list[tuple[ImageOutcome, ImageOutcome]]) -> dict[str, Any] | None:

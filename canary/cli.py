@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import getpass
 import os
 import re
 import sys
@@ -15,14 +16,24 @@ import typer
 from rich.console import Console
 
 from canary.rollout_cli import rollout_app
-from canary.settings import VERSION_PATTERN, Settings, get_settings, reset_settings_cache
+from canary.settings import (
+    VERSION_PATTERN,
+    ConfigError,
+    Settings,
+    get_settings,
+    mask_url,
+    reset_settings_cache,
+)
 from storage.models import ApiKeyRole
 
 if TYPE_CHECKING:
     from storage.models import Job
 
 app = typer.Typer(
-    help="Canary releases and A/B tests of diffusion model versions.", no_args_is_help=True
+    help="Canary releases and A/B tests of diffusion model versions.",
+    no_args_is_help=True,
+    # a traceback's local variables can hold URLs with passwords and tokens
+    pretty_exceptions_show_locals=False,
 )
 models_app = typer.Typer(help="Model versions in the local registry.", no_args_is_help=True)
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
@@ -241,12 +252,10 @@ def worker(
         os.environ["CANARY_TASK_SOFT_TIME_LIMIT_S"] = str(limits.soft_time_limit_s)
         os.environ["CANARY_TASK_TIME_LIMIT_S"] = str(limits.time_limit_s)
     reset_settings_cache()
-    from pydantic import ValidationError
-
     try:
         settings = get_settings()
-    except ValidationError as exc:
-        raise fail(f"{folder / 'canary.yaml'} limits: {exc.errors()[0]['msg']}") from None
+    except ConfigError as exc:
+        raise fail(f"{folder / 'canary.yaml'} limits: {exc.lines[0]}") from None
     from tasks import app as celery_app
 
     # The app's configuration was read before the version's limits were known; its tasks
@@ -322,6 +331,10 @@ def flower() -> None:
     if settings.flower_persistent:
         settings.home.mkdir(parents=True, exist_ok=True)
         arguments += ["--persistent=True", f"--db={settings.home / 'flower.db'}"]
+    from canary.flower_info import flower_lines
+
+    for line in flower_lines(settings):
+        err.print(line, soft_wrap=True, highlight=False)
     celery_app.start(arguments)
 
 
@@ -537,6 +550,13 @@ def hotfix(
         raise typer.Exit(1)
 
 
+def _current_user() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "unknown"
+
+
 @app.command()
 def retire(
     model_version: Annotated[str, typer.Option("--model-version", help="Version to retire")],
@@ -561,6 +581,7 @@ def retire(
             reroute_to=reroute_to,
             retention_days=retention_days,
             timeout=timeout,
+            actor=_current_user(),
         )
     except RetireError as exc:
         raise fail(str(exc)) from None
@@ -570,6 +591,10 @@ def retire(
         f"retired {model_version} in {outcome.elapsed_s:.1f} s; stopped "
         f"{', '.join(outcome.stopped) or 'no workers'}; images and logs are deleted after "
         f"{retention_days:g} days, job records are kept"
+    )
+    store = mask_url(settings.resolved_storage_url)
+    console.print(
+        f"log export (kept as long as the images): {', '.join(outcome.exported)} in {store}"
     )
 
 
@@ -746,7 +771,13 @@ def simulate(
     seed: Annotated[int, typer.Option(help="The same seed simulates the same traffic")] = 1,
     last: Annotated[str | None, typer.Option(help="Last day (default yesterday, UTC)")] = None,
     share: Annotated[float, typer.Option(min=0, max=1, help="Candidate's share")] = 0.5,
-    broken_split: Annotated[float, typer.Option(min=0, max=1, help="Lost candidates")] = 0.0,
+    broken_split: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="FRACTION of candidate users lost in every segment, or SEGMENT=FRACTION for "
+            "one segment (repeatable; a negative FRACTION loses baseline users instead)",
+        ),
+    ] = None,
     dwell_effect: Effect = 0.0,
     retry_effect: Effect = 0.0,
     download_effect: Effect = 0.0,
@@ -760,7 +791,7 @@ def simulate(
     report and the dashboard; effects are relative changes of the candidate's behaviour."""
     from datetime import date, timedelta
 
-    from analysis.simulation.command import SimulationRefused, run_simulation
+    from analysis.simulation.command import SimulationRefused, parse_broken_split, run_simulation
     from analysis.simulation.model import Effects, SimulationSpec
     from storage.models import utcnow
 
@@ -773,10 +804,14 @@ def simulate(
         negative_feedback=feedback_effect, retention=retention_effect,
         generation_rate=generation_effect, conversion=conversion_effect, failure=failure_effect,
     )  # fmt: skip
-    spec = SimulationSpec(
-        users=users, days=days, effects=effects, shares={"default": share},
-        broken_split=broken_split,
-    )  # fmt: skip
+    try:
+        everywhere, by_segment = parse_broken_split(broken_split or [])
+        spec = SimulationSpec(
+            users=users, days=days, effects=effects, shares={"default": share},
+            broken_split=everywhere, broken_segments=by_segment,
+        )  # fmt: skip
+    except ValueError as exc:
+        raise usage_error(f"--broken-split: {exc}") from None
     try:
         run_simulation(get_settings(), spec, seed=seed, last=end, run_id=f"sim{seed}")
     except SimulationRefused as exc:
@@ -788,6 +823,10 @@ def main() -> None:
         app()
     except KeyboardInterrupt:
         sys.exit(130)
+    except ConfigError as exc:  # one line per bad setting, never a traceback with values
+        for line in exc.lines:
+            err.print(f"[bold red]configuration error:[/] {line}", soft_wrap=True, highlight=False)
+        sys.exit(EXIT_USAGE)
 
 
 if __name__ == "__main__":

@@ -21,6 +21,9 @@ from canary.settings import Settings
 console = Console()
 # How long a recorded worker may take to answer before it counts as offline.
 WORKER_REPLY_TIMEOUT_S = 0.5
+# How long the broker may take to answer a ping (connect and read) before it counts as
+# unreachable: the whole command answers in under 2 s even when it is a silent host.
+BROKER_TIMEOUT_S = 0.5
 VERDICT_COLOUR = {"advance": "green", "hold": "yellow", "rollback": "red"}
 
 
@@ -30,12 +33,11 @@ class OverviewError(RuntimeError):
 
 def collect_overview(settings: Settings) -> dict[str, Any]:
     """Experiments, queues and workers, and the last golden run, as plain JSON data."""
-    from canary.stack import broker_problem
     from storage.db import get_engine
+    from tasks.queues import broker_answers
 
-    problem = broker_problem(settings)
-    if problem:
-        raise OverviewError(problem)
+    if not broker_answers(settings.broker_url, BROKER_TIMEOUT_S):
+        raise OverviewError(broker_unreachable(settings))
     engine = get_engine(settings.resolved_database_url)
     experiment_file, experiments = _experiments(settings, engine)
     return {
@@ -44,6 +46,14 @@ def collect_overview(settings: Settings) -> dict[str, Any]:
         "queues": _queues(settings, engine),
         "golden": _golden(engine),
     }
+
+
+def broker_unreachable(settings: Settings) -> str:
+    """One line naming the broker (password masked) and what to do."""
+    line = f"broker unreachable at {settings.shown_broker_url}"
+    if settings.uses_local_broker:
+        line += ": the local stack is not running (start `canary up`, or set REDIS_URL)"
+    return line
 
 
 def _experiments(settings: Settings, engine: Engine) -> tuple[str | None, list[dict[str, Any]]]:
@@ -97,7 +107,14 @@ def _queues(settings: Settings, engine: Engine) -> list[dict[str, Any]]:
         online = consumers(app, WORKER_REPLY_TIMEOUT_S, nodes=records)
         depths = {v: queue_depth(app, settings.queue_for(v)) for v in settings.versions}
     except OperationalError:
-        raise OverviewError(f"the broker {settings.shown_broker_url} does not answer") from None
+        raise OverviewError(broker_unreachable(settings)) from None
+    from storage import versions
+
+    serving = {
+        v for v in settings.versions
+        if depths[v] or any(settings.queue_for(v) in names for names in online.values())
+    }  # fmt: skip
+    lifecycles = versions.lifecycles(engine, settings.versions, busy=serving)
     rows = []
     for version in settings.versions:
         queue = settings.queue_for(version)
@@ -106,9 +123,42 @@ def _queues(settings: Settings, engine: Engine) -> list[dict[str, Any]]:
             {"node": n, "device": records[n].device, "revision": records[n].revision} for n in nodes
         ]
         rows.append(
-            {"version": version, "queue": queue, "waiting": depths[version], "workers": workers}
-        )
+            {
+                "version": version, "queue": queue, "waiting": depths[version],
+                "workers": workers, "lifecycle": _lifecycle(lifecycles[version]),
+            }
+        )  # fmt: skip
     return rows
+
+
+def _lifecycle(life: Any) -> dict[str, Any]:
+    """A storage.versions.Lifecycle as JSON data (times in ISO 8601, UTC)."""
+
+    def iso(moment: Any) -> str | None:
+        return moment.isoformat() if moment else None
+
+    return {
+        "state": life.state,
+        "retired_since": iso(life.retired_since),
+        "purge_after": iso(life.purge_after),
+        "purged_at": iso(life.purged_at),
+        "rerouted_to": life.rerouted_to,
+    }
+
+
+def describe_lifecycle(life: dict[str, Any]) -> str:
+    """``active``, or e.g. ``retired since 2026-12-01 09:30 UTC, purge after 2026-12-08 09:30``."""
+    if life["state"] == "active":
+        return "active"
+    since = f"{life['state']} since {_minute(life['retired_since'])} UTC"
+    if life["state"] == "purged":
+        return f"{since}, images and logs purged {_minute(life['purged_at'])}"
+    moved = f", queue re-routed to {life['rerouted_to']}" if life["rerouted_to"] else ""
+    return f"{since}{moved}, images and logs purged after {_minute(life['purge_after'])}"
+
+
+def _minute(iso: str) -> str:
+    return iso[:16].replace("T", " ")
 
 
 def _golden(engine: Engine) -> dict[str, Any] | None:
@@ -160,11 +210,16 @@ def _print_experiments(settings: Settings, data: dict[str, Any]) -> None:
 
 def _print_queues(queues: list[dict[str, Any]]) -> None:
     table = Table(title="Queues and workers")
-    for column in ("version", "queue", "waiting", "workers (device, revision)"):
+    for column in ("version", "lifecycle", "queue", "waiting", "workers (device, revision)"):
         table.add_column(column)
     for q in queues:
         described = ", ".join(
             f"{w['node']} ({w['device']}, {w['revision'] or '-'})" for w in q["workers"]
         )
-        table.add_row(q["version"], q["queue"], str(q["waiting"]), described or "[red]none[/]")
+        life = q["lifecycle"]
+        idle = "none" if life["state"] in {"retired", "purged"} else "[red]none[/]"
+        table.add_row(
+            q["version"], describe_lifecycle(life), q["queue"], str(q["waiting"]),
+            described or idle,
+        )  # fmt: skip
     console.print(table)

@@ -1,7 +1,9 @@
 """`canary retire`: stop routing to a version, drain or re-route its queue, stop its workers.
 
-Job records stay as they are (read-only history); the retention job in scheduler/ deletes
-the version's images and logs once its retention period has passed.
+Job records stay as they are (read-only history), and a log export is written to the
+object store (canary/retire_export.py); the retention job in scheduler/ deletes the
+version's images and logs once its retention period has passed. The retirement is
+announced to the notification webhooks.
 """
 
 from __future__ import annotations
@@ -14,9 +16,12 @@ from sqlalchemy import update
 from sqlalchemy.engine import Engine
 
 from canary.hotfix import online_workers
+from canary.retire_export import export_logs
 from canary.settings import Settings
+from scheduler.notify import Notice, Notifier
 from storage import versions
 from storage.models import Job, JobStatus
+from storage.objects import ObjectStore, store_from_settings
 from tasks.queues import queue_depth
 from tasks.spec import RENDER_TASK
 
@@ -30,6 +35,7 @@ class RetireOutcome:
     version: str
     rerouted: int = 0
     stopped: list[str] = field(default_factory=list)
+    exported: list[str] = field(default_factory=list)  # object keys of the log export
     elapsed_s: float = 0.0
 
 
@@ -78,6 +84,9 @@ def retire(
     reroute_to: str | None = None,
     retention_days: float = 7.0,
     timeout: float = 3600.0,
+    actor: str = "operator",
+    store: ObjectStore | None = None,
+    notifier: Notifier | None = None,
 ) -> RetireOutcome:
     if version not in settings.versions:
         raise RetireError(f"unknown version {version!r}")
@@ -95,5 +104,14 @@ def retire(
     if nodes:
         app.control.shutdown(destination=nodes)  # warm: each finishes what it holds
         outcome.stopped = nodes
+    store = store or store_from_settings(settings)
+    outcome.exported = export_logs(settings, engine, store, version)
     outcome.elapsed_s = time.monotonic() - started
+    (notifier or Notifier.from_settings(settings)).send(
+        Notice(
+            kind="retire", subject=version, actor=actor, to_stage=reroute_to,
+            reason=f"queue {'re-routed' if reroute_to else 'drained'}, workers stopped: "
+            f"{', '.join(nodes) or 'none online'}; images and logs kept {retention_days:g} days",
+        )
+    )  # fmt: skip
     return outcome

@@ -25,6 +25,10 @@ err = Console(stderr=True)
 
 Actor = Annotated[str, typer.Option(help="Who acts (recorded in the audit log)")]
 Reason = Annotated[str, typer.Option(help="Why (recorded in the audit log)")]
+Force = Annotated[
+    bool,
+    typer.Option(help="Override gates that do not say advance (needs --reason; marked forced)"),
+]
 
 
 def _user() -> str:
@@ -63,13 +67,17 @@ def _evaluation(control, name: str) -> dict[str, Any]:  # type: ignore[no-untype
     return report["gates"]
 
 
-def _run(action):  # type: ignore[no-untyped-def]
+def _run(action, control=None):  # type: ignore[no-untyped-def]
+    """Run a rollout action; refusals exit 1, failed notifications are only reported."""
     from scheduler.rollout import RolloutError
 
     try:
         return action()
     except RolloutError as exc:
         raise _fail(str(exc)) from None
+    finally:
+        for failure in control.notifier.failures if control is not None else []:
+            err.print(f"[yellow]warning:[/] notification failed: {failure}", soft_wrap=True)
 
 
 @rollout_app.command("status")
@@ -116,10 +124,18 @@ def _status_document(control: Rollout, experiment: str, state: LiveState) -> dic
                 "from_stage": event.from_stage,
                 "to_stage": event.to_stage,
                 "reason": event.reason,
+                "gates": (evidence := _evidence(event.evaluation)).get("verdict"),
+                "forced": bool(evidence.get("forced")),
             }
             for event in audit
         ],
     }
+
+
+def _evidence(evaluation: str | None) -> dict[str, Any]:
+    import json
+
+    return json.loads(evaluation) if evaluation else {}
 
 
 def _print_status(doc: dict[str, Any]) -> None:
@@ -134,12 +150,14 @@ def _print_status(doc: dict[str, Any]) -> None:
     console.print(f"stage {doc['stage']}{since}: candidate share {shares}{flag}")
     console.print(f"automatic mode: {'on' if doc['auto'] else 'off'}")
     table = Table(title="Audit log (latest first)")
-    for column in ("when (UTC)", "who", "action", "from", "to", "reason"):
+    for column in ("when (UTC)", "who", "action", "from", "to", "gates", "reason"):
         table.add_column(column)
     for event in doc["audit"]:
+        action = event["action"] + (" [bold red](FORCED)[/]" if event["forced"] else "")
         table.add_row(
-            event["at"][:19].replace("T", " "), event["actor"], event["action"],
-            event["from_stage"] or "-", event["to_stage"] or "-", event["reason"],
+            event["at"][:19].replace("T", " "), event["actor"], action,
+            event["from_stage"] or "-", event["to_stage"] or "-", event["gates"] or "-",
+            event["reason"],
         )  # fmt: skip
     console.print(table)
 
@@ -154,19 +172,22 @@ def advance(
     experiment: str,
     reason: Reason,
     actor: Actor = "",
-    force: Annotated[bool, typer.Option(help="Advance although the gates do not say so")] = False,
+    force: Force = False,
 ) -> None:
     """Move to the next stage (never skipping one); the gates must agree unless --force."""
     control = _control()
     evaluation = _evaluation(control, experiment)
-    if evaluation["verdict"] != "advance" and not force:
-        reasons = "\n  ".join(evaluation["reasons"])
-        raise _fail(
-            f"the gates say {evaluation['verdict'].upper()}:\n  {reasons}\n"
-            "(use --force to advance anyway; it is recorded)"
-        )
-    state = _run(lambda: control.advance(experiment, actor or _user(), reason, evaluation))
-    console.print(f"{experiment}: now at stage {state.stage}")
+    state = _run(
+        lambda: control.advance(experiment, actor or _user(), reason, evaluation, force=force),
+        control,
+    )
+    console.print(f"{experiment}: now at stage {state.stage}{_forced_note(evaluation, force)}")
+
+
+def _forced_note(evaluation: dict[str, Any], force: bool) -> str:
+    if force and evaluation.get("verdict") != "advance":
+        return f" (FORCED over the gates' {evaluation.get('verdict')}; recorded)"
+    return ""
 
 
 @rollout_app.command("hold")
@@ -174,7 +195,7 @@ def hold(experiment: str, reason: Reason, actor: Actor = "") -> None:
     """Stay at the current stage; records the decision and today's gate evaluation."""
     control = _control()
     evaluation = _evaluation(control, experiment)
-    state = _run(lambda: control.hold(experiment, actor or _user(), reason, evaluation))
+    state = _run(lambda: control.hold(experiment, actor or _user(), reason, evaluation), control)
     console.print(f"{experiment}: holding at {state.stage} (gates: {evaluation['verdict']})")
 
 
@@ -193,7 +214,8 @@ def rollback(
     control = _control()
     evaluation = _evaluation(control, experiment)
     state, moved = _run(
-        lambda: control.rollback(experiment, actor or _user(), reason, evaluation, queued)  # type: ignore[arg-type]
+        lambda: control.rollback(experiment, actor or _user(), reason, evaluation, queued),  # type: ignore[arg-type]
+        control,
     )
     console.print(
         f"{experiment}: rolled back at stage {state.stage}; new traffic goes to the baseline"
@@ -202,11 +224,23 @@ def rollback(
 
 
 @rollout_app.command("set-stage")
-def set_stage(experiment: str, stage: str, reason: Reason, actor: Actor = "") -> None:
-    """Put the experiment at a named stage (also resumes after a rollback)."""
+def set_stage(
+    experiment: str, stage: str, reason: Reason, actor: Actor = "", force: Force = False
+) -> None:
+    """Put the experiment at a named stage (also resumes after a rollback). A stage with
+    more exposure than now needs the gates to say advance, as `advance` does, or --force."""
     control = _control()
-    state = _run(lambda: control.set_stage(experiment, stage, actor or _user(), reason))
-    console.print(f"{experiment}: now at stage {state.stage}")
+    evaluation = _evaluation(control, experiment)
+    before = _run(lambda: control.state(experiment))
+    state = _run(
+        lambda: control.set_stage(
+            experiment, stage, actor or _user(), reason, evaluation, force=force
+        ),
+        control,
+    )
+    raised = control.raises_exposure(experiment, before, stage)
+    note = _forced_note(evaluation, force) if raised else ""
+    console.print(f"{experiment}: now at stage {state.stage}{note}")
 
 
 @rollout_app.command("auto")

@@ -7,11 +7,19 @@ object directory and model folders under ``CANARY_HOME`` (``./.canary``).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
+from pydantic import (
+    AliasChoices,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 VERSION_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
@@ -189,6 +197,22 @@ class Settings(BaseSettings):
         default="0 1 * * *", description="When the automatic mode evaluates the gates (crontab)"
     )
 
+    # --- notifications (scheduler/notify.py) ---
+    notify_webhooks: SecretStr | None = Field(
+        default=None,
+        description="Webhooks told of every stage change and verdict change: comma "
+        "separated, each `slack=URL` (Slack-compatible message) or `json=URL` (the notice's "
+        "fields); a bare URL is `json`. Secret: Slack's URLs carry their token",
+    )
+    notify_attempts: int = Field(default=4, ge=1, le=20, description="Tries per webhook")
+    notify_backoff_s: float = Field(
+        default=0.5, ge=0, description="First retry delay; doubles on each retry"
+    )
+    notify_timeout_s: float = Field(default=5.0, gt=0, description="Per request")
+    notify_deadline_s: float = Field(
+        default=15.0, gt=0, description="Give up on a webhook after this long (retries included)"
+    )
+
     # --- events ---
     api_max_events: int = Field(default=1000, ge=1, le=10_000, description="Events per batch")
     event_max_age_days: float = Field(
@@ -241,6 +265,13 @@ class Settings(BaseSettings):
         parse_schedule(value)
         return value
 
+    @field_validator("notify_webhooks")
+    @classmethod
+    def _valid_webhooks(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            parse_webhooks(value.get_secret_value())
+        return value
+
     @field_validator("golden_timezone")
     @classmethod
     def _known_zone(cls, value: str) -> str:
@@ -255,11 +286,15 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _check_time_limits(self) -> Settings:
         if self.task_soft_time_limit_s >= self.task_time_limit_s:
-            raise ValueError("task_soft_time_limit_s must be below task_time_limit_s")
+            raise ValueError(
+                "CANARY_TASK_SOFT_TIME_LIMIT_S must be below CANARY_TASK_TIME_LIMIT_S "
+                f"({self.task_soft_time_limit_s} >= {self.task_time_limit_s})"
+            )
         if self.visibility_timeout_s <= self.task_time_limit_s:
             raise ValueError(
-                "visibility_timeout_s must exceed task_time_limit_s, or Redis redelivers "
-                "jobs that are still running"
+                "CANARY_VISIBILITY_TIMEOUT_S must exceed CANARY_TASK_TIME_LIMIT_S "
+                f"({self.visibility_timeout_s} <= {self.task_time_limit_s}), or Redis "
+                "redelivers jobs that are still running"
             )
         return self
 
@@ -320,6 +355,35 @@ class Settings(BaseSettings):
     def queue_for(self, version: str) -> str:
         return f"render.{version}"
 
+    @property
+    def notify_targets(self) -> list[Webhook]:
+        """``notify_webhooks`` parsed: ``slack=URL`` / ``json=URL`` / ``URL`` (json)."""
+        if self.notify_webhooks is None:
+            return []
+        return parse_webhooks(self.notify_webhooks.get_secret_value())
+
+
+@dataclass(frozen=True)
+class Webhook:
+    url: str
+    format: Literal["slack", "json"] = "json"
+
+
+def parse_webhooks(text: str) -> list[Webhook]:
+    hooks = []
+    for item in (part.strip() for part in text.split(",")):
+        if not item:
+            continue
+        fmt, sep, url = item.partition("=")
+        if sep and fmt in ("slack", "json"):
+            hooks.append(Webhook(url.strip(), fmt))  # type: ignore[arg-type]
+        else:
+            hooks.append(Webhook(item))
+    for hook in hooks:
+        if not hook.url.startswith(("http://", "https://")):
+            raise ValueError(f"notify webhook {mask_url(hook.url)!r} is not an http(s) URL")
+    return hooks
+
 
 def mask_url(url: str) -> str:
     """``url`` with any password replaced by ``***`` (safe to print and log)."""
@@ -334,9 +398,40 @@ def mask_url(url: str) -> str:
     return urlunsplit(parts._replace(netloc=netloc))
 
 
+class ConfigError(ValueError):
+    """Invalid settings from the environment: one line per bad setting, naming its variable
+    but never its value (it may be a password, a token or a URL with credentials)."""
+
+    def __init__(self, lines: list[str]) -> None:
+        super().__init__("\n".join(lines))
+        self.lines = lines
+
+
+def env_name(field: str) -> str:
+    """The environment variable a settings field is read from."""
+    info = Settings.model_fields.get(field)
+    alias = info.validation_alias if info is not None else None
+    if isinstance(alias, AliasChoices):
+        return str(alias.choices[0])
+    return f"CANARY_{field.upper()}"
+
+
+def _config_error(exc: ValidationError) -> ConfigError:
+    lines = []
+    for error in exc.errors(include_url=False, include_input=False, include_context=False):
+        message = error["msg"].removeprefix("Value error, ")
+        where = error["loc"][0] if error["loc"] else None
+        lines.append(f"{env_name(str(where))}: {message}" if where else message)
+    return ConfigError(lines)
+
+
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
-    return Settings()
+    """The settings of this process; raises ConfigError (without the values) if invalid."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        raise _config_error(exc) from None
 
 
 def reset_settings_cache() -> None:

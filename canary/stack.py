@@ -5,7 +5,9 @@ fixed loopback port (``CANARY_LOCAL_BROKER_PORT``), so other `canary` commands i
 shells, and an API started before the stack, find it after every restart;
 ``$CANARY_HOME/stack.json`` records the running stack's pid. Honcho multiplexes the
 processes' output; every process also gets its own log file under ``$CANARY_HOME/logs``.
-Ctrl-C (or SIGTERM) stops everything.
+Ctrl-C (or SIGTERM) stops everything, and so does any process that dies, except a worker
+of a version that `canary retire` has retired: its exit is the plan, and the rest of the
+stack keeps running. Retired versions get no worker when the stack starts.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import json
 import os
 import shlex
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
@@ -22,11 +24,52 @@ from typing import IO
 from honcho.manager import Manager
 from honcho.printer import Printer
 
+from canary.flower_info import flower_lines
 from canary.settings import Settings
 
 
 class StackError(RuntimeError):
     pass
+
+
+class Supervisor(Manager):
+    """Honcho's manager, except that a process whose exit ``expected`` accepts (a retired
+    version's worker) does not bring the others down.
+
+    Honcho stops everything once ``_any_stopped()`` is true and returns when
+    ``_all_stopped()`` is; only the first is narrowed here, so Ctrl-C and a crash of any
+    other process still stop the whole stack.
+    """
+
+    def __init__(self, expected: Callable[[str], bool], **kwargs) -> None:  # type: ignore[no-untyped-def]
+        super().__init__(**kwargs)
+        self.expected = expected
+        self._verdicts: dict[str, bool] = {}  # process name -> its exit was expected
+        self._first_unexpected: int | None = None  # return code of the first other exit
+
+    def _any_stopped(self) -> bool:
+        for name, process in self._processes.items():
+            if "returncode" not in process:
+                continue
+            if name not in self._verdicts:
+                self._verdicts[name] = self.expected(name)
+                if self._verdicts[name]:
+                    self._system_print(
+                        f"{name} stopped: its version is retired; the rest runs on\n"
+                    )
+            if not self._verdicts[name]:
+                if self._first_unexpected is None:
+                    self._first_unexpected = int(process["returncode"] or 0)
+                return True
+        return False
+
+    @property
+    def exit_code(self) -> int:
+        """Honcho's code (a signal's, else the first exit's); when the first exit was an
+        expected one, the first unexpected exit's code instead."""
+        if self.returncode or not any(self._verdicts.values()):
+            return int(self.returncode or 0)
+        return self._first_unexpected or 0
 
 
 class TeePrinter(Printer):
@@ -134,13 +177,30 @@ def _command(*args: str) -> str:
     return shlex.join([sys.executable, "-m", "canary.cli", *args])
 
 
-def build_processes(settings: Settings, devices: dict[str, str]) -> dict[str, str]:
-    """Process name -> shell command, one worker per configured version."""
+def retired_versions(settings: Settings) -> set[str]:
+    """Versions `canary retire` has retired (none before `canary db init`)."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from storage import versions
+    from storage.db import get_engine
+
+    try:
+        engine = get_engine(settings.resolved_database_url)
+        return {s.version for s in versions.retired_states(engine)}
+    except SQLAlchemyError:
+        return set()
+
+
+def build_processes(
+    settings: Settings, devices: dict[str, str], retired: set[str] | None = None
+) -> dict[str, str]:
+    """Process name -> shell command, one worker per configured version not retired."""
     processes = {
         f"worker-{version}": _command(
             "worker", "--model-version", version, "--device", devices.get(version, "cpu")
         )
         for version in settings.versions
+        if version not in (retired or set())
     }
     processes["scheduler"] = _command("scheduler-worker")
     processes["beat"] = _command("beat")
@@ -148,28 +208,43 @@ def build_processes(settings: Settings, devices: dict[str, str]) -> dict[str, st
     return processes
 
 
+def _retired_worker(settings: Settings) -> Callable[[str], bool]:
+    def expected(name: str) -> bool:
+        version = name.removeprefix("worker-")
+        return name.startswith("worker-") and version in retired_versions(settings)
+
+    return expected
+
+
 def run_stack(settings: Settings, devices: dict[str, str] | None = None) -> int:
     """Run the stack in the foreground until interrupted; returns an exit code."""
     devices = devices or {}
     settings.log_dir.mkdir(parents=True, exist_ok=True)
+    retired = retired_versions(settings)
     with broker(settings) as broker_url:
         settings.stack_file.write_text(
             json.dumps({"broker": settings.shown_broker_url, "pid": os.getpid()})
         )
         print(f"canary up: broker {settings.shown_broker_url}", flush=True)
+        for line in flower_lines(settings):
+            print(f"canary up: {line}", flush=True)
+        for version in sorted(retired & set(settings.versions)):
+            print(f"canary up: {version} is retired: no worker started for it", flush=True)
         printer = TeePrinter(sys.stdout, settings.log_dir)
         try:
-            manager = Manager(printer=printer)
+            manager = Supervisor(_retired_worker(settings), printer=printer)
             env = {**os.environ, "REDIS_URL": broker_url, "PYTHONUNBUFFERED": "1"}
-            cpu_workers = sum(1 for v in settings.versions if devices.get(v, "cpu") == "cpu")
+            cpu_workers = sum(
+                1 for v in settings.versions if devices.get(v, "cpu") == "cpu" and v not in retired
+            )
             if settings.torch_threads is None and cpu_workers:
                 # CPU workers share this host's cores instead of each taking all of them.
                 threads = max(1, (os.cpu_count() or 1) // cpu_workers)
                 env["CANARY_TORCH_THREADS"] = str(threads)
-            for name, command in build_processes(settings, devices).items():
+            for name, command in build_processes(settings, devices, retired).items():
                 manager.add_process(name, command, env=env)
             manager.loop()
-            return manager.returncode or 0
+            return manager.exit_code
         finally:
             printer.close()
             settings.stack_file.unlink(missing_ok=True)

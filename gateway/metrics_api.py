@@ -1,14 +1,24 @@
 """`GET /metrics`: Prometheus metrics, collected from the broker and the database per scrape.
 
 Flower exports task events but not queue depth; this endpoint adds what an operator
-alerts on: queue depth per version, jobs by version and outcome, failure kinds, render
-and end-to-end latency histograms, online workers per version and revision, and each
-experiment's live stage. Counts come from the job table, so they survive restarts and
-agree across several API processes.
+alerts on (monitoring/alerts.yaml, monitoring/grafana-dashboard.json): queue depth per
+version, finished jobs by version and outcome, failure kinds, render and end-to-end
+latency histograms, online workers per version and revision, each experiment's live stage
+and latest gate verdict. Counts come from the job table (rows are never deleted), so they
+only grow, survive restarts and agree across several API processes: they are counters.
+
+Conventions: ``canary_`` prefix, base units in names (``_seconds``, ``_ratio``,
+``_messages``), counters end in ``_total``, and labels take values from small closed sets
+(versions, statuses, kinds, experiments, segments), never job or user ids.
+
+The broker is read with a deadline (gateway/broker_probe.py): when it does not answer,
+``canary_broker_up`` is 0, the broker-derived gauges are left out and everything else is
+still exported, so a scrape answers in about a second whatever the broker does.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from typing import Annotated
 
@@ -16,70 +26,98 @@ from celery import Celery
 from fastapi import APIRouter, Depends
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
 from sqlalchemy.engine import Engine
 
 from canary.settings import Settings
 from gateway.auth import Principal
+from gateway.broker_probe import BrokerProbe, BrokerReading, broker_reader
 from gateway.experiment_source import ExperimentSource
 from gateway.http_auth import require_role
+from gateway.lifecycle_metrics import lifecycle_metrics
 from storage import overview
 from storage.models import TERMINAL_STATUSES, ApiKeyRole, Job
-from tasks.queues import consumers, queue_depth
 
 LATENCY_BUCKETS_S = (0.1, 0.25, 0.5, 1, 2, 4, 6, 8.5, 12, 20, 30, 60, 120, 300)
+# A scrape answers within Prometheus's default 10 s timeout and the 2 s operators set;
+# the broker gets this long (a ping, then each recorded worker's reply), the database rest.
+BROKER_DEADLINE_S = 1.0
+BROKER_TIMEOUT_S = 0.5
+VERDICTS = ("advance", "hold", "rollback")
 Scraper = Annotated[Principal, Depends(require_role(ApiKeyRole.OPERATOR))]
 
 
 class CanaryCollector(Collector):
     def __init__(
-        self, settings: Settings, engine: Engine, app: Celery, experiments: ExperimentSource
+        self,
+        settings: Settings,
+        engine: Engine,
+        app: Celery,
+        experiments: ExperimentSource,
+        broker: BrokerProbe | None = None,
     ) -> None:
         self.settings = settings
         self.engine = engine
         self.app = app
         self.experiments = experiments
+        self.broker = broker or BrokerProbe(
+            broker_reader(settings, app, self._recorded_nodes, BROKER_TIMEOUT_S),
+            BROKER_DEADLINE_S,
+        )
+
+    def _recorded_nodes(self) -> list[str]:
+        return [r.node for r in overview.worker_records(self.engine)]
 
     def collect(self) -> Iterator[Metric]:
-        yield from self._queues()
+        reading = self.broker.read()
+        up = GaugeMetricFamily(
+            "canary_broker_up", "1 if the broker answered this scrape in time, else 0 (queue "
+            "and worker gauges are then left out)", value=int(reading is not None),
+        )  # fmt: skip
+        yield up
+        if reading is not None:
+            yield from self._queues(reading)
+            yield from self._workers(reading)
         yield from self._jobs()
         yield from self._latency()
-        yield from self._workers()
         yield from self._experiments()
+        yield from lifecycle_metrics(self.settings, self.engine, reading)
 
-    def _queues(self) -> Iterator[Metric]:
+    def _queues(self, reading: BrokerReading) -> Iterator[Metric]:
         depth = GaugeMetricFamily(
-            "canary_queue_depth", "Messages waiting on a version's queue", labels=["version"]
+            "canary_queue_messages", "Messages waiting on a version's queue", labels=["version"]
         )
         for version in self.settings.versions:
-            depth.add_metric([version], queue_depth(self.app, self.settings.queue_for(version)))
+            depth.add_metric([version], reading.depths[version])
         yield depth
 
     def _jobs(self) -> Iterator[Metric]:
-        current = GaugeMetricFamily(
-            "canary_jobs", "Jobs by version, status and source (live or golden)",
-            labels=["version", "status", "source"],
+        unfinished = GaugeMetricFamily(
+            "canary_jobs_unfinished", "Jobs queued or running, by version, status and source "
+            "(live or golden)", labels=["version", "status", "source"],
         )  # fmt: skip
-        finished = GaugeMetricFamily(
-            "canary_jobs_finished", "Finished jobs by version and outcome (only ever grows)",
-            labels=["version", "outcome"],
+        finished = CounterMetricFamily(
+            "canary_jobs_finished", "Finished jobs by version, outcome and source",
+            labels=["version", "outcome", "source"],
         )  # fmt: skip
-        totals: dict[tuple[str, str], int] = {}
-        for version, status, source, n in overview.jobs_by_status(self.engine):
-            current.add_metric([version, status, source], n)
+        for version, status, source, n in sorted(overview.jobs_by_status(self.engine)):
             if status in TERMINAL_STATUSES:
-                key = (version, status.lower())
-                totals[key] = totals.get(key, 0) + n
-        for (version, outcome), n in sorted(totals.items()):
-            finished.add_metric([version, outcome], n)
-        failures = GaugeMetricFamily(
+                finished.add_metric([version, status.lower(), source], n)
+            else:
+                unfinished.add_metric([version, status.lower(), source], n)
+        failures = CounterMetricFamily(
             "canary_job_failures", "Failed jobs by version and failure kind",
             labels=["version", "kind"],
         )  # fmt: skip
-        for version, kind, n in overview.failures_by_kind(self.engine):
+        for version, kind, n in sorted(overview.failures_by_kind(self.engine)):
             failures.add_metric([version, kind], n)
-        yield from (current, finished, failures)
+        yield from (unfinished, finished, failures)
 
     def _latency(self) -> Iterator[Metric]:
         for name, column, help_text in (
@@ -95,12 +133,13 @@ class CanaryCollector(Collector):
                 family.add_metric([version], buckets, h.total_seconds)
             yield family
 
-    def _workers(self) -> Iterator[Metric]:
-        """Online render workers (answering the broker) by version, device and revision."""
+    def _workers(self, reading: BrokerReading) -> Iterator[Metric]:
+        """Online render workers (answering the broker) by version, and by device and
+        revision (mixed revisions of one version are a deployment error)."""
         records = {r.node: r for r in overview.worker_records(self.engine)}
-        online = consumers(self.app, timeout=0.5)
+        per_version = dict.fromkeys(self.settings.versions, 0)
         counts: dict[tuple[str, str, str], int] = {}
-        for node, queues in online.items():
+        for node, queues in reading.consumers.items():
             for version in self.settings.versions:
                 if self.settings.queue_for(version) in queues:
                     record = records.get(node)
@@ -108,36 +147,66 @@ class CanaryCollector(Collector):
                     revision = (record.revision or "none") if record else "unknown"
                     key = (version, device, revision)
                     counts[key] = counts.get(key, 0) + 1
-        workers = GaugeMetricFamily(
-            "canary_workers", "Online render workers", labels=["version", "device", "revision"]
-        )
+                    per_version[version] += 1
+        online = GaugeMetricFamily(
+            "canary_workers_online", "Online render workers per version (0: none)",
+            labels=["version"],
+        )  # fmt: skip
+        for version, n in per_version.items():
+            online.add_metric([version], n)
+        by_revision = GaugeMetricFamily(
+            "canary_workers_online_by_revision", "Online render workers by version, device "
+            "and weights revision", labels=["version", "device", "revision"],
+        )  # fmt: skip
         for labels, n in sorted(counts.items()):
-            workers.add_metric(list(labels), n)
-        yield workers
+            by_revision.add_metric(list(labels), n)
+        yield from (online, by_revision)
 
     def _experiments(self) -> Iterator[Metric]:
         stage = GaugeMetricFamily(
-            "canary_experiment_stage", "1 for each experiment's live stage; index is its rank",
-            labels=["experiment", "stage", "index"],
+            "canary_experiment_stage", "1 for each experiment's live stage",
+            labels=["experiment", "stage"],
+        )  # fmt: skip
+        index = GaugeMetricFamily(
+            "canary_experiment_stage_index", "Rank of the live stage (0: the first)",
+            labels=["experiment"],
         )  # fmt: skip
         share = GaugeMetricFamily(
-            "canary_experiment_candidate_share", "Candidate share per segment now",
+            "canary_experiment_candidate_share_ratio", "Candidate share per segment now (0-1)",
             labels=["experiment", "segment"],
         )  # fmt: skip
         rolled_back = GaugeMetricFamily(
             "canary_experiment_rolled_back", "1 when rolled back", labels=["experiment"]
         )
+        verdict = GaugeMetricFamily(
+            "canary_experiment_gate_verdict", "1 for the gate verdict of the latest daily "
+            "dashboard (advance, hold, rollback); absent before the first",
+            labels=["experiment", "verdict"],
+        )  # fmt: skip
         for experiment in self.experiments.config.experiments:
             names = [s.name for s in experiment.stages]
-            stage.add_metric(
-                [experiment.name, experiment.stage, str(names.index(experiment.stage))], 1
-            )
+            stage.add_metric([experiment.name, experiment.stage], 1)
+            index.add_metric([experiment.name], names.index(experiment.stage))
             rolled_back.add_metric([experiment.name], int(experiment.rolled_back))
             for segment, value in experiment.current_stage.shares.items():
                 share.add_metric(
                     [experiment.name, segment], 0.0 if experiment.rolled_back else value
                 )
-        yield from (stage, share, rolled_back)
+            latest = self._latest_verdict(experiment.name)
+            if latest is not None:
+                for name in VERDICTS:
+                    verdict.add_metric([experiment.name, name], int(name == latest))
+        yield from (stage, index, share, rolled_back, verdict)
+
+    def _latest_verdict(self, experiment: str) -> str | None:
+        from scheduler.dashboards import dashboard_paths
+
+        path = dashboard_paths(self.settings, experiment, None)[1]
+        try:
+            found = json.loads(path.read_text(encoding="utf-8"))["gates"]["verdict"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        return found if found in VERDICTS else None
 
 
 def metrics_router(

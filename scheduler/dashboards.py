@@ -18,6 +18,7 @@ from analysis.experiment_report import report_for_experiment
 from analysis.gates import load_policy
 from canary.settings import Settings, get_settings
 from gateway.experiment_source import ExperimentSource
+from scheduler.notify import Notice, Notifier
 from scheduler.schedule import DASHBOARD_TASK
 from storage.db import get_engine
 from storage.models import utcnow
@@ -32,8 +33,19 @@ def dashboard_paths(settings: Settings, experiment: str, day: date | None) -> tu
     return folder / f"{stem}.html", folder / f"{stem}.json"
 
 
-def write_dashboards(settings: Settings, engine: Engine, day: date) -> list[Path]:
-    """Report and dashboard of every experiment in the file for the days up to ``day``."""
+def _previous_verdict(path: Path) -> str | None:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))["gates"]["verdict"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def write_dashboards(
+    settings: Settings, engine: Engine, day: date, notifier: Notifier | None = None
+) -> list[Path]:
+    """Report and dashboard of every experiment in the file for the days up to ``day``;
+    a verdict that differs from the previous dashboard's is announced to the webhooks."""
+    notifier = notifier or Notifier.from_settings(settings)
     config = ExperimentSource.from_settings(settings, engine).config
     p95_limit = load_policy(settings.gate_policy_file).guardrails.p95_latency_max_ms
     written = []
@@ -41,12 +53,22 @@ def write_dashboards(settings: Settings, engine: Engine, day: date) -> list[Path
         report = report_for_experiment(settings, engine, config, experiment.name, day)
         html = render_dashboard(report, p95_limit)
         text = json.dumps(report, indent=1, default=str)
+        previous = _previous_verdict(dashboard_paths(settings, experiment.name, None)[1])
         for target_day in (day, None):
             html_path, json_path = dashboard_paths(settings, experiment.name, target_day)
             html_path.parent.mkdir(parents=True, exist_ok=True)
             html_path.write_text(html, encoding="utf-8")
             json_path.write_text(text, encoding="utf-8")
         written.append(dashboard_paths(settings, experiment.name, day)[0])
+        verdict = report["gates"]["verdict"]
+        if verdict != previous:
+            notifier.send(
+                Notice(
+                    kind="verdict", subject=experiment.name, actor="daily report",
+                    reason="; ".join(report["gates"].get("reasons", [])) or verdict,
+                    verdict=verdict, previous_verdict=previous,
+                )
+            )  # fmt: skip
         log.info("dashboard of %s for %s: %s", experiment.name, day, report["gates"]["verdict"])
     return written
 

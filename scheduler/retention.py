@@ -33,7 +33,7 @@ def purge_retired(settings: Settings, store: ObjectStore) -> dict[str, int]:
         if now - retired_at < timedelta(days=state.retention_days):
             continue
         keys = store.list(f"renders/{state.version}/")
-        for key in keys:
+        for key in keys + store.list(f"logs/{state.version}/"):  # the retire log export too
             store.delete(key)
         for log_file in settings.log_dir.glob(f"worker-{state.version}*.log"):
             log_file.unlink(missing_ok=True)

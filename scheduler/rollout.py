@@ -5,6 +5,11 @@ from, to, why, and the gate evaluation behind it). The automatic mode, when swit
 on for an experiment, runs daily: it rolls back at once on a guardrail breach, advances
 exactly one stage when the gates say so and the stage has lasted its minimum time, and
 otherwise holds. It never skips a stage.
+
+Every change that raises the candidate's exposure (advance, set-stage to a later stage,
+resuming after a rollback) needs the gates to say advance, or ``force`` with a reason;
+a forced change is marked in its audit row (``"forced": true`` in the evaluation). Each
+action is announced to the configured webhooks (scheduler/notify.py) once committed.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from sqlalchemy.engine import Engine
 
 from canary.settings import Settings
 from gateway.experiments import Experiment, ExperimentConfig
+from scheduler.notify import Notice, Notifier
 from storage import rollout
 from storage.models import ExperimentState, RolloutEvent, utcnow
 
@@ -27,6 +33,10 @@ QueuedPolicy = Literal["finish", "reroute"]
 
 class RolloutError(ValueError):
     pass
+
+
+class GatesRefuse(RolloutError):
+    """A change that raises exposure while the gates do not say advance (and no force)."""
 
 
 @dataclass(frozen=True)
@@ -61,11 +71,13 @@ class Rollout:
         engine: Engine,
         config: ExperimentConfig,
         app: Celery | None = None,
+        notifier: Notifier | None = None,
     ) -> None:
         self.settings = settings
         self.engine = engine
         self.config = config
         self.app = app
+        self.notifier = notifier or Notifier.from_settings(settings)
         self.clock: Callable[[], datetime] = utcnow  # simulated days replace it in tests
 
     # ------------------------------------------------------------ reading
@@ -87,6 +99,31 @@ class Rollout:
         names = [s.name for s in self.experiment(name).stages]
         index = names.index(stage) if stage in names else -1
         return names[index + 1] if 0 <= index < len(names) - 1 else None
+
+    def raises_exposure(self, name: str, before: LiveState, stage: str) -> bool:
+        """Whether moving to ``stage`` (not rolled back) gives the candidate more traffic:
+        a later stage (shares only grow along the ladder), or any stage after a rollback."""
+        names = [s.name for s in self.experiment(name).stages]
+        if before.rolled_back or before.stage not in names:
+            return True
+        return names.index(stage) > names.index(before.stage)
+
+    @staticmethod
+    def check_gates(
+        evaluation: dict[str, Any] | None, force: bool, what: str
+    ) -> dict[str, Any] | None:
+        """The evaluation to record, marked ``forced`` when ``force`` overrode it; raises
+        GatesRefuse when the gates do not say advance and nothing overrides them."""
+        verdict = (evaluation or {}).get("verdict")
+        if verdict == "advance":
+            return evaluation
+        if not force:
+            reasons = "\n  ".join((evaluation or {}).get("reasons") or ["no gate evaluation"])
+            raise GatesRefuse(
+                f"the gates say {str(verdict or 'nothing').upper()}:\n  {reasons}\n"
+                f"(use --force --reason TEXT to {what} anyway; it is recorded as forced)"
+            )
+        return {**(evaluation or {}), "forced": True}
 
     # ------------------------------------------------------------ writing
     def _write(
@@ -119,8 +156,38 @@ class Rollout:
         except rollout.ConcurrentChange as exc:
             raise RolloutError(str(exc)) from None
 
+    def _announce(
+        self,
+        name: str,
+        action: str,
+        actor: str,
+        reason: str,
+        before: LiveState,
+        after: tuple[str, bool],
+        evaluation: dict[str, Any] | None,
+    ) -> None:
+        self.notifier.send(
+            Notice(
+                kind=action,  # type: ignore[arg-type]
+                subject=name,
+                actor=actor,
+                reason=reason,
+                from_stage=_label(before.stage, before.rolled_back),
+                to_stage=_label(*after),
+                verdict=(evaluation or {}).get("verdict"),
+                forced=bool((evaluation or {}).get("forced")),
+                at=self.clock(),
+            )
+        )
+
     def advance(
-        self, name: str, actor: str, reason: str, evaluation: dict[str, Any] | None = None
+        self,
+        name: str,
+        actor: str,
+        reason: str,
+        evaluation: dict[str, Any] | None = None,
+        *,
+        force: bool = False,
     ) -> ExperimentState:
         before = self.state(name)
         if before.rolled_back:
@@ -132,10 +199,13 @@ class Rollout:
                 f"{name} is at its last stage ({before.stage}); retire the baseline with "
                 f"`canary retire --model-version {experiment.baseline}`"
             )
-        return self._write(
+        evaluation = self.check_gates(evaluation, force, "advance")
+        state = self._write(
             name, before, action="advance", actor=actor, reason=reason, stage=target,
             rolled_back=False, evaluation=evaluation,
         )  # fmt: skip
+        self._announce(name, "advance", actor, reason, before, (target, False), evaluation)
+        return state
 
     def hold(
         self, name: str, actor: str, reason: str, evaluation: dict[str, Any] | None = None
@@ -150,6 +220,8 @@ class Rollout:
                 evaluation=rollout.evaluation_json(evaluation),
             ),
         )  # fmt: skip
+        after = (before.stage, before.rolled_back)
+        self._announce(name, "hold", actor, reason, before, after, evaluation)
         return before
 
     def rollback(
@@ -167,6 +239,10 @@ class Rollout:
             reason=f"{reason} (queued candidate jobs: {queued})", stage=before.stage,
             rolled_back=True, evaluation=evaluation,
         )  # fmt: skip
+        full_reason = f"{reason} (queued candidate jobs: {queued})"
+        self._announce(
+            name, "rollback", actor, full_reason, before, (before.stage, True), evaluation
+        )
         moved = 0
         if queued == "reroute":
             if self.app is None:
@@ -179,15 +255,29 @@ class Rollout:
             )
         return state, moved
 
-    def set_stage(self, name: str, stage: str, actor: str, reason: str) -> ExperimentState:
+    def set_stage(
+        self,
+        name: str,
+        stage: str,
+        actor: str,
+        reason: str,
+        evaluation: dict[str, Any] | None = None,
+        *,
+        force: bool = False,
+    ) -> ExperimentState:
+        """Put the experiment at ``stage``; raising exposure needs the gates (or force)."""
         before = self.state(name)
         names = [s.name for s in self.experiment(name).stages]
         if stage not in names:
             raise RolloutError(f"{name} has no stage {stage!r} (stages: {', '.join(names)})")
-        return self._write(
+        if self.raises_exposure(name, before, stage):
+            evaluation = self.check_gates(evaluation, force, f"move to {stage}")
+        state = self._write(
             name, before, action="set-stage", actor=actor, reason=reason, stage=stage,
-            rolled_back=False,
+            rolled_back=False, evaluation=evaluation,
         )  # fmt: skip
+        self._announce(name, "set-stage", actor, reason, before, (stage, False), evaluation)
+        return state
 
     def set_auto(self, name: str, on: bool, actor: str) -> ExperimentState:
         before = self.state(name)

@@ -357,7 +357,9 @@ class S3Store:
         )
 
     def describe(self) -> str:
-        return f"s3://{self.bucket}/{self.prefix} @ {self.client.meta.endpoint_url}"
+        from canary.settings import mask_url
+
+        return f"s3://{self.bucket}/{self.prefix} @ {mask_url(self.client.meta.endpoint_url)}"
 
     def __repr__(self) -> str:
         return f"S3Store({self.bucket!r}, prefix={self.prefix!r})"

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Collection, Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Literal
 
-from sqlalchemy import select
+from sqlalchemy import or_, select
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
-from storage.models import VersionState, utcnow
+from storage.models import Job, VersionState, utcnow
 
 
 def retire(
@@ -57,3 +61,59 @@ class RetiredVersions:
             self._retired = frozenset(s.version for s in retired_states(self.engine))
             self._read_at = time.monotonic()
         return self._retired
+
+
+LifecycleState = Literal["active", "retiring", "retired", "purged"]
+
+
+@dataclass(frozen=True)
+class Lifecycle:
+    """Where a version stands: active; retiring (routing stopped, but jobs still queued
+    or workers still online); retired since ``retired_since``; purged (images and logs
+    deleted) once ``purge_after`` has passed."""
+
+    version: str
+    state: LifecycleState
+    retired_since: datetime | None = None
+    purge_after: datetime | None = None
+    purged_at: datetime | None = None
+    rerouted_to: str | None = None
+
+
+def lifecycles(
+    engine: Engine, versions: Iterable[str], busy: Collection[str] = ()
+) -> dict[str, Lifecycle]:
+    """Each version's lifecycle; ``busy`` names the versions that still have queued jobs
+    or online workers (the broker knows that, not the database)."""
+    states = {s.version: s for s in retired_states(engine)}
+    out = {}
+    for version in versions:
+        state = states.get(version)
+        if state is None or state.retired_at is None:
+            out[version] = Lifecycle(version, "active")
+            continue
+        since = _aware(state.retired_at)
+        stage: LifecycleState = (
+            "purged" if state.purged_at else "retiring" if version in busy else "retired"
+        )
+        out[version] = Lifecycle(
+            version, stage, since, since + timedelta(days=state.retention_days),
+            _aware(state.purged_at) if state.purged_at else None, state.rerouted_to,
+        )  # fmt: skip
+    return out
+
+
+def _aware(moment: datetime) -> datetime:
+    """SQLite hands back naive datetimes; every stored time is UTC."""
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
+def jobs_served_by(engine: Engine, version: str) -> list[Job]:
+    """Every job routed to or rendered by ``version``, oldest first (for its log export)."""
+    with Session(engine) as session:
+        query = (
+            select(Job)
+            .where(or_(Job.model_version == version, Job.worker_version == version))
+            .order_by(Job.created_at)  # type: ignore[arg-type]
+        )
+        return list(session.scalars(query))

@@ -36,3 +36,17 @@ def consumers(
     )
     replies = inspector.active_queues() or {}
     return {node: [q["name"] for q in queues] for node, queues in replies.items()}
+
+
+def broker_answers(url: str, timeout_s: float) -> bool:
+    """Whether the Redis/Valkey broker at ``url`` answers a PING within ``timeout_s``
+    (connecting and reading both bounded: a host that accepts and stays silent is down)."""
+    import redis
+
+    client = redis.Redis.from_url(url, socket_connect_timeout=timeout_s, socket_timeout=timeout_s)
+    try:
+        return bool(client.ping())
+    except (redis.RedisError, OSError, ValueError):
+        return False
+    finally:
+        client.close()

@@ -4,7 +4,8 @@ Per message: claim the job (one conditional UPDATE), optionally claim compatible
 jobs for the same pipeline call (``CANARY_MICRO_BATCH``), render, hand each image to the
 worker's recorder and return, so the message is acknowledged and the next job renders
 while the recorder checks, encodes, uploads (with retries) and records this one. Crash
-safety with that overlap is argued in tasks/recorder.py and tasks/recovery.py.
+safety with that overlap is argued in tasks/recorder.py and tasks/recovery.py; what Celery
+and Flower are told about each job's outcome, in tasks/outcome.py.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from datetime import datetime, timedelta
 import numpy as np
 import torch
 from celery import Celery
-from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
+from celery.exceptions import Reject, SoftTimeLimitExceeded, TimeLimitExceeded
 from celery.signals import task_failure
 from PIL import Image
 from tenacity import retry, stop_after_attempt, wait_exponential
@@ -30,6 +31,7 @@ from storage.models import FailureKind, JobStatus, utcnow
 from tasks.app import app
 from tasks.checks import classify_output
 from tasks.faults import NO_FAULTS, Faults, batch_step_callback
+from tasks.outcome import ALREADY_FINISHED, HELD, RENDERED, REROUTED, JobFailed
 from tasks.pipelines import LoadedModel
 from tasks.recovery import resend
 from tasks.spec import RENDER_TASK, SPEC_FIELDS, RenderSpec, object_key, render_spec
@@ -194,12 +196,19 @@ def _check_spec(spec: dict) -> RenderSpec:
     return spec  # type: ignore[return-value]
 
 
-def _fail(ctx: WorkerContext, job_id: str, kind: FailureKind, message: str) -> None:
+def _fail(ctx: WorkerContext, job_id: str, kind: FailureKind, message: str) -> bool:
+    """Record the failure; False if another delivery finished the job first."""
     log.warning("job %s failed: %s: %s", job_id, kind, message)
-    jobs.finish(ctx.engine, job_id, JobStatus.FAILED, failure_kind=kind, failure_message=message)
+    return jobs.finish(
+        ctx.engine, job_id, JobStatus.FAILED, failure_kind=kind, failure_message=message
+    )
 
 
-RENDERED = "RENDERED"  # handed to the recorder, which finishes the job row
+def _fail_task(ctx: WorkerContext, job_id: str, kind: FailureKind, message: str) -> str:
+    """Inside the task: record the failure and end the task in Celery's FAILURE state."""
+    if not _fail(ctx, job_id, kind, message):
+        return ALREADY_FINISHED
+    raise JobFailed.of(kind, message)
 
 
 @dataclass
@@ -209,6 +218,7 @@ class Pending:
     claimed: jobs.Claimed
     spec: RenderSpec
     faults: Faults
+    task_id: str  # the Celery task whose outcome the recorder reports (the job id)
 
     @property
     def job_id(self) -> str:
@@ -233,21 +243,25 @@ def record(ctx: WorkerContext, item: Rendered) -> None:
     """On the recorder thread: check, encode, upload and record one rendered job.
 
     A database error propagates (the job stays RUNNING and tasks.recovery re-sends it).
+    Once the row is final, the job's task event says the same (tasks/outcome.py).
     """
     job_id, claimed = item.job_id, item.pending.claimed
+    task_id = item.pending.task_id
     try:
         png = finish_image(item.model, item.pending.spec, item.output, item.pending.faults)
         key = object_key(item.model.version, job_id)
         upload_ms = upload(ctx, key, png, item.pending.faults)
-    except RenderFailure as failure:
-        _fail(ctx, job_id, failure.kind, str(failure))
-        return
     except Exception as exc:
-        log.exception("job %s raised while being finished", job_id)
-        _fail(ctx, job_id, FailureKind.ERROR, f"{type(exc).__name__}: {exc}")
+        if isinstance(exc, RenderFailure):
+            kind, message = exc.kind, str(exc)
+        else:
+            log.exception("job %s raised while being finished", job_id)
+            kind, message = FailureKind.ERROR, f"{type(exc).__name__}: {exc}"
+        if _fail(ctx, job_id, kind, message):
+            ctx.outcomes.failed(task_id, kind, message)
         return
     finished_at = utcnow()
-    jobs.finish(
+    recorded = jobs.finish(
         ctx.engine,
         job_id,
         JobStatus.SUCCEEDED,
@@ -260,6 +274,9 @@ def record(ctx: WorkerContext, item: Rendered) -> None:
         queue_wait_ms=_ms_between(item.started_at, claimed.enqueued_at or claimed.created_at),
         end_to_end_ms=_ms_between(finished_at, claimed.created_at),
     )
+    if recorded:
+        runtime_s = (_ms_between(finished_at, item.started_at) or 0.0) / 1000
+        ctx.outcomes.succeeded(task_id, f"{JobStatus.SUCCEEDED.value} {key}", runtime_s)
 
 
 def _claim_batch_mates(
@@ -284,6 +301,7 @@ def _claim_batch_mates(
             jobs.Claimed(row.id, row.attempts, row.created_at, row.enqueued_at),
             render_spec(row),
             Faults.parse(row.prompt, ctx.settings.fault_injection),
+            row.id,  # a mate's own message has its job id as task id (gateway, recovery)
         )
         for row in rows
     ]
@@ -313,16 +331,17 @@ def _render_pending(
         ctx.recorder.submit(Rendered(pending, model, output, claimed_at))
 
 
-@app.task(name=RENDER_TASK, bind=True)
+@app.task(name=RENDER_TASK, bind=True, Request="tasks.outcome:RenderRequest", throws=(JobFailed,))
 def render(self, job_id: str, spec: dict) -> str:  # type: ignore[no-untyped-def]
     """Render a job on this worker's version; returns RENDERED once its image is handed to
-    the recorder (see tasks/recorder.py), else the job's final status."""
+    the recorder (see tasks/recorder.py), another pass-on marker when the job is not this
+    delivery's to finish, and raises JobFailed when it failed (tasks/outcome.py)."""
     ctx = context()
     tag = spec.get("model_version")
     if tag != ctx.version:
-        return _misrouted(self.app, ctx, job_id, spec, tag)
+        return _misrouted(self.app, ctx, job_id, spec, tag, self.request.id)
     if ctx.recorder.holds(job_id):
-        return RENDERED  # rendered here already (a micro-batch mate's own message)
+        return HELD  # rendered here already (a micro-batch mate's own message)
     started_at = utcnow()
     claimed = jobs.claim_job(
         ctx.engine,
@@ -336,19 +355,19 @@ def render(self, job_id: str, spec: dict) -> str:  # type: ignore[no-untyped-def
         job = jobs.get_job(ctx.engine, job_id)
         if job is None:
             log.error("job %s has no record; dropping the message", job_id)
-            return "UNKNOWN"
+            raise Reject(f"job {job_id} has no record", requeue=False)
         if job.status == JobStatus.RUNNING:
             log.info("job %s is held by %s; leaving it there", job_id, job.worker_host)
-        return job.status  # finished, or another worker's (a micro-batch mate): not again
+            return HELD  # another worker's (a micro-batch mate): it reports the outcome
+        return ALREADY_FINISHED  # finished: not again, and not reported twice
     if claimed.attempt > ctx.settings.max_attempts:
         # Earlier deliveries never finished: their worker died (a poison job kills it).
-        _fail(
+        return _fail_task(
             ctx,
             job_id,
             FailureKind.WORKER_LOST,
             f"gave up after {claimed.attempt - 1} attempts whose worker was lost",
         )
-        return JobStatus.FAILED
     try:
         checked = _check_spec(spec)
         faults = Faults.parse(checked["prompt"], ctx.settings.fault_injection)
@@ -356,31 +375,35 @@ def render(self, job_id: str, spec: dict) -> str:  # type: ignore[no-untyped-def
             model = ctx.ensure_model()
         except Exception as exc:
             raise RenderFailure(FailureKind.MODEL_LOAD, f"{type(exc).__name__}: {exc}") from exc
-        batch = [Pending(claimed, checked, faults)]
+        batch = [Pending(claimed, checked, faults, self.request.id or job_id)]
         batch += _claim_batch_mates(ctx, model, checked, started_at)
         _render_pending(ctx, model, batch, started_at)
         return RENDERED
     except RenderFailure as failure:
-        _fail(ctx, job_id, failure.kind, str(failure))
+        kind, message = failure.kind, str(failure)
     except SoftTimeLimitExceeded:
-        _fail(ctx, job_id, FailureKind.TIMEOUT, "soft time limit exceeded")
+        kind, message = FailureKind.TIMEOUT, "soft time limit exceeded"
     except Exception as exc:
         log.exception("job %s raised", job_id)
-        _fail(ctx, job_id, FailureKind.ERROR, f"{type(exc).__name__}: {exc}")
-    return JobStatus.FAILED
+        kind, message = FailureKind.ERROR, f"{type(exc).__name__}: {exc}"
+    return _fail_task(ctx, job_id, kind, message)
 
 
-def _misrouted(app: Celery, ctx: WorkerContext, job_id: str, spec: dict, tag: object) -> str:
-    """Never render another version's job: send it to its own queue, or fail it loudly."""
+def _misrouted(
+    app: Celery, ctx: WorkerContext, job_id: str, spec: dict, tag: object, task_id: str | None
+) -> str:
+    """Never render another version's job: send it to its own queue (same task id, so
+    Flower follows it there), or fail it loudly."""
     if not isinstance(tag, str) or tag not in ctx.settings.versions:
         log.error("job %s has unknown version tag %r; failing it", job_id, tag)
         jobs.claim(ctx.engine, job_id, started_at=utcnow(), worker_host=ctx.node)
-        _fail(ctx, job_id, FailureKind.INVALID_JOB, f"unknown model version {tag!r}")
-        return JobStatus.FAILED
+        return _fail_task(ctx, job_id, FailureKind.INVALID_JOB, f"unknown model version {tag!r}")
     log.error("job %s tagged %r reached the %r worker; re-routing", job_id, tag, ctx.version)
     jobs.count_misroute(ctx.engine, job_id)
-    app.send_task(RENDER_TASK, args=(job_id, spec), queue=ctx.settings.queue_for(tag))
-    return "REROUTED"
+    app.send_task(
+        RENDER_TASK, args=(job_id, spec), queue=ctx.settings.queue_for(tag), task_id=task_id
+    )
+    return REROUTED
 
 
 @task_failure.connect(sender=render)

@@ -22,6 +22,7 @@ from canary.settings import Settings, get_settings
 from storage.db import get_engine
 from storage.objects import ObjectStore, store_from_settings
 from tasks import recovery, revisions
+from tasks.outcome import OutcomeEvents
 from tasks.pipelines import LoadedModel, load_pipeline_from
 from tasks.recorder import Recorder
 from tasks.registry import require_version_dir
@@ -86,6 +87,11 @@ class WorkerContext:
             periodic=lambda: recovery.sweep(self.app, self.settings, self.engine, version),
             period_s=self.settings.recovery_sweep_every_s,
         )
+
+    @cached_property
+    def outcomes(self) -> OutcomeEvents:
+        """Task events for outcomes the recorder decides (used on its thread only)."""
+        return OutcomeEvents(self.app, self.node)
 
     @property
     def app(self):  # type: ignore[no-untyped-def]

@@ -145,3 +145,25 @@ def test_blind_grading_reveal_and_report(review: tuple[Stack, dict[str, str], Te
     assert report["graders"] == ["alice"]
     html = client.get("/v1/golden/runs/run-1/report.html", headers=operator)
     assert html.headers["content-type"].startswith("text/html") and "<svg" in html.text
+
+
+def test_report_of_a_run_with_0_and_100_percent_categories(
+    review: tuple[Stack, dict[str, str], TestClient],
+) -> None:
+    """Every baseline image A, every candidate image pass: the HTML report still renders."""
+    stack, tokens, client = review
+    render_all(stack)
+    alice = auth(tokens["alice"])
+    for case in client.get("/v1/golden/runs/run-1/review", headers=alice).json()["cases"]:
+        left_is_baseline = baseline_side("run-1", case["case_id"], "alice") == "left"
+        for side in ("left", "right"):
+            level = "A" if (side == "left") == left_is_baseline else "pass"
+            body = {"case_id": case["case_id"], "side": side, "level": level}
+            assert client.put("/v1/golden/runs/run-1/grades", json=body, headers=alice).is_success
+    operator = auth(tokens["operator"])
+    report = client.get("/v1/golden/runs/run-1/report", headers=operator).json()
+    assert report["versions"]["v1"]["overall"]["pass_rate_ci"][0] == 0.0
+    assert report["versions"]["v2"]["overall"]["pass_rate_ci"][1] == 1.0
+    html = client.get("/v1/golden/runs/run-1/report.html", headers=operator)
+    assert html.status_code == 200, html.text
+    assert html.headers["content-type"].startswith("text/html") and "<svg" in html.text

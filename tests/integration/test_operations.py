@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
@@ -17,6 +18,7 @@ from gateway.auth import create_key
 from storage.models import ApiKeyRole
 from tasks.revisions import worker_records
 from tests.integration.conftest import PROJECT_ROOT, Stack, local_stack
+from tests.prometheus_checks import assert_monitoring_files_use, assert_prometheus_conventions
 
 pytestmark = pytest.mark.integration
 EXPERIMENT = {
@@ -81,13 +83,17 @@ def test_metrics_after_real_jobs(ops_stack: Stack) -> None:
         )
     ]
     submitted = gateway.submit_many(prepared)
+    latest = ops_stack.settings.dashboard_dir / "v2-canary" / "latest.json"
+    latest.parent.mkdir(parents=True)
+    latest.write_text(json.dumps({"gates": {"verdict": "hold"}, "window": {"last": "2026-01-02"}}))
     operator = create_key(ops_stack.engine, "prometheus", ApiKeyRole.OPERATOR)[1]
     headers = {"Authorization": f"Bearer {operator}"}
     with TestClient(create_app(ops_stack.settings)) as client:
         assert client.get("/metrics").status_code == 401
         before = samples(client.get("/metrics", headers=headers).text)
-        assert value(before, "canary_queue_depth", version="v1") == 5
-        assert value(before, "canary_queue_depth", version="v2") == 1
+        assert value(before, "canary_queue_messages", version="v1") == 5
+        assert value(before, "canary_queue_messages", version="v2") == 1
+        assert value(before, "canary_broker_up") == 1
 
         ops_stack.start_worker("v1")
         try:
@@ -97,30 +103,31 @@ def test_metrics_after_real_jobs(ops_stack: Stack) -> None:
             ops_stack.stop_workers()
     assert response.headers["content-type"].startswith("text/plain")
     after = samples(response.text)
-    assert value(after, "canary_queue_depth", version="v1") == 0
-    assert value(after, "canary_queue_depth", version="v2") == 1  # no v2 worker ran
-    assert value(after, "canary_jobs_finished", version="v1", outcome="succeeded") == 4
-    assert value(after, "canary_jobs_finished", version="v1", outcome="failed") == 1
-    assert value(after, "canary_job_failures", version="v1", kind="nan_output") == 1
-    assert value(after, "canary_jobs", version="v2", status="QUEUED", source="live") == 1
+    assert value(after, "canary_queue_messages", version="v1") == 0
+    assert value(after, "canary_queue_messages", version="v2") == 1  # no v2 worker ran
+    live = {"source": "live"}
+    finished = "canary_jobs_finished_total"
+    assert value(after, finished, version="v1", outcome="succeeded", **live) == 4
+    assert value(after, finished, version="v1", outcome="failed", **live) == 1
+    assert value(after, "canary_job_failures_total", version="v1", kind="nan_output") == 1
+    assert value(after, "canary_jobs_unfinished", version="v2", status="queued", **live) == 1
     assert value(after, "canary_render_seconds_count", version="v1") == 4
     assert value(after, "canary_render_seconds_bucket", version="v1", le="+Inf") == 4
     assert value(after, "canary_end_to_end_seconds_count", version="v1") == 4
     assert value(after, "canary_render_seconds_sum", version="v1") > 0
-    workers = [k for k in after if k[0] == "canary_workers"]
+    workers = [k for k in after if k[0] == "canary_workers_online_by_revision"]
     assert len(workers) == 1  # the worker answered the scrape, with its device and revision
     labels = dict(workers[0][1])
     assert labels["version"] == "v1" and labels["device"] == "cpu" and len(labels["revision"]) >= 8
-    assert (
-        value(after, "canary_experiment_stage", experiment="v2-canary", stage="50%", index="1") == 1
-    )
-    assert (
-        value(
-            after, "canary_experiment_candidate_share", experiment="v2-canary", segment="new_user"
-        )
-        == 0.2
-    )
+    assert value(after, "canary_workers_online", version="v1") == 1
+    assert value(after, "canary_experiment_stage", experiment="v2-canary", stage="50%") == 1
+    assert value(after, "canary_experiment_stage_index", experiment="v2-canary") == 1
+    share = {"experiment": "v2-canary", "segment": "new_user"}
+    assert value(after, "canary_experiment_candidate_share_ratio", **share) == 0.2
     assert value(after, "canary_experiment_rolled_back", experiment="v2-canary") == 0
+    assert value(after, "canary_experiment_gate_verdict", experiment="v2-canary", verdict="hold")
+    assert_prometheus_conventions(response.text)
+    assert_monitoring_files_use(response.text)
 
 
 def test_status_overview_is_one_screen(ops_stack: Stack) -> None:

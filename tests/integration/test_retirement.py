@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -105,8 +106,73 @@ def test_retention_deletes_images_and_logs_but_keeps_records(stack: Stack) -> No
     (log_dir / "worker-v1.log").write_text("live log")
     versions.retire(stack.engine, "v2", rerouted_to=None, retention_days=7)
     assert purge_retired(stack.settings, store) == {}  # not yet: 7 days have not passed
+    store.put("logs/v2/jobs.jsonl", b"{}")  # what `canary retire` exported
     versions.retire(stack.engine, "v2", rerouted_to=None, retention_days=0)
     assert purge_retired(stack.settings, store) == {"v2": 3}
     assert store.list("renders/v2/") == [] and len(store.list("renders/v1/")) == 3
+    assert store.list("logs/v2/") == []
     assert not (log_dir / "worker-v2.log").exists() and (log_dir / "worker-v1.log").exists()
     assert purge_retired(stack.settings, store) == {}  # once
+
+
+def test_lifecycle_gauges_for_metrics(stack: Stack) -> None:
+    from prometheus_client import CollectorRegistry, generate_latest
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from gateway.broker_probe import BrokerReading
+    from gateway.lifecycle_metrics import lifecycle_metrics
+
+    def scrape(reading: BrokerReading | None) -> dict[tuple[str, ...], float]:
+        class Collector:
+            def collect(self):  # type: ignore[no-untyped-def]
+                return lifecycle_metrics(stack.settings, stack.engine, reading)
+
+        registry = CollectorRegistry()
+        registry.register(Collector())  # type: ignore[arg-type]
+        text = generate_latest(registry).decode()
+        return {
+            (sample.name, sample.labels["version"], *filter(None, [sample.labels.get("state")])): (
+                sample.value
+            )
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+        }
+
+    before = scrape(None)
+    assert before[("canary_version_lifecycle", "v2", "active")] == 1
+    assert before[("canary_version_lifecycle", "v2", "retired")] == 0
+    state = versions.retire(stack.engine, "v2", rerouted_to="v1", retention_days=7)
+    draining = scrape(BrokerReading(depths={"v1": 0, "v2": 4}, consumers={}))
+    assert draining[("canary_version_lifecycle", "v2", "retiring")] == 1
+    done = scrape(BrokerReading(depths={"v1": 0, "v2": 0}, consumers={}))
+    assert done[("canary_version_lifecycle", "v2", "retired")] == 1
+    assert done[("canary_version_lifecycle", "v1", "active")] == 1
+    retired_at = done[("canary_version_retired_timestamp_seconds", "v2")]
+    assert abs(retired_at - state.retired_at.timestamp()) < 1  # type: ignore[union-attr]
+    assert done[("canary_version_purge_timestamp_seconds", "v2")] - retired_at == 7 * 86400
+    assert ("canary_version_retired_timestamp_seconds", "v1") not in done
+
+
+def test_retire_writes_the_log_export_and_announces_it(stack: Stack) -> None:
+    from tests.webhook_receiver import webhook_receiver
+
+    stack.start_worker("v1")
+    stack.start_worker("v2")
+    gateway = stack.gateway()
+    ids = [gateway.submit({**JOB, "model_version": "v1", "seed": i}).job_id for i in range(3)]
+    stack.wait_finished(ids)
+    log_dir = stack.settings.log_dir
+    log_dir.mkdir(parents=True, exist_ok=True)
+    (log_dir / "worker-v1.log").write_text("v1 rendered things\n")
+    with webhook_receiver() as hook:
+        stack.env["CANARY_NOTIFY_WEBHOOKS"] = f"slack={hook.url}"
+        result = retire(stack, "--model-version", "v1", "--reroute-to", "v2")
+        assert result.returncode == 0, result.stdout + result.stderr
+        [message] = hook.wait_for(1)
+    assert message["text"].startswith("canary v1: retired (queued jobs re-routed to v2)")
+    store = open_store(stack.settings.resolved_storage_url)
+    exported = store.get("logs/v1/jobs.jsonl").decode().splitlines()
+    rows = [json.loads(line) for line in exported]
+    assert sorted(row["id"] for row in rows) == sorted(ids)
+    assert {(row["status"], row["worker_version"]) for row in rows} == {("SUCCEEDED", "v1")}
+    assert store.get("logs/v1/worker-v1.log") == b"v1 rendered things\n"

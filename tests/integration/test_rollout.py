@@ -12,11 +12,13 @@ from pathlib import Path
 import pytest
 import redis
 import yaml
+from pydantic import SecretStr
 
 from gateway.experiment_source import ExperimentSource
 from scheduler.rollout import Rollout, RolloutError
 from storage import jobs, rollout
 from tests.integration.conftest import PROJECT_ROOT, Stack, local_stack
+from tests.webhook_receiver import webhook_receiver
 
 pytestmark = pytest.mark.integration
 STAGES = ["internal", "5%", "15%", "50%", "100%"]
@@ -56,6 +58,14 @@ def rollout_stack(tmp_path: Path, clean_redis: str, model_dir: Path) -> Stack:
     return stack
 
 
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
 def canary(stack: Stack, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "canary.cli", "rollout", *args],
@@ -88,8 +98,9 @@ def test_a_running_gateway_follows_stage_changes_within_5_seconds(rollout_stack:
 
     # another process (the CLI) moves the stage; this gateway keeps running
     result = canary(
-        rollout_stack, "set-stage", "v2-canary", "100%", "--reason", "test", "--actor", "ops"
-    )
+        rollout_stack, "set-stage", "v2-canary", "100%", "--reason", "test", "--actor", "ops",
+        "--force",
+    )  # fmt: skip
     assert result.returncode == 0, result.stderr
     fresh = iter(f"new-user-{n}" for n in range(10_000))
     waited = seconds_until(lambda: arm_of(next(fresh)) == "candidate")
@@ -126,10 +137,17 @@ def test_audit_log_records_who_when_from_to_why_and_the_evidence(rollout_stack: 
         rollout_stack, "advance", "v2-canary", "--reason", "x", "--actor", "ann", "--force"
     )
     assert again.returncode == 1 and "rolled back" in again.stderr
-    resumed = canary(
+    # resuming after a rollback raises exposure: the gates apply, as for advance
+    refused = canary(
         rollout_stack, "set-stage", "v2-canary", "5%", "--reason", "fixed", "--actor", "cat"
     )
+    assert refused.returncode == 1 and "the gates say HOLD" in refused.stderr
+    resumed = canary(
+        rollout_stack, "set-stage", "v2-canary", "5%", "--reason", "fixed", "--actor", "cat",
+        "--force",
+    )  # fmt: skip
     assert resumed.returncode == 0, resumed.stderr
+    assert "FORCED over the gates' hold" in resumed.stdout
     unknown = canary(rollout_stack, "set-stage", "v2-canary", "7%", "--reason", "x")
     assert unknown.returncode == 1 and "no stage '7%'" in unknown.stderr
 
@@ -205,6 +223,107 @@ def test_automatic_mode_on_simulated_days(rollout_stack: Stack) -> None:
 
 def test_advancing_past_the_last_stage_points_to_retirement(rollout_stack: Stack) -> None:
     control_ = control(rollout_stack)
-    control_.set_stage("v2-canary", "100%", "ops", "full rollout")
+    control_.set_stage("v2-canary", "100%", "ops", "full rollout", PASS)
     with pytest.raises(RolloutError, match="canary retire --model-version v1"):
         control_.advance("v2-canary", "ops", "more")
+
+
+def test_set_stage_applies_the_gates_and_a_forced_change_is_marked(rollout_stack: Stack) -> None:
+    engine = rollout_stack.engine
+    # 15% -> 100% in one step with no traffic: the gates say hold, nothing changes
+    refused = canary(rollout_stack, "set-stage", "v2-canary", "100%", "--reason", "yolo")
+    assert refused.returncode == 1 and "the gates say HOLD" in refused.stderr
+    assert "--force --reason" in refused.stderr
+    assert rollout.audit_log(engine, "v2-canary") == []
+    no_reason = canary(rollout_stack, "set-stage", "v2-canary", "100%", "--force")
+    assert no_reason.returncode == 2  # an override always says why
+    forced = canary(
+        rollout_stack, "set-stage", "v2-canary", "100%", "--reason", "exec demo", "--force",
+        "--actor", "dan",
+    )  # fmt: skip
+    assert forced.returncode == 0, forced.stderr
+    assert control(rollout_stack).state("v2-canary").stage == "100%"
+    # lowering exposure needs no gate, and its evaluation is stored all the same
+    lowered = canary(rollout_stack, "set-stage", "v2-canary", "15%", "--reason", "too fast")
+    assert lowered.returncode == 0, lowered.stderr
+    lowered_row, forced_row = rollout.audit_log(engine, "v2-canary")
+    forced_evidence = json.loads(forced_row.evaluation or "{}")
+    assert forced_row.action == "set-stage" and forced_evidence["forced"] is True
+    assert forced_evidence["verdict"] == "hold" and forced_evidence["checks"]
+    lowered_evidence = json.loads(lowered_row.evaluation or "{}")
+    assert lowered_evidence["verdict"] == "hold" and "forced" not in lowered_evidence
+    status = canary(rollout_stack, "status", "v2-canary", "--json")
+    audit = json.loads(status.stdout)["audit"]
+    assert [(e["action"], e["forced"], e["gates"]) for e in audit] == [
+        ("set-stage", False, "hold"),
+        ("set-stage", True, "hold"),
+    ]
+    text = canary(rollout_stack, "status", "v2-canary").stdout
+    assert "set-stage (FORCED)" in text
+    # the library refuses the same way, whoever calls it
+    with pytest.raises(RolloutError, match="the gates say HOLD"):
+        control(rollout_stack).set_stage("v2-canary", "50%", "ops", "x", UNSURE)
+    with pytest.raises(RolloutError, match="the gates say NOTHING"):
+        control(rollout_stack).advance("v2-canary", "ops", "x")
+
+
+def test_every_action_is_announced_to_the_webhooks(rollout_stack: Stack) -> None:
+    with (
+        webhook_receiver(fail_first=2) as slack,
+        webhook_receiver() as plain,
+    ):
+        dead = f"http://127.0.0.1:{free_port()}/nobody-listens"
+        env = {
+            "CANARY_NOTIFY_WEBHOOKS": f"slack={slack.url},json={plain.url},json={dead}",
+            "CANARY_NOTIFY_BACKOFF_S": "0.1",
+        }
+        rollout_stack.env.update(env)
+        started = time.monotonic()
+        held = canary(rollout_stack, "hold", "v2-canary", "--reason", "weekend", "--actor", "ben")
+        assert held.returncode == 0, held.stderr  # a dead webhook does not stop a rollout
+        assert time.monotonic() - started < 30
+        assert "nobody-listens" in held.stderr  # ... but it is reported
+        # the Slack receiver answered 503 twice: retried with backoff until delivered
+        [message] = slack.wait_for(1)
+        assert len(slack.requests) == 3 and slack.requests[0] == message
+        assert message["text"].startswith("canary v2-canary: holding at internal")
+        assert "by ben: weekend" in message["text"]
+        assert message["attachments"][0]["fields"]
+        [notice] = plain.wait_for(1)
+        assert (notice["kind"], notice["subject"], notice["from_stage"]) == (
+            "hold", "v2-canary", "internal",
+        )  # fmt: skip
+        assert notice["verdict"] == "hold" and notice["forced"] is False
+
+        forced = canary(
+            rollout_stack, "set-stage", "v2-canary", "50%", "--reason", "demo", "--force"
+        )
+        assert forced.returncode == 0, forced.stderr
+        back = canary(rollout_stack, "rollback", "v2-canary", "--reason", "NSFW spike")
+        assert back.returncode == 0, back.stderr
+        notices = plain.wait_for(3)
+        assert [(n["kind"], n["to_stage"], n["forced"]) for n in notices] == [
+            ("hold", "internal", False),
+            ("set-stage", "50%", True),
+            ("rollback", "50% (rolled back)", False),
+        ]
+        assert "FORCED" in notices[1]["text"] and "NSFW spike" in notices[2]["text"]
+
+        # automatic mode: a hold is no longer silent
+        settings = rollout_stack.settings.model_copy(
+            update={"notify_webhooks": SecretStr(f"json={plain.url}")}
+        )
+        config = ExperimentSource.from_settings(settings, rollout_stack.engine).config
+        auto = Rollout(settings, rollout_stack.engine, config, rollout_stack.app)
+        assert auto.auto_step("v2-canary", UNSURE).action == "hold"
+        last = plain.wait_for(4)[-1]
+        assert (last["kind"], last["actor"]) == ("hold", "auto")
+
+        # the daily report announces a change of verdict, once
+        from scheduler.dashboards import write_dashboards
+
+        day = datetime.now(UTC).date()
+        write_dashboards(settings, rollout_stack.engine, day)
+        write_dashboards(settings, rollout_stack.engine, day)
+        verdicts = [n for n in plain.wait_for(5) if n["kind"] == "verdict"]
+        assert [(n["previous_verdict"], n["verdict"]) for n in verdicts] == [(None, "hold")]

@@ -135,3 +135,62 @@ def test_newcombe_interval_covers_the_true_difference_at_about_95_percent() -> N
         for table in tables
     )
     assert 0.93 <= covered / trials <= 0.975
+
+
+def one_sided_report(baseline: str, candidate: str, cases: int | None = None) -> dict:
+    """Every case graded ``baseline`` on v1 and ``candidate`` on v2 (first ``cases`` only)."""
+    run = GoldenRun(
+        id="r2", trigger="manual", set_name="test-golden", set_sha256=GOLDEN_SET.sha256,
+        set_text=TEXT, case_count=8, baseline="v1", candidate="v2", status="COMPLETE",
+    )  # fmt: skip
+    rows, grades = [], []
+    for case in GOLDEN_SET.cases[:cases]:
+        for version, level in (("v1", baseline), ("v2", candidate)):
+            job_id = f"{case.id}-{version}"
+            job = Job(
+                id=job_id, model_version=version, prompt=case.prompt, seed=case.seed, steps=2,
+                guidance=7.5, width=64, height=64, status=JobStatus.SUCCEEDED,
+            )  # fmt: skip
+            rows.append(
+                (GoldenResult(run_id="r2", case_id=case.id, version=version, job_id=job_id,
+                              category=case.category), job)
+            )  # fmt: skip
+            grades.append(
+                GoldenGrade(run_id="r2", case_id=case.id, version=version, grader="g", level=level)
+            )
+    return build_report(run, rows, grades)
+
+
+def test_zero_and_full_pass_rates_have_intervals_that_contain_them() -> None:
+    report = one_sided_report("A", "pass")
+    for category, block in report["versions"]["v1"]["categories"].items():
+        assert block["pass_rate"] == 0.0, category
+        low, high = block["pass_rate_ci"]
+        assert low == 0.0 and 0.0 < high < 1.0  # exactly 0: the estimate is inside
+    for block in report["versions"]["v2"]["categories"].values():
+        low, high = block["pass_rate_ci"]
+        assert block["pass_rate"] == 1.0 and high == 1.0 and 0.0 < low < 1.0
+    # 0 of 8 with 95% confidence: Wilson's upper bound is z^2 / (n + z^2)
+    z2 = 1.959963984540054**2
+    assert report["versions"]["v1"]["overall"]["pass_rate_ci"] == [
+        0.0,
+        pytest.approx(z2 / (8 + z2)),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("baseline", "candidate", "cases"),
+    [("A", "pass", None), ("pass", "S", None), ("pass", "pass", None), ("S", "S", 1),
+     ("pass", "B", 1)],
+)  # fmt: skip
+def test_html_report_renders_extreme_and_single_case_reports(
+    baseline: str, candidate: str, cases: int | None
+) -> None:
+    report = one_sided_report(baseline, candidate, cases)
+    html = render_report_html(report)
+    assert "<svg" in html and "Pass rate by category" in html
+    expected = {"pass": "100.0%", "A": "0.0%", "S": "0.0%", "B": "0.0%"}
+    assert expected[baseline] in html and expected[candidate] in html
+    if cases == 1:
+        assert list(report["versions"]["v1"]["categories"]) == ["pose_control"]
+        assert report["versions"]["v1"]["overall"]["graded"] == 1

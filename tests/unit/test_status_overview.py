@@ -13,9 +13,13 @@ from canary.settings import Settings
 from scheduler.dashboards import dashboard_paths
 from tasks.queues import consumers
 
+ACTIVE = {"state": "active", "retired_since": None, "purge_after": None, "purged_at": None,
+          "rerouted_to": None}  # fmt: skip
+
 
 def data(**changes: Any) -> dict[str, Any]:
-    queue = {"version": "v1", "queue": "render.v1", "waiting": 3, "workers": []}
+    queue = {"version": "v1", "queue": "render.v1", "waiting": 3, "workers": [],
+             "lifecycle": ACTIVE}  # fmt: skip
     return {"experiment_file": None, "experiments": [], "queues": [queue], "golden": None,
             **changes}  # fmt: skip
 
@@ -48,7 +52,8 @@ def test_experiments_workers_and_golden_run_are_shown(
         "gates": {"verdict": "hold", "day": "2026-11-24"},
     }  # fmt: skip
     worker = {"node": "render-v1-cpu@host", "device": "cpu", "revision": "abc123"}
-    queue = {"version": "v1", "queue": "render.v1", "waiting": 0, "workers": [worker]}
+    queue = {"version": "v1", "queue": "render.v1", "waiting": 0, "workers": [worker],
+             "lifecycle": ACTIVE}  # fmt: skip
     run = {"id": "nightly-2026-11-25", "status": "RUNNING", "baseline": "v1",
            "candidate": "v2", "checked": 3, "images": 8,
            "created_at": "2026-11-25T02:00:00+00:00"}  # fmt: skip
@@ -78,3 +83,19 @@ def test_no_recorded_worker_means_no_broadcast() -> None:
             raise AssertionError(f"the broker was asked ({name})")
 
     assert consumers(NoBroker(), nodes=[]) == {}  # type: ignore[arg-type]
+
+
+def test_each_version_shows_its_lifecycle(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    retired = {"state": "retired", "retired_since": "2026-12-01T09:30:00+00:00",
+               "purge_after": "2026-12-08T09:30:00+00:00", "purged_at": None,
+               "rerouted_to": "v2"}  # fmt: skip
+    queues = [
+        {"version": "v1", "queue": "render.v1", "waiting": 0, "workers": [], "lifecycle": retired},
+        {"version": "v2", "queue": "render.v2", "waiting": 0, "workers": [], "lifecycle": ACTIVE},
+    ]
+    text = rendered(monkeypatch, Settings(home=tmp_path), data(queues=queues))
+    assert (
+        "retired since 2026-12-01 09:30 UTC, queue re-routed to v2, images and logs purged "
+        "after 2026-12-08 09:30"
+    ) in " ".join(text.split())
+    assert "active" in text

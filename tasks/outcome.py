@@ -1,0 +1,134 @@
+"""What Celery (and so Flower) reports for a render: the job's outcome, not the hand-over.
+
+A job that ends FAILED in the database ends in Celery's FAILURE state, with the failure
+kind at the start of the exception message (``JobFailed('nsfw_filtered: ...')``), so
+Flower's counters and filters, ``celery events`` and the database agree.
+
+- A failure found inside the task (invalid job, model load, OOM, timeout, lost worker)
+  raises :class:`JobFailed` once the row is FAILED; with late acks and
+  ``task_acks_on_failure_or_timeout`` the message is acknowledged, never re-queued.
+- A rendered job returns ``RENDERED`` when its image is handed to the recorder
+  (tasks/recorder.py): success or failure is known only once the recorder has checked,
+  uploaded and recorded it. :class:`RenderRequest` keeps the worker's main process from
+  announcing that hand-over (or a pass-on: re-routed, held by another worker, already
+  finished) as a success, and :class:`OutcomeEvents` sends the real ``task-succeeded``
+  or ``task-failed`` event from the recorder thread under the task's id (the job id).
+
+A job whose recorder process dies before recording stays STARTED in Flower until the
+recovery re-sends it under the same task id (tasks/recovery.py) and it finishes there.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from celery import Celery
+from celery.exceptions import TimeLimitExceeded
+from celery.utils.saferepr import saferepr
+from celery.worker.request import Request
+
+from storage.models import FailureKind
+
+log = logging.getLogger(__name__)
+
+RENDERED = "RENDERED"  # handed to the recorder, which reports the outcome
+REROUTED = "REROUTED"  # sent on to its version's queue under the same task id
+HELD = "HELD"  # another worker (or a micro-batch here) holds the job and reports it
+ALREADY_FINISHED = "ALREADY_FINISHED"  # a duplicate delivery; the outcome was reported
+PASSED_ON = frozenset({RENDERED, REROUTED, HELD, ALREADY_FINISHED})
+# The worker's main process gets the task's return value as its repr.
+_PASSED_ON_REPRS = PASSED_ON | {repr(value) for value in PASSED_ON}
+
+
+class JobFailed(Exception):
+    """The job is FAILED in the database; the message starts with the failure kind."""
+
+    @classmethod
+    def of(cls, kind: str, message: str) -> JobFailed:
+        return cls(f"{kind}: {message}")
+
+
+class RenderRequest(Request):
+    """The render task's request in the worker's main process (``Task.Request``)."""
+
+    _cause: BaseException | None = None
+    _failure_sent = False
+
+    def on_timeout(self, soft: bool, timeout: float) -> None:
+        if not soft:
+            self._cause = TimeLimitExceeded(timeout)
+        super().on_timeout(soft, timeout)
+
+    def on_failure(self, exc_info: Any, send_failed_event: bool = True, return_ok: bool = False):  # type: ignore[no-untyped-def]
+        # billiard hands exceptions over wrapped (ExceptionWithTraceback), and Celery puts
+        # the wrapper's empty repr in the task-failed event: keep the real one for it.
+        exception = exc_info.exception
+        self._cause = getattr(exception, "exc", exception)
+        return super().on_failure(exc_info, send_failed_event, return_ok)
+
+    def send_event(self, type: str, **fields: Any) -> None:
+        if type == "task-succeeded" and fields.get("result") in _PASSED_ON_REPRS:
+            return  # not an outcome: whoever finishes the job sends it
+        if type == "task-failed":
+            # A hard time limit reaches both on_timeout and on_failure, and Celery sends
+            # task-failed from each: Flower would count the job's failure twice.
+            if self._failure_sent:
+                return
+            self._failure_sent = True
+            if self._cause is not None:
+                fields["exception"] = _failure_repr(self._cause)
+        super().send_event(type, **fields)
+
+
+def _failure_repr(cause: BaseException) -> str:
+    if isinstance(cause, TimeLimitExceeded):
+        # the hard limit killed the pool process; the job row says `timeout` (render.py)
+        hard = f"hard time limit exceeded ({cause.args[0] if cause.args else '?'} s)"
+        return repr(JobFailed.of(FailureKind.TIMEOUT.value, hard))
+    return saferepr(cause)
+
+
+class OutcomeEvents:
+    """Sends a job's final task event from a worker's pool process.
+
+    Used from the recorder thread only (one connection, not shared); an event that
+    cannot be sent is logged and dropped, never allowed to fail the record.
+    """
+
+    def __init__(self, app: Celery, hostname: str) -> None:
+        self._app = app
+        self._hostname = hostname
+        self._enabled = bool(app.conf.worker_send_task_events)
+        self._connection: Any = None
+        self._dispatcher: Any = None
+
+    def succeeded(self, task_id: str, result: str, runtime_s: float) -> None:
+        self._send("task-succeeded", uuid=task_id, result=repr(result), runtime=runtime_s)
+
+    def failed(self, task_id: str, kind: str, message: str) -> None:
+        exception = repr(JobFailed.of(kind, message))
+        self._send("task-failed", uuid=task_id, exception=exception, traceback=None)
+
+    def _send(self, type_: str, **fields: Any) -> None:
+        if not self._enabled:
+            return
+        try:
+            if self._dispatcher is None:
+                self._connection = self._app.connection_for_write()
+                self._dispatcher = self._app.events.Dispatcher(
+                    self._connection, hostname=self._hostname, enabled=True
+                )
+            self._dispatcher.send(type_, **fields)
+        except Exception as exc:  # the broker may be away; the job row is what counts
+            log.warning("could not send %s for %s: %s", type_, fields.get("uuid"), exc)
+            self.close()
+
+    def close(self) -> None:
+        for closable in (self._dispatcher, self._connection):
+            try:
+                if closable is not None:
+                    closable.close()
+            except Exception:
+                pass  # closing a broken connection
+        self._dispatcher = self._connection = None

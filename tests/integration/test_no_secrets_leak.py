@@ -1,0 +1,113 @@
+"""No secret shows up anywhere an operator looks: a run with known secret values (a broker
+password, a database password, Flower's basic-auth password, an API token), then every
+log, Flower's task list, `/metrics`, error bodies and a configuration error are searched."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from fastapi.testclient import TestClient
+
+from gateway.api import create_app
+from gateway.auth import create_key
+from storage.db import get_engine, init_db
+from storage.models import ApiKeyRole
+from tests.integration.conftest import PROJECT_ROOT, make_stack
+from tests.integration.test_flower import AUTH, free_port, start_flower, stop, wait_for
+
+pytestmark = pytest.mark.integration
+BROKER_PASSWORD = "brokerpw-7f3a9c"
+DB_PASSWORD = "dbpw-51c2e8"
+
+
+@pytest.fixture
+def broker_with_password(tmp_path: Path) -> Iterator[str]:
+    port = free_port()
+    server = subprocess.Popen(
+        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+         "--appendonly", "no", "--requirepass", BROKER_PASSWORD, "--dir", str(tmp_path)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            break
+        except OSError:
+            time.sleep(0.05)
+    yield f"redis://:{BROKER_PASSWORD}@127.0.0.1:{port}/0"
+    server.terminate()
+    server.wait(timeout=10)
+
+
+def test_no_secret_in_logs_flower_metrics_errors_or_config_errors(
+    tmp_path: Path, broker_with_password: str, postgres_schema_url: str, model_dir: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:  # fmt: skip
+    database_url = postgres_schema_url.replace("postgres@", f"postgres:{DB_PASSWORD}@", 1)
+    assert DB_PASSWORD in database_url  # PostgreSQL here trusts local users: any password
+    init_db(get_engine(database_url))
+    stack = make_stack(
+        tmp_path, broker_with_password, database_url, f"file://{tmp_path / 'objects'}",
+        model_dir, CANARY_FAULT_INJECTION="true",
+    )  # fmt: skip
+    token = create_key(stack.engine, "ops", ApiKeyRole.OPERATOR)[1]
+    secrets = [BROKER_PASSWORD, DB_PASSWORD, AUTH[1], token]
+    seen: dict[str, str] = {}
+
+    port = free_port()
+    flower = start_flower(stack, port)
+    try:
+        stack.start_worker("v1")
+        headers = {"Authorization": f"Bearer {token}"}
+        with TestClient(create_app(stack.settings), raise_server_exceptions=False) as client:
+            job = {"model_version": "v1", "steps": 2, "width": 64, "height": 64}
+            ids = [
+                client.post("/v1/jobs", json={**job, "prompt": p}, headers=headers).json()["job_id"]
+                for p in ("a kite", "a storm [[fault:nan]]")
+            ]
+            stack.wait_finished(ids)
+            seen["metrics"] = client.get("/metrics", headers=headers).text
+            seen["401"] = client.get("/metrics", headers={"Authorization": "Bearer x"}).text
+            seen["422"] = client.post("/v1/jobs", json={"prompt": ""}, headers=headers).text
+            seen["404"] = client.get("/v1/jobs/nope", headers=headers).text
+        base = f"http://127.0.0.1:{port}"
+
+        def flower_saw_both() -> str | None:
+            tasks = httpx.get(f"{base}/api/tasks", auth=AUTH, timeout=5)
+            return tasks.text if all(i in tasks.json() for i in ids) else None
+
+        seen["flower tasks"] = wait_for(flower_saw_both)
+        seen["flower workers"] = httpx.get(f"{base}/workers?json=1", auth=AUTH).text
+    finally:
+        stop(flower)
+        stack.stop_workers()
+    assert "canary_broker_up 1.0" in seen["metrics"]
+    assert f"Flower: http://127.0.0.1:{port} (log in as ops" in stack.log("flower")
+
+    bad = subprocess.run(
+        [sys.executable, "-m", "canary.cli", "status"],
+        env={**stack.env, "CANARY_FLOWER_BASIC_AUTH": ":".join(AUTH), "CANARY_FLOWER_PORT": "x",
+             "CANARY_TASK_SOFT_TIME_LIMIT_S": "900"},
+        cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert bad.returncode == 2
+    assert bad.stderr.splitlines() == [
+        "configuration error: CANARY_FLOWER_PORT: Input should be a valid integer, unable to "
+        "parse string as an integer"
+    ]
+    seen["config error"] = bad.stdout + bad.stderr
+    for log in sorted(stack.log_dir.glob("*.log")):
+        seen[log.name] = log.read_text(errors="replace")
+    seen["api log records"] = caplog.text
+    assert "render-v1" in seen["worker-v1-0.log"]  # the logs are really there
+    for where, text in seen.items():
+        for secret in secrets:
+            assert secret not in text, f"a secret ({secret[:4]}...) appears in {where}"
