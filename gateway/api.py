@@ -31,6 +31,7 @@ from gateway.reports_api import reports_router
 from gateway.service import Gateway
 from gateway.specs import InvalidJob, JobRequest
 from gateway.submit import Submitted
+from gateway.text import printable, unstorable_reason
 from storage import jobs
 from storage.batches import record_batch
 from storage.db import get_engine
@@ -225,6 +226,20 @@ def _require_json_body(request: Request) -> None:
         )
 
 
+def _storable_params(request: Request) -> None:
+    """422 naming the parameter for a NUL or lone surrogate in any path or query
+    parameter: one check for every route (PostgreSQL would fail on them as a 500)."""
+    located = [("path", request.path_params.items()), ("query", request.query_params.items())]
+    errors = [
+        {"type": "value_error", "loc": (where, name), "msg": reason, "input": value}
+        for where, params in located
+        for name, value in params
+        if isinstance(value, str) and (reason := unstorable_reason(value))
+    ]
+    if errors:
+        raise RequestValidationError(errors)
+
+
 # ---------------------------------------------------------------- OpenAPI
 
 ERRORS = {
@@ -343,18 +358,20 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
-        errors = _validation_messages(exc)
+        errors = [printable(message) for message in _validation_messages(exc)]
         return JSONResponse({"detail": "invalid request", "errors": errors}, status_code=422)
 
     @app.exception_handler(InvalidJob)
     async def _invalid_job(_: Request, exc: InvalidJob) -> JSONResponse:
-        return JSONResponse({"detail": "invalid job", "errors": exc.errors}, status_code=422)
+        errors = [printable(message) for message in exc.errors]
+        return JSONResponse({"detail": "invalid job", "errors": errors}, status_code=422)
 
     # Starlette's class, so its own answers (unknown path, wrong method) take the shape too
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        detail = printable(exc.detail) if isinstance(exc.detail, str) else exc.detail
         return JSONResponse(
-            {"detail": exc.detail, "errors": []}, status_code=exc.status_code, headers=exc.headers
+            {"detail": detail, "errors": []}, status_code=exc.status_code, headers=exc.headers
         )
 
 
@@ -377,7 +394,7 @@ def create_app(
         title="canary-render",
         version="1",
         description="Submit text-to-image jobs, poll them, fetch their images.",
-        dependencies=[Depends(_require_json_body)],
+        dependencies=[Depends(_require_json_body), Depends(_storable_params)],
         # keys travel in headers, never cookies, so a body without a Content-Type cannot be
         # a cross-site form post riding on a login: read it as JSON, as clients expect
         strict_content_type=False,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-import time
 import uuid
 from dataclasses import dataclass
 
@@ -61,29 +60,22 @@ def revoke_key(engine: Engine, key_id: str) -> bool:
 
 
 class KeyVerifier:
-    """Looks keys up by digest, caching answers briefly so polling does not hit the DB."""
+    """Looks keys up by digest on every request, so a revoked key stops working at once.
 
-    def __init__(self, engine: Engine, ttl_s: float = 5.0, max_entries: int = 10_000) -> None:
+    No cache: the indexed lookup costs about 0.45 ms on PostgreSQL (0.15 ms on SQLite)
+    against about 6 ms for a whole ``GET /v1/jobs/{id}``, and a cache would let a revoked
+    key work on (and refuse a new key) until its entries expired.
+    """
+
+    def __init__(self, engine: Engine) -> None:
         self.engine = engine
-        self.ttl_s = ttl_s
-        self.max_entries = max_entries
-        self._cache: dict[str, tuple[float, Principal | None]] = {}
 
     def verify(self, token: str) -> Principal | None:
-        key_hash = digest(token)
-        now = time.monotonic()
-        cached = self._cache.get(key_hash)
-        if cached is not None and now - cached[0] < self.ttl_s:
-            return cached[1]
         with self.engine.connect() as connection:
             row = connection.execute(
                 select(ApiKey.id, ApiKey.name, ApiKey.role).where(
-                    ApiKey.key_hash == key_hash,
+                    ApiKey.key_hash == digest(token),
                     ApiKey.revoked_at.is_(None),  # type: ignore[union-attr]
                 )
             ).first()
-        principal = Principal(row.id, row.name, ApiKeyRole(row.role)) if row else None
-        if len(self._cache) >= self.max_entries:
-            self._cache.clear()
-        self._cache[key_hash] = (now, principal)
-        return principal
+        return Principal(row.id, row.name, ApiKeyRole(row.role)) if row else None

@@ -29,6 +29,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from canary.settings import Settings
 from gateway.specs import _format_pydantic
+from gateway.text import StorableStr, printable
 from storage.db import dialect_insert
 from storage.models import JOB_EVENTS, Event, EventType, Job, utcnow
 
@@ -58,9 +59,9 @@ class EventIn(BaseModel):
 
     event_id: str = Field(pattern=PRINTABLE_ID)
     type: EventType
-    user_id: str = Field(min_length=1, max_length=200, pattern=r"^[^\x00]+$")
+    user_id: StorableStr = Field(min_length=1, max_length=200)
     occurred_at: AwareDatetime
-    job_id: str | None = Field(default=None, min_length=1, max_length=36)
+    job_id: StorableStr | None = Field(default=None, min_length=1, max_length=36)
     dwell_ms: int | None = Field(default=None, ge=0, le=MAX_DWELL_MS)
     reason: FeedbackReason | None = None
 
@@ -102,13 +103,13 @@ class IngestOutcome:
 
 def _parse(index: int, item: Any) -> EventIn | Rejected:
     event_id = item.get("event_id") if isinstance(item, dict) else None
-    event_id = event_id if isinstance(event_id, str) else None
+    event_id = printable(event_id) if isinstance(event_id, str) else None
     if not isinstance(item, dict):
         return Rejected(index, None, [f"event must be an object, not {type(item).__name__}"])
     try:
         return EventIn.model_validate(item)
     except ValidationError as exc:
-        messages = [m.replace("Value error, ", "") for m in _format_pydantic(exc)]
+        messages = [printable(m.replace("Value error, ", "")) for m in _format_pydantic(exc)]
         return Rejected(index, event_id, messages)
 
 

@@ -21,6 +21,7 @@ from analysis.golden_report import report_for_run
 from canary.settings import Settings
 from gateway.auth import Principal
 from gateway.http_auth import require_role
+from gateway.text import StorableStr
 from scheduler.golden_set import GoldenSet, Level, parse_golden_set
 from storage import golden
 from storage.models import TERMINAL_STATUSES, ApiKeyRole, GoldenResult, GoldenRun, Job, JobStatus
@@ -54,7 +55,7 @@ def version_on(run: GoldenRun, case_id: str, grader: str, side: Side) -> str:
 class GradeIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    case_id: str
+    case_id: StorableStr
     side: Side
     level: Level
 

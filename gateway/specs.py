@@ -14,6 +14,7 @@ from pydantic import (
 )
 
 from canary.settings import Settings
+from gateway.text import StorableStr, has_visible_character
 
 MAX_SEED = 2**63 - 1
 
@@ -34,37 +35,23 @@ class JobRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
 
-    prompt: str = Field(min_length=1)
-    negative_prompt: str = ""
+    prompt: StorableStr = Field(min_length=1)
+    negative_prompt: StorableStr = ""
     seed: int | None = Field(default=None, ge=0, le=MAX_SEED)
     steps: int | None = Field(default=None, ge=1)
     guidance: float = Field(default=7.5, ge=0.0, le=50.0, allow_inf_nan=False)
     width: int | None = None
     height: int | None = None
-    model_version: str | None = Field(default=None, min_length=1)
-    user_id: str | None = Field(default=None, min_length=1, max_length=200)
-    idempotency_key: str | None = Field(default=None, min_length=1, max_length=200)
+    model_version: StorableStr | None = Field(default=None, min_length=1)
+    user_id: StorableStr | None = Field(default=None, min_length=1, max_length=200)
+    idempotency_key: StorableStr | None = Field(default=None, min_length=1, max_length=200)
     user_attributes: UserAttributesIn | None = None
 
     @field_validator("prompt")
     @classmethod
     def _prompt_has_text(cls, value: str) -> str:
-        if not value.strip():
-            raise ValueError("prompt must not be empty")
-        return value
-
-    @field_validator("prompt", "negative_prompt", "user_id", "idempotency_key")
-    @classmethod
-    def _storable_text(cls, value: str | None) -> str | None:
-        """Text every database can store: no NUL characters, no lone UTF-16 surrogates."""
-        if value is None:
-            return value
-        if "\x00" in value:
-            raise ValueError("must not contain NUL characters")
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            raise ValueError("must be valid Unicode (lone surrogate characters)") from None
+        if not has_visible_character(value):
+            raise ValueError("prompt must have a visible character")
         return value
 
 

@@ -163,14 +163,16 @@ def test_authentication_and_roles(api_stack) -> None:
     assert "api_keys" not in client.get("/openapi.json").text  # schema is public, keys are not
 
 
-def test_revoked_key_is_refused(api_stack) -> None:
-    stack, tokens, _ = api_stack
+def test_revoked_key_is_refused_at_once(api_stack) -> None:
+    """Revocation takes effect on the next request of a running API, not after a cache
+    expires (the key was just used, so a cache would hold its answer)."""
+    stack, tokens, client = api_stack
     from gateway.auth import list_keys, revoke_key
 
     key = next(k for k in list_keys(stack.engine) if k.name == "client2")
+    assert client.get("/v1/jobs/x", headers=auth(tokens["client2"])).status_code == 404
     assert revoke_key(stack.engine, key.id)
-    with TestClient(create_app(stack.settings)) as fresh:  # a new process: no cached answer
-        assert fresh.get("/v1/jobs/x", headers=auth(tokens["client2"])).status_code == 401
+    assert client.get("/v1/jobs/x", headers=auth(tokens["client2"])).status_code == 401
 
 
 @pytest.mark.parametrize(

@@ -19,6 +19,7 @@ from gateway.api import create_app
 from gateway.auth import create_key
 from storage.db import get_engine, init_db
 from storage.models import ApiKeyRole
+from tests.golden_fixtures import small_set_text
 from tests.integration.conftest import PROJECT_ROOT, make_stack
 from tests.integration.test_flower import AUTH, free_port, start_flower, stop, wait_for
 
@@ -111,3 +112,28 @@ def test_no_secret_in_logs_flower_metrics_errors_or_config_errors(
     for where, text in seen.items():
         for secret in secrets:
             assert secret not in text, f"a secret ({secret[:4]}...) appears in {where}"
+
+
+@pytest.mark.parametrize("command", [["submit", "jobs.jsonl"], ["golden", "run"]])
+def test_broker_password_not_printed_when_the_broker_is_down(
+    command: list[str], tmp_path: Path, model_dir: Path
+) -> None:
+    """`canary submit` and `canary golden run` against a closed port say so, masked."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    url = f"redis://:{BROKER_PASSWORD}@127.0.0.1:{port}/0"
+    database_url = f"sqlite:///{tmp_path / 'canary.db'}"
+    init_db(get_engine(database_url))
+    stack = make_stack(tmp_path, url, database_url, f"file://{tmp_path / 'objects'}", model_dir)
+    (tmp_path / "jobs.jsonl").write_text('{"prompt": "a kite", "user_id": "u-1"}\n')
+    (tmp_path / "golden.yaml").write_text(small_set_text())
+    env = {**stack.env, "CANARY_GOLDEN_SET_FILE": str(tmp_path / "golden.yaml")}
+    result = subprocess.run(
+        [sys.executable, "-m", "canary.cli", *command], env=env, cwd=tmp_path,
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    output = result.stdout + result.stderr
+    assert "Traceback" not in output, output
+    assert f"127.0.0.1:{port}" in output, output  # it did name the broker it tried
+    assert BROKER_PASSWORD not in output, output

@@ -30,6 +30,10 @@ GOOD = {"prompt": "a cat", "model_version": "v1", "width": 64, "height": 64}
         ({"colour": "red"}, "colour: unknown field"),
         ({"prompt": "a\x00b"}, "prompt: Value error, must not contain NUL"),
         ({"user_id": "\ud800"}, "user_id: Input should be a valid string"),
+        ({"negative_prompt": "a\ud800"}, "negative_prompt: Input should be a valid string"),
+        # only zero-width and format characters, a variation selector, a combining mark
+        ({"prompt": "\u200b\u200c\u200d\u2060\ufeff"}, "prompt: Value error, prompt must have"),
+        ({"prompt": "\ufe0f\u0301\u00a0\u3000"}, "prompt: Value error, prompt must have a"),
     ],
 )
 def test_bad_field_is_named(change: dict, message: str) -> None:
@@ -58,3 +62,8 @@ def test_good_request_keeps_what_was_given_and_leaves_the_rest_to_the_version() 
     # seed, and size/steps when absent, are filled once the serving version is known
     assert request.seed is None
     assert validate_request({**GOOD, "seed": 7}, SETTINGS).seed == 7
+
+
+@pytest.mark.parametrize("prompt", ["a\u200bcat", "\u732b", "\U0001f431", "42", "!"])
+def test_prompt_with_any_visible_character_is_accepted(prompt: str) -> None:
+    assert validate_request({**GOOD, "prompt": prompt}, SETTINGS).prompt == prompt
