@@ -1,4 +1,5 @@
-"""Engine and sessions. The schema is created by `canary db init`, never on import."""
+"""Engine and sessions. The schema is created by `canary db init` (and upgraded by
+`canary db upgrade`, storage.migrate), never on import."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from sqlalchemy import event
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Engine, make_url
-from sqlmodel import SQLModel, create_engine
+from sqlmodel import create_engine
 
 from storage import models  # noqa: F401  (registers the tables on the metadata)
 
@@ -46,8 +47,10 @@ def get_engine(url: str) -> Engine:
 
 
 def init_db(engine: Engine) -> None:
-    """Create missing tables (idempotent)."""
-    SQLModel.metadata.create_all(engine)
+    """Create the schema, or upgrade an existing database to it (idempotent)."""
+    from storage.migrate import create_or_upgrade  # Alembic only where the schema is made
+
+    create_or_upgrade(engine)
 
 
 def dialect_insert(engine: Engine) -> Any:

@@ -1,0 +1,1 @@
+"""Alembic migrations of the schema (env.py, versions/); run through storage.migrate."""

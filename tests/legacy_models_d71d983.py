@@ -1,0 +1,337 @@
+"""Frozen: the schema of the previous release (git d71d983, before ``batches``/``batch_lines``).
+
+A verbatim copy of that release's storage/models.py, except that the tables live on their
+own metadata (``LegacyTable.metadata``), so the upgrade test can build an old database
+exactly as that release's ``create_all`` did. Never edit it to follow storage/models.py.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from enum import StrEnum
+
+from sqlalchemy import BigInteger, Column, DateTime, Index
+from sqlalchemy.orm import registry
+from sqlmodel import Field, SQLModel
+
+
+class LegacyTable(SQLModel, registry=registry()):
+    """Base of the frozen tables: a metadata of their own, not SQLModel's."""
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class JobStatus(StrEnum):
+    QUEUED = "QUEUED"
+    RUNNING = "RUNNING"
+    SUCCEEDED = "SUCCEEDED"
+    FAILED = "FAILED"
+
+
+TERMINAL_STATUSES = (JobStatus.SUCCEEDED, JobStatus.FAILED)
+
+
+class FailureKind(StrEnum):
+    BLACK_IMAGE = "black_image"
+    BLANK_IMAGE = "blank_image"
+    NAN_OUTPUT = "nan_output"
+    NSFW_FILTERED = "nsfw_filtered"
+    OOM = "oom"
+    TIMEOUT = "timeout"
+    MODEL_LOAD = "model_load"
+    STORAGE_ERROR = "storage_error"
+    INVALID_JOB = "invalid_job"
+    ENQUEUE_ERROR = "enqueue_error"
+    WORKER_LOST = "worker_lost"
+    ERROR = "error"
+
+
+def _utc_column(*, nullable: bool = True, index: bool = False) -> Column:
+    return Column(DateTime(timezone=True), nullable=nullable, index=index)
+
+
+class Job(LegacyTable, table=True):
+    """One render request and everything the worker learned while serving it."""
+
+    __tablename__ = "jobs"
+    __table_args__ = (Index("ix_jobs_version_status", "model_version", "status"),)
+
+    id: str = Field(primary_key=True, max_length=36)
+    idempotency_key: str | None = Field(default=None, unique=True, max_length=300)
+    user_id: str | None = Field(default=None, index=True, max_length=200)
+    source: str = Field(default="api", max_length=32)
+    batch_id: str | None = Field(default=None, index=True, max_length=64)
+
+    # the assignment (experiment is None when the caller pinned the version)
+    experiment: str | None = Field(default=None, max_length=100)
+    arm: str | None = Field(default=None, max_length=16)
+    segment: str | None = Field(default=None, max_length=32)
+    api_key_id: str | None = Field(default=None, max_length=36, index=True)
+
+    # the spec
+    model_version: str = Field(max_length=64)
+    prompt: str
+    negative_prompt: str = ""
+    seed: int = Field(sa_column=Column(BigInteger, nullable=False))
+    steps: int
+    guidance: float
+    width: int
+    height: int
+
+    # lifecycle
+    status: str = Field(default=JobStatus.QUEUED, max_length=16)
+    attempts: int = 0
+    misroutes: int = 0  # deliveries to a worker of another version (re-routed, not rendered)
+    created_at: datetime = Field(default_factory=utcnow, sa_column=_utc_column(index=True))
+    enqueued_at: datetime | None = Field(default=None, sa_column=_utc_column())
+    started_at: datetime | None = Field(default=None, sa_column=_utc_column())
+    finished_at: datetime | None = Field(default=None, sa_column=_utc_column())
+
+    # what served it
+    worker_host: str | None = Field(default=None, max_length=255)
+    worker_version: str | None = Field(default=None, max_length=64)
+    device: str | None = Field(default=None, max_length=32)
+    model_revision: str | None = Field(default=None, max_length=64)
+
+    # outcome
+    image_key: str | None = Field(default=None, max_length=512)
+    failure_kind: str | None = Field(default=None, max_length=32, index=True)
+    failure_message: str | None = None
+
+    # timings (ms) and memory
+    queue_wait_ms: float | None = None
+    inference_ms: float | None = None
+    upload_ms: float | None = None
+    end_to_end_ms: float | None = None
+    peak_vram_bytes: int | None = Field(default=None, sa_column=Column(BigInteger))
+
+
+class Arm(StrEnum):
+    BASELINE = "baseline"
+    CANDIDATE = "candidate"
+
+
+class Assignment(LegacyTable, table=True):
+    """A user's sticky assignment in an experiment; also its exposure record.
+
+    One row per (experiment, user), written on first exposure. ``segment`` is the segment at
+    that moment and stays the user's stratum. ``arm`` only ever moves baseline -> candidate
+    (a ramp-up reaching the user's bucket); a rollback overrides it without rewriting it.
+    """
+
+    __tablename__ = "assignments"
+
+    experiment: str = Field(primary_key=True, max_length=100)
+    user_id: str = Field(primary_key=True, max_length=200)
+    arm: str = Field(max_length=16)
+    variant: str = Field(max_length=64)
+    segment: str = Field(max_length=32)
+    stage: str = Field(max_length=100)
+    first_seen: datetime = Field(default_factory=utcnow, sa_column=_utc_column(index=True))
+    last_seen: datetime = Field(default_factory=utcnow, sa_column=_utc_column())
+    promoted_at: datetime | None = Field(default=None, sa_column=_utc_column())
+
+
+class UserProfile(LegacyTable, table=True):
+    """What is known about a user beyond their jobs (first report of sign-up time wins)."""
+
+    __tablename__ = "users"
+
+    user_id: str = Field(primary_key=True, max_length=200)
+    signed_up_at: datetime | None = Field(default=None, sa_column=_utc_column())
+
+
+class ApiKeyRole(StrEnum):
+    CLIENT = "client"  # submits and reads its own jobs
+    OPERATOR = "operator"  # everything, including pinning versions
+    GRADER = "grader"  # grades golden runs and reads their reports; submits nothing
+    EVENTS = "events"  # write-only: client instrumentation posts events, reads nothing
+
+
+class ApiKey(LegacyTable, table=True):
+    """An API key; only its SHA-256 is stored (keys are 256-bit random, so no salt/KDF)."""
+
+    __tablename__ = "api_keys"
+
+    id: str = Field(primary_key=True, max_length=36)
+    name: str = Field(max_length=100)
+    role: str = Field(max_length=16)
+    key_hash: str = Field(unique=True, max_length=64)
+    prefix: str = Field(max_length=16)
+    created_at: datetime = Field(default_factory=utcnow, sa_column=_utc_column())
+    revoked_at: datetime | None = Field(default=None, sa_column=_utc_column())
+
+
+class ModelRevision(LegacyTable, table=True):
+    """A published revision of a version's weights (`canary hotfix`); the newest is current."""
+
+    __tablename__ = "model_revisions"
+
+    id: int | None = Field(default=None, primary_key=True)
+    version: str = Field(max_length=64, index=True)
+    revision: str = Field(max_length=64)
+    source: str = Field(max_length=1000)
+    published_at: datetime = Field(default_factory=utcnow, sa_column=_utc_column())
+
+
+class WorkerRecord(LegacyTable, table=True):
+    """What each render worker last reported: which revision it serves, or why not."""
+
+    __tablename__ = "workers"
+
+    node: str = Field(primary_key=True, max_length=255)
+    version: str = Field(max_length=64, index=True)
+    device: str = Field(max_length=32)
+    revision: str | None = Field(default=None, max_length=64)
+    error: str | None = None
+    updated_at: datetime = Field(default_factory=utcnow, sa_column=_utc_column())
+
+
+class VersionState(LegacyTable, table=True):
+    """A version's lifecycle beyond the configuration: retirement and clean-up."""
+
+    __tablename__ = "version_states"
+
+    version: str = Field(primary_key=True, max_length=64)
+    retired_at: datetime | None = Field(default=None, sa_column=_utc_column())
+    rerouted_to: str | None = Field(default=None, max_length=64)
+    retention_days: float = 7.0
+    purged_at: datetime | None = Field(default=None, sa_column=_utc_column())
+
+
+class GoldenRunStatus(StrEnum):
+    SUBMITTING = "SUBMITTING"  # cases are being enqueued (resumable if the submitter died)
+    RUNNING = "RUNNING"  # every case enqueued; images and checks pending
+    COMPLETE = "COMPLETE"  # every image rendered or failed and checked
+
+
+class GoldenRun(LegacyTable, table=True):
+    """One replay of the golden set through a baseline and a candidate version.
+
+    The set's text is kept with the run (``set_text``), so a later edit of the file never
+    changes what an old report or review page shows.
+    """
+
+    __tablename__ = "golden_runs"
+
+    id: str = Field(primary_key=True, max_length=100)
+    trigger: str = Field(max_length=16)  # nightly | manual
+    set_name: str = Field(max_length=100)
+    set_sha256: str = Field(max_length=64)
+    set_text: str
+    case_count: int
+    baseline: str = Field(max_length=64)
+    candidate: str = Field(max_length=64)
+    status: str = Field(default=GoldenRunStatus.SUBMITTING, max_length=16)
+    created_at: datetime = Field(default_factory=utcnow, sa_column=_utc_column(index=True))
+    submitted_at: datetime | None = Field(default=None, sa_column=_utc_column())
+    completed_at: datetime | None = Field(default=None, sa_column=_utc_column())
+    lease_owner: str | None = Field(default=None, max_length=200)
+    lease_until: datetime | None = Field(default=None, sa_column=_utc_column())
+
+
+class GoldenResult(LegacyTable, table=True):
+    """One case rendered by one version in a run, and what the automatic checks found."""
+
+    __tablename__ = "golden_results"
+
+    run_id: str = Field(primary_key=True, max_length=100)
+    case_id: str = Field(primary_key=True, max_length=64)
+    version: str = Field(primary_key=True, max_length=64)
+    job_id: str = Field(max_length=36, index=True)
+    category: str = Field(max_length=32)
+    checked_at: datetime | None = Field(default=None, sa_column=_utc_column())
+    auto_level: str | None = Field(default=None, max_length=8)  # S (hard failure) or A
+    auto_reason: str | None = None
+    element_scores: str | None = None  # JSON {element: score} when a scorer is configured
+    previous_run_id: str | None = Field(default=None, max_length=100)
+    drift_rmse: float | None = None
+    drift_phash_bits: int | None = None
+    drifted: bool | None = None
+
+
+class GoldenGrade(LegacyTable, table=True):
+    """A human grade of one image; the latest grade of a grader replaces the earlier one."""
+
+    __tablename__ = "golden_grades"
+
+    run_id: str = Field(primary_key=True, max_length=100)
+    case_id: str = Field(primary_key=True, max_length=64)
+    version: str = Field(primary_key=True, max_length=64)
+    grader: str = Field(primary_key=True, max_length=100)
+    level: str = Field(max_length=8)
+    graded_at: datetime = Field(default_factory=utcnow, sa_column=_utc_column())
+
+
+class EventType(StrEnum):
+    IMAGE_VIEWED = "image_viewed"  # dwell_ms: from image loaded to leave/next
+    DOWNLOAD_CLICKED = "download_clicked"
+    FEEDBACK_REPORTED = "feedback_reported"  # reason: poor_quality | style_mismatch | other
+    LOGIN = "login"
+    TRIAL_STARTED = "trial_started"
+    SUBSCRIPTION_PAID = "subscription_paid"
+
+
+JOB_EVENTS = (EventType.IMAGE_VIEWED, EventType.DOWNLOAD_CLICKED, EventType.FEEDBACK_REPORTED)
+
+
+class Event(LegacyTable, table=True):
+    """A user-behaviour event from client instrumentation, deduplicated by its client id."""
+
+    __tablename__ = "events"
+    __table_args__ = (
+        Index("ix_events_type_time", "type", "occurred_at"),
+        Index("ix_events_user_time", "user_id", "occurred_at"),
+        # the report's per-image metrics read one event type's (job_id, dwell_ms) from this
+        # index alone, in job order (no table access, no sort)
+        Index("ix_events_type_job", "type", "job_id", "dwell_ms"),
+        # "did this user log in / pay after t": one index probe per user, no table access
+        Index("ix_events_user_type_time", "user_id", "type", "occurred_at"),
+    )
+
+    id: str = Field(primary_key=True, max_length=100)
+    type: str = Field(max_length=32)
+    user_id: str = Field(max_length=200)
+    job_id: str | None = Field(default=None, max_length=36, index=True)
+    occurred_at: datetime = Field(sa_column=_utc_column(nullable=False))
+    received_at: datetime = Field(default_factory=utcnow, sa_column=_utc_column())
+    dwell_ms: int | None = Field(default=None, sa_column=Column(BigInteger))
+    reason: str | None = Field(default=None, max_length=32)
+    api_key_id: str | None = Field(default=None, max_length=36)
+
+
+class ExperimentState(LegacyTable, table=True):
+    """The live stage of an experiment; overrides the file's ``stage``/``rolled_back``.
+
+    Written by `canary rollout` and the automatic mode; every gateway re-reads it within a
+    few seconds, so a ramp or a rollback needs no file edit and no restart.
+    """
+
+    __tablename__ = "experiment_states"
+
+    experiment: str = Field(primary_key=True, max_length=100)
+    stage: str = Field(max_length=100)
+    rolled_back: bool = False
+    auto: bool = False  # the daily job may advance or roll back by itself
+    stage_since: datetime = Field(default_factory=utcnow, sa_column=_utc_column())
+    updated_at: datetime = Field(default_factory=utcnow, sa_column=_utc_column())
+    updated_by: str = Field(default="", max_length=200)
+
+
+class RolloutEvent(LegacyTable, table=True):
+    """The audit log: every rollout action with who, when, from, to, why and the evidence."""
+
+    __tablename__ = "rollout_audit"
+
+    id: int | None = Field(default=None, primary_key=True)
+    experiment: str = Field(max_length=100, index=True)
+    at: datetime = Field(default_factory=utcnow, sa_column=_utc_column(index=True))
+    actor: str = Field(max_length=200)
+    action: str = Field(max_length=32)  # advance | hold | rollback | set-stage | auto-on ...
+    from_stage: str | None = Field(default=None, max_length=100)
+    to_stage: str | None = Field(default=None, max_length=100)
+    reason: str = ""
+    evaluation: str | None = None  # JSON of the gate evaluation that justified it
+    dry_run: bool = False
