@@ -49,6 +49,13 @@ def build(settings: Settings) -> dict[str, Any]:
         "worker_prefetch_multiplier": settings.prefetch_multiplier,
         "worker_pool": "tasks.pool:RenderPool",
         "task_acks_on_failure_or_timeout": True,
+        # After a broker connection drop the running job's message comes back; the render
+        # keeps going instead of being cancelled (cancelling kills the pool process: the
+        # model reloads and the recorder's finished-but-unrecorded jobs are rendered
+        # again). The returned copy meets the claim guard, keyed on the worker's unique
+        # node name (tasks/nodes.py): another worker leaves the job to its live holder,
+        # and on this worker it waits behind the render and finds it held or finished.
+        "worker_cancel_long_running_tasks_on_connection_loss": False,
         # a pool process loads its model before it reports up (tasks/worker_state.py)
         "worker_proc_alive_timeout": settings.worker_start_timeout_s,
         "task_ignore_result": True,

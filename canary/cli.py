@@ -53,6 +53,8 @@ console = Console()
 err = Console(stderr=True)
 
 DEVICE_PATTERN = re.compile(r"^(cpu|cuda(:\d+)?|mps)$")
+# how long `canary worker` waits for a live worker under its name to answer
+NAME_CHECK_TIMEOUT_S = 2.0
 
 
 # Exit codes of every command (README, "Exit codes"): 0 done; 1 the operation failed (a
@@ -109,15 +111,41 @@ def _engine():  # type: ignore[no-untyped-def]
 # ---------------------------------------------------------------- db / models
 @db_app.command("init")
 def db_init() -> None:
-    """Create the tables (idempotent)."""
+    """Create the tables, or upgrade an existing database (idempotent)."""
     from sqlalchemy.engine import make_url
 
     from storage.db import init_db
+    from storage.migrate import SchemaError
 
     with _database_errors(get_settings()):
-        init_db(_engine())
+        try:
+            init_db(_engine())
+        except SchemaError as exc:
+            raise fail(str(exc)) from None
     shown = make_url(get_settings().resolved_database_url).render_as_string(hide_password=True)
     console.print(f"database ready: {shown}")
+
+
+@db_app.command("upgrade")
+def db_upgrade() -> None:
+    """Upgrade the schema to this release with Alembic migrations, keeping every row.
+
+    A database made before migrations existed (by `canary db init`) is recognised first.
+    """
+    from sqlalchemy.engine import make_url
+
+    from storage.migrate import SchemaError, upgrade_db
+
+    with _database_errors(get_settings()):
+        try:
+            before, after = upgrade_db(_engine())
+        except SchemaError as exc:
+            raise fail(str(exc)) from None
+    shown = make_url(get_settings().resolved_database_url).render_as_string(hide_password=True)
+    if before == after:
+        console.print(f"database up to date (revision {after}): {shown}")
+    else:
+        console.print(f"database upgraded {before or 'empty'} -> {after}: {shown}")
 
 
 @models_app.command("make-tiny")
@@ -217,7 +245,11 @@ def worker(
     model_version: Annotated[str, typer.Option("--model-version", help="Version to serve")],
     device: Annotated[str, typer.Option(help="cpu, cuda or cuda:N")] = "cpu",
     name: Annotated[
-        str | None, typer.Option(help="Node name (default render-VERSION-DEVICE)")
+        str | None,
+        typer.Option(
+            help="Node name; must be unique on this host (default "
+            "render-VERSION-DEVICE-<random suffix>)"
+        ),
     ] = None,
     loglevel: Annotated[str, typer.Option()] = "info",
 ) -> None:
@@ -240,8 +272,15 @@ def worker(
     # The binding travels in the environment so the pool's child processes see it too.
     import socket
 
-    default_name = f"render-{model_version}-{device.replace(':', '')}"
-    node = f"{name or default_name}@{socket.gethostname()}"
+    from tasks.nodes import unique_node_name
+
+    host = socket.gethostname()
+    node = f"{name}@{host}" if name else unique_node_name(model_version, device, host)
+    if name:  # a default name is unique already (6 random hex digits)
+        _refuse_a_taken_name(settings, node)
+    from tasks import node_locks
+
+    node_locks.hold(node)  # tells a successor on this host when this worker is gone
     os.environ["CANARY_WORKER_MODEL_VERSION"] = model_version
     os.environ["CANARY_WORKER_DEVICE"] = device
     os.environ["CANARY_WORKER_NODE"] = node
@@ -275,6 +314,21 @@ def worker(
             "--task-events",
         ]
     )  # fmt: skip
+
+
+def _refuse_a_taken_name(settings: Settings, node: str) -> None:
+    """Two workers under one node name would each take the other's jobs for their own (the
+    claim guard keys on it), so a name a live worker answers to is refused."""
+    from tasks.app import make_app
+    from tasks.queues import broker_answers, node_online
+
+    if not broker_answers(settings.broker_url, NAME_CHECK_TIMEOUT_S):
+        return  # nobody can be consuming under it; the worker waits for the broker
+    if node_online(make_app(settings), node, NAME_CHECK_TIMEOUT_S):
+        raise fail(
+            f"a worker named {node} is already running; give this one another --name "
+            "or leave --name out for a unique one"
+        )
 
 
 @app.command("scheduler-worker")

@@ -118,14 +118,16 @@ def wait_for_workers(
 
     app = make_app(settings)
     deadline = time.monotonic() + timeout
-    expected = {f"render-{v}-cpu" for v in settings.versions}
+    from tasks.nodes import node_prefix, serves
+
+    expected = [node_prefix(v, "cpu") for v in settings.versions]
     with console.status("starting the local stack (broker, workers, beat, Flower)"):
         while time.monotonic() < deadline:
             if process.poll() is not None:
                 raise DemoError(f"the local stack exited early; see {log_path}")
             replies = app.control.ping(timeout=1.0) or []
-            seen = {name.split("@")[0] for reply in replies for name in reply}
-            if expected <= seen:
+            seen = [node for reply in replies for node in reply]
+            if all(any(serves(node, prefix) for node in seen) for prefix in expected):
                 return
             time.sleep(0.5)
     raise DemoError(f"workers did not come up within {timeout:.0f} s; see {log_path}")

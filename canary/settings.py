@@ -145,6 +145,12 @@ class Settings(BaseSettings):
     republish_every_s: float = Field(
         default=60.0, gt=0, description="How often beat re-sends jobs recorded but never sent"
     )
+    reconcile_every_s: float = Field(
+        default=60.0,
+        gt=0,
+        description="How often beat re-sends QUEUED jobs (sent at least this long ago) whose "
+        "message the broker no longer holds",
+    )
 
     # --- golden set ---
     golden_set_file: Path = Field(

@@ -15,12 +15,12 @@ import threading
 from collections.abc import Callable, Collection
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from celery import Celery
 
 from canary.settings import Settings
-from tasks.queues import broker_answers, consumers, queue_depth
+from tasks.queues import broker_answers, consumers, queue_depth, resent_counts
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +29,8 @@ log = logging.getLogger(__name__)
 class BrokerReading:
     depths: dict[str, int]  # version -> messages waiting on its queue
     consumers: dict[str, list[str]]  # online node -> queues it consumes
+    # version -> lost messages re-sent by the reconciler (scheduler/lost_messages.py)
+    resent: dict[str, int] = field(default_factory=dict)
 
 
 class BrokerProbe:
@@ -64,6 +66,7 @@ def broker_reader(
         if not broker_answers(settings.broker_url, timeout_s):
             raise ConnectionError(f"no answer from {settings.shown_broker_url}")
         depths = {v: queue_depth(app, settings.queue_for(v)) for v in settings.versions}
-        return BrokerReading(depths, consumers(app, timeout=timeout_s, nodes=nodes()))
+        online = consumers(app, timeout=timeout_s, nodes=nodes())
+        return BrokerReading(depths, online, resent_counts(app))
 
     return read

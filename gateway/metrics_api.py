@@ -6,6 +6,8 @@ version, finished jobs by version and outcome, failure kinds, render and end-to-
 latency histograms, online workers per version and revision, each experiment's live stage
 and latest gate verdict. Counts come from the job table (rows are never deleted), so they
 only grow, survive restarts and agree across several API processes: they are counters.
+Lost messages re-sent by the reconciler (scheduler/lost_messages.py) are counted in the
+broker, which every reconciler shares; that count restarts if the broker loses its data.
 
 Conventions: ``canary_`` prefix, base units in names (``_seconds``, ``_ratio``,
 ``_messages``), counters end in ``_total``, and labels take values from small closed sets
@@ -96,6 +98,14 @@ class CanaryCollector(Collector):
         for version in self.settings.versions:
             depth.add_metric([version], reading.depths[version])
         yield depth
+        resent = CounterMetricFamily(
+            "canary_jobs_resent", "QUEUED jobs sent again because the broker had lost their "
+            "message (kept in the broker: starts again from 0 if it loses its data)",
+            labels=["version"],
+        )  # fmt: skip
+        for version in self.settings.versions:
+            resent.add_metric([version], reading.resent.get(version, 0))
+        yield resent
 
     def _jobs(self) -> Iterator[Metric]:
         unfinished = GaugeMetricFamily(

@@ -40,6 +40,11 @@ def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
             "schedule": schedule(run_every=settings.republish_every_s),
             "kwargs": {"older_than_s": settings.republish_every_s},
         },
+        "reconcile-lost-messages": {
+            "task": "canary.scheduler.reconcile_lost_messages",
+            "schedule": schedule(run_every=settings.reconcile_every_s),
+            "kwargs": {"older_than_s": settings.reconcile_every_s},
+        },
         "purge-retired-versions": {
             "task": "canary.scheduler.purge_retired",
             "schedule": crontab(minute=17, hour=3),  # daily, off the hour

@@ -228,6 +228,37 @@ def take_stranded(
         return [Job.model_validate(dict(row._mapping)) for row in connection.execute(statement)]
 
 
+def queued_sent_before(
+    engine: Engine, model_version: str, sent_before: datetime, limit: int
+) -> list[Job]:
+    """QUEUED jobs of the version whose message was sent before ``sent_before``, oldest
+    first (the candidates for a message the broker lost)."""
+    with Session(engine) as session:
+        return list(
+            session.exec(
+                select(Job)
+                .where(
+                    Job.model_version == model_version,
+                    Job.status == JobStatus.QUEUED,
+                    Job.enqueued_at < sent_before,  # type: ignore[operator]
+                )
+                .order_by(Job.enqueued_at)  # type: ignore[arg-type]
+                .limit(limit)
+            )
+        )
+
+
+def running_holders(engine: Engine, model_version: str) -> set[str]:
+    """Node names holding RUNNING jobs of the version."""
+    with Session(engine) as session:
+        statement = select(Job.worker_host).where(
+            Job.model_version == model_version,
+            Job.status == JobStatus.RUNNING,
+            Job.worker_host.is_not(None),  # type: ignore[union-attr]
+        )
+        return {host for host in session.exec(statement.distinct()) if host}
+
+
 def count_misroute(engine: Engine, job_id: str) -> None:
     with engine.begin() as connection:
         connection.execute(update(Job).where(Job.id == job_id).values(misroutes=Job.misroutes + 1))

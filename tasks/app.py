@@ -14,6 +14,7 @@ def make_app(settings: Settings | None = None) -> Celery:
             "tasks.render",
             "tasks.hotfix",
             "scheduler.maintenance",
+            "scheduler.lost_messages",
             "scheduler.retention",
             "scheduler.golden_tasks",
             "scheduler.dashboards",

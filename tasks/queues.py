@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection
+import json
+from collections.abc import Collection, Iterable, Iterator
 
 from celery import Celery
+
+# Redis hash of re-sent lost messages by version (tasks.queues.count_resent), kept in the
+# broker so every reconciler process adds to one count; /metrics exports it.
+RESENT_KEY = "canary:jobs-resent"
+SCAN_CHUNK = 1000
 
 
 def queue_depth(app: Celery, queue: str) -> int:
@@ -50,3 +56,56 @@ def broker_answers(url: str, timeout_s: float) -> bool:
         return False
     finally:
         client.close()
+
+
+def node_online(app: Celery, node: str, timeout: float) -> bool:
+    """Whether a live worker answers to the node name ``node`` (``name@host``)."""
+    replies = app.control.ping(destination=[node], timeout=timeout, limit=1) or []
+    return any(node in reply for reply in replies)
+
+
+def job_ids_in_broker(app: Celery, queues: Iterable[str]) -> set[str]:
+    """Task ids (= job ids) of every message the Redis broker still holds for ``queues``:
+    waiting on them (every priority sub-list) or delivered and not yet acknowledged (any
+    queue: a worker's reserved and running messages, restored if it dies)."""
+    with app.connection_for_read() as connection:
+        channel = connection.default_channel
+        client = channel.client
+        found: set[str] = set()
+        for queue in queues:
+            for step in channel.priority_steps:
+                key = channel._q_for_pri(queue, step)  # kombu's name for a priority sub-list
+                for start in range(0, client.llen(key), SCAN_CHUNK):
+                    raw = client.lrange(key, start, start + SCAN_CHUNK - 1)
+                    found.update(_task_ids(raw))
+        unacked = (entry for _, entry in client.hscan_iter(channel.unacked_key))
+        found.update(_task_ids(json.loads(entry)[0] for entry in unacked))
+        return found
+
+
+def _task_ids(messages: Iterable[bytes | str | dict]) -> Iterator[str]:
+    for message in messages:
+        envelope = json.loads(message) if isinstance(message, bytes | str) else message
+        task_id = (envelope.get("headers") or {}).get("id")
+        if task_id:
+            yield task_id
+
+
+def count_resent(app: Celery, counts: dict[str, int]) -> None:
+    """Add re-sent lost messages, per version, to the broker-held count."""
+    with app.connection_for_write() as connection:
+        client = connection.default_channel.client
+        for version, n in counts.items():
+            if n:
+                client.hincrby(RESENT_KEY, version, n)
+
+
+def resent_counts(app: Celery) -> dict[str, int]:
+    """Lost messages re-sent so far, per version (since the broker's data began)."""
+    with app.connection_for_read() as connection:
+        raw = connection.default_channel.client.hgetall(RESENT_KEY)
+    return {_text(k): int(v) for k, v in raw.items()}
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value

@@ -4,7 +4,9 @@ Two triggers, both in render workers, both taking the jobs with one conditional 
 that no job is re-sent twice by two callers at once:
 
 - a pool process starting re-sends the jobs still RUNNING under its own node name (its
-  predecessor was killed with them in its record queue, or mid-render);
+  predecessor was killed with them in its record queue, or mid-render), and those of dead
+  workers of its version on its host (node names are unique per worker, so a restarted
+  worker's predecessor had another name; tasks/node_locks.py tells it is gone);
 - every ``CANARY_RECOVERY_SWEEP_EVERY_S`` a worker re-sends its version's jobs RUNNING for
   longer than the visibility timeout (their worker's host is gone).
 
@@ -23,6 +25,7 @@ from celery import Celery
 from canary.settings import Settings
 from storage import jobs
 from storage.models import Job, utcnow
+from tasks import node_locks
 from tasks.spec import RENDER_TASK, render_spec
 
 log = logging.getLogger(__name__)
@@ -51,6 +54,26 @@ def recover_node(app: Celery, settings: Settings, engine, version: str, node: st
                     node)  # fmt: skip
     resend(app, settings, rows)
     return len(rows)
+
+
+def recover_dead_neighbours(
+    app: Celery, settings: Settings, engine, version: str, node: str
+) -> int:  # type: ignore[no-untyped-def]
+    """Re-send what dead workers of this version on this host left RUNNING (a restarted
+    worker's predecessor: node names are unique per worker, see tasks/node_locks.py)."""
+    host = node.rpartition("@")[2]
+    count = 0
+    for holder in jobs.running_holders(engine, version) - {node}:
+        if holder.rpartition("@")[2] != host or not node_locks.is_dead(holder):
+            continue
+        rows = jobs.take_stranded(engine, model_version=version, worker_host=holder)
+        if rows:
+            log.warning("re-sending %d job(s) left unfinished by %s, a worker gone from "
+                        "this host", len(rows), holder)  # fmt: skip
+        resend(app, settings, rows)
+        node_locks.forget(holder)
+        count += len(rows)
+    return count
 
 
 def sweep(app: Celery, settings: Settings, engine, version: str) -> int:  # type: ignore[no-untyped-def]

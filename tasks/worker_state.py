@@ -63,7 +63,9 @@ class WorkerContext:
 
     @property
     def node(self) -> str:
-        """This worker's Celery node name; job rows record it as ``worker_host``."""
+        """This worker's Celery node name, unique per worker (tasks/nodes.py); job rows
+        record it as ``worker_host``. `canary worker` sets it for the pool processes, so a
+        replacement pool process has its predecessor's name and re-sends what it held."""
         return self.settings.worker_node or f"render-{self.version}@{self.hostname}"
 
     def worker_fields(self) -> dict[str, Any]:
@@ -162,6 +164,7 @@ def _load_model_in_child(**_: object) -> None:
         log.exception("model %s failed to load on %s", ctx.version, ctx.device)
     try:
         recovery.recover_node(ctx.app, ctx.settings, ctx.engine, ctx.version, ctx.node)
+        recovery.recover_dead_neighbours(ctx.app, ctx.settings, ctx.engine, ctx.version, ctx.node)
     except Exception:  # the periodic sweep catches up later
         log.exception("could not re-send the jobs left by %s's previous process", ctx.node)
     ctx.recorder  # noqa: B018  (start the thread before the first job)

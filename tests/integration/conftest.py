@@ -113,6 +113,7 @@ class Stack:
     log_dir: Path
     app: Celery
     workers: list[subprocess.Popen] = field(default_factory=list)
+    nodes: dict[int, str] = field(default_factory=dict)  # worker pid -> its node name
 
     @property
     def engine(self):  # type: ignore[no-untyped-def]
@@ -124,10 +125,12 @@ class Stack:
     def start_worker(
         self, version: str, name: str | None = None, node: str | None = None
     ) -> subprocess.Popen:
-        """Start a worker subprocess; ``node`` sets its Celery node name (else the default)."""
+        """Start a worker subprocess; ``node`` sets its Celery node name (else the default,
+        render-VERSION-cpu-<unique suffix>); its node name is kept in ``nodes``."""
         name = name or f"worker-{version}-{len(self.workers)}"
         log = (self.log_dir / f"{name}.log").open("ab")
         node_args = ["--name", node] if node else []
+        started_before = set(self.nodes.values())
         process = subprocess.Popen(
             [sys.executable, "-m", "canary.cli", "worker", "--model-version", version, *node_args],
             env=self.env,
@@ -137,17 +140,30 @@ class Stack:
             start_new_session=True,
         )
         self.workers.append(process)
-        self.wait_for_worker(node or f"render-{version}-cpu", process, name)
+        self.nodes[process.pid] = self.wait_for_worker(
+            node or f"render-{version}-cpu", process, name, started_before
+        )
         return process
 
-    def wait_for_worker(self, node_prefix: str, process: subprocess.Popen, name: str) -> None:
+    def online_nodes(self, timeout: float) -> set[str]:
+        return {n for reply in self.app.control.ping(timeout=timeout) or [] for n in reply}
+
+    def wait_for_worker(
+        self,
+        node_prefix: str,
+        process: subprocess.Popen,
+        name: str,
+        started_before: set[str] = frozenset(),  # type: ignore[assignment]
+    ) -> str:
+        """Wait for a node named after ``node_prefix``, not one of ``started_before``;
+        returns its name."""
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline:
             if process.poll() is not None:
                 pytest.fail(f"{name} exited: {self.log(name)}")
-            replies = self.app.control.ping(timeout=0.5) or []
-            if any(n.startswith(node_prefix) for reply in replies for n in reply):
-                return
+            for node in self.online_nodes(0.5) - started_before:
+                if node.startswith(node_prefix):
+                    return node
         pytest.fail(f"{name} did not answer within 90 s: {self.log(name)}")
 
     def wait_finished(self, job_ids: list[str], timeout: float = 120) -> dict[str, Job]:

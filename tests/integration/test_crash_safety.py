@@ -1,5 +1,6 @@
-"""Crash safety with real worker processes: kills, a broker restart and warm shutdowns lose
-no job and duplicate none (one success record, one image object per job)."""
+"""Crash safety with real worker processes: kills, broker restarts (with and without its
+data) and warm shutdowns lose no job and duplicate none (one success record, one image
+object per job)."""
 
 from __future__ import annotations
 
@@ -10,15 +11,17 @@ import socket
 import subprocess
 import time
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 import redis
 
+from scheduler.lost_messages import reconcile
 from storage import jobs
 from storage.models import FailureKind, JobStatus, utcnow
 from storage.objects import open_store
+from tasks.queues import resent_counts
 from tasks.spec import RENDER_TASK, render_spec
 from tests.integration.conftest import Stack, local_stack
 
@@ -264,3 +267,87 @@ def test_broker_restart_mid_batch_loses_and_duplicates_nothing(
         stack.stop_workers()
         broker.terminate()
         broker.wait()
+
+
+def test_jobs_whose_messages_a_restarted_broker_lost_are_sent_again_and_render_once(
+    tmp_path: Path, model_dir: Path
+) -> None:
+    """The broker comes back without its data: the outbox (never-sent jobs) and the sweep
+    (RUNNING jobs) see nothing to do, the reconciler finds the QUEUED jobs whose message
+    is gone and sends them again; re-sends of messages that only looked gone (a job in
+    flight while it runs every second) are stopped by the claim guard."""
+    port = free_port()
+    first_dir, second_dir = tmp_path / "redis-1", tmp_path / "redis-2"
+    first_dir.mkdir()
+    second_dir.mkdir()
+    broker = start_redis(port, first_dir)
+    stack = crash_stack(tmp_path, f"redis://127.0.0.1:{port}/0", model_dir)
+    try:
+        stack.start_worker("v1")
+        job_ids = submit(stack, 12, "[[fault:slow=0.15]]")
+        wait_until(
+            lambda: sum(r.status == "SUCCEEDED" for r in jobs.get_jobs(stack.engine, job_ids)) >= 2,
+            what="two finished jobs",
+        )
+        broker.kill()
+        broker.wait()
+        broker = start_redis(port, second_dir)  # same port, no data: every message is gone
+        time.sleep(8)  # the worker reconnects; nothing arrives for the jobs left QUEUED
+        queued = [r.id for r in jobs.get_jobs(stack.engine, job_ids) if r.status == "QUEUED"]
+        assert queued, "every job finished before the broker lost its data"
+        resent: dict[str, int] = {}
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            rows = jobs.get_jobs(stack.engine, job_ids)
+            if all(r.status in ("SUCCEEDED", "FAILED") for r in rows):
+                break
+            # as beat runs it, but every second and with no age threshold: a job whose
+            # message is on its way to the worker may look lost, and is then sent twice
+            for version, n in reconcile(
+                stack.app, stack.settings, stack.engine, timedelta(0)
+            ).items():
+                resent[version] = resent.get(version, 0) + n
+            time.sleep(1)
+        rows = assert_exactly_once(stack, job_ids)
+        assert resent.get("v1", 0) >= len(queued)
+        assert all(rows[i].attempts == 1 for i in queued), {i: rows[i].attempts for i in queued}
+        assert resent_counts(stack.app) == {"v1": resent["v1"]}  # what /metrics exports
+        assert reconcile(stack.app, stack.settings, stack.engine, timedelta(0)) == {
+            "v1": 0,
+            "v2": 0,
+        }
+    finally:
+        stack.stop_workers()
+        broker.terminate()
+        broker.wait()
+
+
+def test_a_restarted_worker_resends_what_its_predecessor_left_and_spares_live_neighbours(
+    tmp_path: Path, clean_redis: str, model_dir: Path
+) -> None:
+    """Node names are unique per worker, so a worker started after one was killed has
+    another name; it re-sends the dead one's jobs at once (nothing else would before the
+    5-minute visibility timeout), and never a live neighbour's."""
+    stack = crash_stack(tmp_path, clean_redis, model_dir, CANARY_VISIBILITY_TIMEOUT_S="300")
+    try:
+        first = stack.start_worker("v1")
+        (kept,) = submit(stack, 1, "kept [[fault:slow=0.4]]", steps=12)
+        wait_until(lambda: running(stack, [kept]), what="the first job to start")
+        stack.start_worker("v1")  # while the first worker renders: it must leave that job
+        row = stack.wait_finished([kept])[kept]
+        assert (row.status, row.attempts, row.worker_host) == (
+            JobStatus.SUCCEEDED, 1, stack.nodes[first.pid],
+        )  # fmt: skip
+        (lost,) = submit(stack, 1, "lost [[fault:slow=0.4]]", steps=12)
+        wait_until(lambda: running(stack, [lost]), what="the second job to start")
+        holder = jobs.get_job(stack.engine, lost).worker_host  # type: ignore[union-attr]
+        (victim,) = [w for w in stack.workers if stack.nodes.get(w.pid) == holder]
+        os.killpg(victim.pid, signal.SIGKILL)
+        victim.wait()
+        stack.start_worker("v1")
+        row = stack.wait_finished([lost], timeout=90)[lost]
+        assert (row.status, row.attempts) == (JobStatus.SUCCEEDED, 2)
+        assert row.worker_host != holder
+        assert_exactly_once(stack, [kept, lost])
+    finally:
+        stack.stop_workers()

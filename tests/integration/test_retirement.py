@@ -47,7 +47,7 @@ def test_retire_drains_stops_workers_and_refuses_new_jobs(stack: Stack) -> None:
     ids = [gateway.submit({**JOB, "model_version": "v2", "seed": i}).job_id for i in range(6)]
     result = retire(stack, "--model-version", "v2")
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "retired v2" in result.stdout and "render-v2-cpu@" in result.stdout
+    assert "retired v2" in result.stdout and "render-v2-cpu-" in result.stdout
     rows = stack.wait_finished(ids)  # nothing queued was lost: the drain finished them
     assert {r.status for r in rows.values()} == {JobStatus.SUCCEEDED}
     v2_worker.wait(timeout=30)  # its worker shut down

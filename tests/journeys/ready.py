@@ -30,8 +30,9 @@ def stack_ready(broker_port: str, timeout: float = STACK_TIMEOUT_S) -> bool:
             except Exception:  # the broker is not up yet
                 replies = []
                 time.sleep(0.5)
-            nodes = {name.split("@")[0] for reply in replies for name in reply}
-            if {f"render-{v}-cpu" for v in VERSIONS} <= nodes:
+            names = [node.split("@")[0] for reply in replies for node in reply]
+            # default node names carry a unique suffix: render-v1-cpu-<suffix>@host
+            if all(any(n.startswith(f"render-{v}-cpu") for n in names) for v in VERSIONS):
                 return True
         return False
     finally:

@@ -43,7 +43,7 @@ def test_rerouted_jobs_finish_and_the_rest_of_the_stack_keeps_running(
     stack, batch_id, output = retired
     moved = int(output.split("re-routed ")[1].split(" ")[0])
     assert moved > 0, output  # some jobs were still waiting for v1
-    assert "stopped render-v1-cpu@" in output
+    assert "stopped render-v1-cpu-" in output
     report = batch_report(stack, batch_id)
     assert report["counts"]["SUCCEEDED"] == JOBS, report
     [up] = stack.background
@@ -55,7 +55,7 @@ def test_rerouted_jobs_finish_and_the_rest_of_the_stack_keeps_running(
         "celery -b redis://127.0.0.1:$CANARY_LOCAL_BROKER_PORT/0 inspect ping --timeout 3",
         check=False,
     )
-    assert "render-v2-cpu@" in ping.stdout and "scheduler@" in ping.stdout
+    assert "render-v2-cpu-" in ping.stdout and "scheduler@" in ping.stdout
 
 
 def test_status_shows_v1_retired_with_its_purge_date(retired: tuple[Checkout, str, str]) -> None:
@@ -90,13 +90,13 @@ def test_canary_up_afterwards_starts_no_v1_worker(retired: tuple[Checkout, str, 
     stack.start("canary up", "stack-again")
     deadline = time.monotonic() + 180
     ping = ""
-    while "render-v2-cpu@" not in ping and time.monotonic() < deadline:
+    while "render-v2-cpu-" not in ping and time.monotonic() < deadline:
         ping = stack.run(
             "celery -b redis://127.0.0.1:$CANARY_LOCAL_BROKER_PORT/0 inspect ping --timeout 2",
             check=False,
         ).stdout
-    assert "render-v2-cpu@" in ping, stack.logs()
-    assert "render-v1-cpu@" not in ping
+    assert "render-v2-cpu-" in ping, stack.logs()
+    assert "render-v1-cpu-" not in ping
     log = (stack.root / "stack-again.out").read_text()
     assert "v1 is retired: no worker started for it" in log
     assert "worker-v1 started" not in log

@@ -65,6 +65,11 @@ def test_compose_file_is_valid_and_complete(tmp_path: Path) -> None:
     for name in ("broker", "objects", "db", "api", "flower"):
         assert "healthcheck" in services[name], name
     assert "--appendonly" in services["broker"]["command"]
+    # the schema is upgraded (Alembic) before anything that uses the database starts
+    assert services["migrate"]["command"] == ["canary", "db", "upgrade"]
+    for name in ("api", "beat", "scheduler", *workers):
+        condition = services[name]["depends_on"]["migrate"]["condition"]
+        assert condition == "service_completed_successfully", name
     assert services["flower"]["environment"]["CANARY_FLOWER_BASIC_AUTH"] == "ops:CHANGE-ME"
 
 

@@ -70,19 +70,23 @@ def test_dockerfile_installs_exactly_the_lock_as_a_non_root_user() -> None:
 
 
 def test_healthcheck_names_the_worker_node_as_canary_worker_does(tmp_path: Path) -> None:
-    # a stand-in `celery` and `hostname` record what the healthcheck asks for
-    for name, body in {"celery": 'echo "$@"', "hostname": "echo gpu-host"}.items():
-        (tmp_path / name).write_text(f"#!/bin/sh\n{body}\n")
-        (tmp_path / name).chmod(0o755)
-    env = {"PATH": f"{tmp_path}:/usr/bin:/bin", "MODEL_VERSION": "v2", "DEVICE": "cuda:0"}
-    script = str(ROOT / "worker_images" / "healthcheck.sh")
-    run = subprocess.run([script], env=env, capture_output=True, text=True, check=True)
-    assert run.stdout.split() == [
-        "-A", "tasks", "inspect", "ping", "--timeout", "5", "--destination",
-        "render-v2-cuda0@gpu-host",
-    ]  # fmt: skip
-    no_worker = subprocess.run([script], env={**env, "MODEL_VERSION": ""}, check=False)
-    assert no_worker.returncode == 0 and "ping" not in (no_worker.stdout or "")
+    # a stand-in `celery` answers a ping as `celery inspect ping` prints it
+    def healthy(answering: str, version: str = "v2") -> bool:
+        pong = f"->  {answering}: OK\n        pong\n\n1 node online."
+        bodies = {"celery": f"printf '%s\\n' '{pong}'", "hostname": "echo gpu-host"}
+        for name, body in bodies.items():
+            (tmp_path / name).write_text(f"#!/bin/sh\n{body}\n")
+            (tmp_path / name).chmod(0o755)
+        env = {"PATH": f"{tmp_path}:/usr/bin:/bin", "MODEL_VERSION": version, "DEVICE": "cuda:0"}
+        script = str(ROOT / "worker_images" / "healthcheck.sh")
+        return subprocess.run([script], env=env, check=False).returncode == 0
+
+    assert healthy("render-v2-cuda0-3fa9c1@gpu-host")  # the default unique name
+    assert healthy("render-v2-cuda0@gpu-host")  # an explicit --name
+    assert not healthy("render-v2-cuda0-3fa9c1@other-host")
+    assert not healthy("render-v20-cuda0-3fa9c1@gpu-host")
+    assert not healthy("render-v1-cuda0-3fa9c1@gpu-host")
+    assert healthy("nothing@gpu-host", version="")  # not a render worker: nothing to check
 
 
 def pypi_reachable() -> bool:
