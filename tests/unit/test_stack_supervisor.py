@@ -2,25 +2,42 @@
 
 from __future__ import annotations
 
-import io
-import time
+import json
+import subprocess
+import sys
 from pathlib import Path
 
-from honcho.printer import Printer
-
 from canary.settings import Settings
-from canary.stack import Supervisor, build_processes
+from canary.stack import build_processes
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+# Honcho forks its process runners: run it in a fresh interpreter, as `canary up` does,
+# not inside the test process, whose other threads (earlier tests') can deadlock a fork.
+SUPERVISE = """
+import io, json, sys, time
+from honcho.printer import Printer
+from canary.stack import Supervisor
+
+expected = set(json.loads(sys.argv[1]))
+output = io.StringIO()
+supervisor = Supervisor(lambda name: name in expected, printer=Printer(output))
+supervisor.add_process("worker-v1", "sleep 0.3; exit 0")  # shut down by `canary retire`
+supervisor.add_process("flower", "sleep 2; exit 3")  # later, a real failure
+supervisor.add_process("beat", "sleep 30")
+started = time.monotonic()
+supervisor.loop()
+elapsed = time.monotonic() - started
+print(json.dumps([elapsed, supervisor.exit_code, output.getvalue()]))
+"""
 
 
 def run(expected: set[str]) -> tuple[float, int, str]:
-    output = io.StringIO()
-    supervisor = Supervisor(lambda name: name in expected, printer=Printer(output))
-    supervisor.add_process("worker-v1", "sleep 0.3; exit 0")  # shut down by `canary retire`
-    supervisor.add_process("flower", "sleep 2; exit 3")  # later, a real failure
-    supervisor.add_process("beat", "sleep 30")
-    started = time.monotonic()
-    supervisor.loop()
-    return time.monotonic() - started, supervisor.exit_code, output.getvalue()
+    result = subprocess.run(
+        [sys.executable, "-c", SUPERVISE, json.dumps(sorted(expected))],
+        capture_output=True, text=True, timeout=120, cwd=PROJECT_ROOT, check=True,
+    )  # fmt: skip
+    elapsed, code, output = json.loads(result.stdout.strip().splitlines()[-1])
+    return elapsed, code, output
 
 
 def test_a_retired_workers_exit_does_not_stop_the_others() -> None:
