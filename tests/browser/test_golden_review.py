@@ -10,15 +10,12 @@ from __future__ import annotations
 
 import io
 import shutil
-import socket
-import threading
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-import uvicorn
 from PIL import Image, ImageDraw, ImageStat
 from playwright.sync_api import Locator, Page, expect
 from sqlalchemy.engine import Engine
@@ -43,6 +40,7 @@ from storage.models import (
 from storage.objects import LocalStore
 from tasks.app import make_app
 from tests.browser_support import chromium_page
+from tests.http_server import serve
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -125,13 +123,6 @@ class ReviewServer:
     tokens: dict[str, str]  # grader / client
 
 
-def free_socket() -> socket.socket:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    return sock
-
-
 def build_state(settings: Settings, engine: Engine, store: LocalStore) -> None:
     golden_set = parse_golden_set(SET_TEXT, settings, RUN_ID)
     golden.create_run(
@@ -205,24 +196,8 @@ def review_server(tmp_path: Path) -> Iterator[ReviewServer]:
         "operator": create_key(engine, "olga", ApiKeyRole.OPERATOR)[1],
     }
     app = create_app(settings, gateway=Gateway(settings, engine, make_app(settings)), store=store)
-    sock = free_socket()
-    port = sock.getsockname()[1]
-    server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
-    )
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    try:
-        for _ in range(200):
-            if server.started:
-                break
-            threading.Event().wait(0.05)
-        assert server.started, "uvicorn did not start"
-        yield ReviewServer(f"http://127.0.0.1:{port}", engine, RUN_ID, tokens)
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
-        sock.close()
+    with serve(app) as url:
+        yield ReviewServer(url, engine, RUN_ID, tokens)
 
 
 @pytest.fixture

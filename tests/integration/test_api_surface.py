@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import json
 import socket
-import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -20,8 +18,6 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 import redis
-import uvicorn
-from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from sqlmodel import Session, select
 
@@ -34,6 +30,7 @@ from scheduler.maintenance import republish_unsent
 from storage.models import ApiKeyRole, Job, JobStatus
 from tasks.app import make_app
 from tests.browser_support import chromium_page
+from tests.http_server import serve
 from tests.integration.conftest import Stack, local_stack
 
 pytestmark = pytest.mark.integration
@@ -82,28 +79,6 @@ def closed_port_url() -> str:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return f"redis://127.0.0.1:{sock.getsockname()[1]}/0"
-
-
-@contextmanager
-def serve(app: FastAPI) -> Iterator[str]:
-    """The app under uvicorn on a free loopback port, for real HTTP clients."""
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    config = uvicorn.Config(app, log_level="warning", access_log=False)
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    try:
-        for _ in range(200):
-            if server.started:
-                break
-            threading.Event().wait(0.05)
-        assert server.started, "uvicorn did not start"
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
-        sock.close()
 
 
 # ---------------------------------------------------------------- 1. content types
