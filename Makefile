@@ -1,5 +1,5 @@
 # The README's two commands: `make demo` (the main job) and `make test` (the test suite).
-.PHONY: setup services demo test lint
+.PHONY: setup services demo test test-fast lint lock
 
 setup:
 	bash scripts/setup.sh
@@ -14,8 +14,18 @@ demo: setup
 lint: setup
 	.venv/bin/ruff check .
 	.venv/bin/ruff format --check .
+	bash scripts/lock.sh --check
+
+# Rewrite requirements-dev.lock after changing dependencies in pyproject.toml.
+lock: setup
+	bash scripts/lock.sh
+
+# The inner loop: lint and the unit tests without the statistical simulations (no
+# services needed).
+test-fast: lint
+	.venv/bin/python -m pytest -q -m "not integration and not slow" tests/unit
 
 # pytest exits 5 when it collected no test: that counts as a failure here.
 test: setup services lint
-	.venv/bin/python -m pytest -q; rc=$$?; \
+	.venv/bin/python -m pytest -q --durations=15; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$rc

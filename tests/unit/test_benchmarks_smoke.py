@@ -7,9 +7,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 
+@pytest.mark.slow
 def test_assignment_benchmark_quick_run_prints_the_figure() -> None:
     result = subprocess.run(
         [sys.executable, "-m", "benchmarks.assignment", "--quick"],

@@ -33,6 +33,8 @@ from gateway.assignment import CompiledExperiment
 from gateway.experiments import Experiment
 from gateway.hashing import NUM_BUCKETS, bucket
 
+pytestmark = pytest.mark.slow  # statistical simulations: `make test`, not `make test-fast`
+
 ALPHA = 0.05
 SCALES = {metric.name: metric.scale for metric in METRICS}
 HIGHER = {metric.name: metric.higher_is_better for metric in METRICS}

@@ -103,6 +103,7 @@ def tiny_scorer(tmp_path_factory: pytest.TempPathFactory) -> ElementScorer:
     return ElementScorer(folder)
 
 
+@pytest.mark.slow
 def test_the_scorer_scores_every_expected_element(tiny_scorer: ElementScorer) -> None:
     scores = tiny_scorer.score(gradient(), CASE.expected)
     assert set(scores) == set(CASE.expected)

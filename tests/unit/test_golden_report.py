@@ -122,6 +122,7 @@ def test_newcombe_interval_matches_the_published_example() -> None:
     assert result.interval.high == pytest.approx(-0.0046, abs=5e-5)
 
 
+@pytest.mark.slow
 def test_newcombe_interval_covers_the_true_difference_at_about_95_percent() -> None:
     # a known joint distribution of (baseline, candidate) outcomes over 50 paired cases:
     # both pass .60, only baseline .15, only candidate .05, both fail .20 -> true diff -0.10

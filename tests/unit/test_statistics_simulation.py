@@ -30,6 +30,8 @@ from analysis.stats import (
 )
 from gateway.segments import SegmentRules
 
+pytestmark = pytest.mark.slow  # statistical simulations: `make test`, not `make test-fast`
+
 ALPHA = DEFAULT_ALPHA
 AA_SEEDS = range(300)
 AB_SEEDS = range(1000, 1250)

@@ -26,6 +26,7 @@ SPEC = {
 }
 
 
+@pytest.mark.slow
 def test_a_stub_folder_does_not_load_unless_stubs_are_allowed(tmp_path: Path) -> None:
     make_stub_model(tmp_path / "stub", "fixed_image")
     with pytest.raises(ValueError, match="benchmark stub"):

@@ -97,6 +97,7 @@ def pypi_reachable() -> bool:
 
 
 @pytest.mark.integration
+@pytest.mark.slow
 def test_the_lock_resolves_again_for_linux_x86_64_unchanged(tmp_path: Path) -> None:
     """worker_images/lock.sh on the committed lock keeps every pin: the set is consistent
     and resolvable for the image's platform from PyPI (torch's CUDA wheels there)."""
