@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.console import Console
 
+from canary.images_cli import images_app
 from canary.rollout_cli import rollout_app
 from canary.settings import (
     VERSION_PATTERN,
@@ -49,6 +50,7 @@ golden_app = typer.Typer(
 app.add_typer(keys_app, name="keys")
 app.add_typer(golden_app, name="golden")
 app.add_typer(rollout_app, name="rollout")
+app.add_typer(images_app, name="images")
 console = Console()
 err = Console(stderr=True)
 
@@ -364,8 +366,11 @@ def flower() -> None:
     """Flower, the Celery monitor (CANARY_FLOWER_ADDRESS:CANARY_FLOWER_PORT).
 
     Basic auth comes from CANARY_FLOWER_BASIC_AUTH (handed to Flower in its environment,
-    never on the command line, where `ps` would show it); off loopback it is required.
+    never on the command line, where `ps` would show it); off loopback it is required. On
+    loopback without it, user `canary` logs in with a password generated once and kept in
+    $CANARY_HOME/flower-password (0600); the password is never printed.
     """
+    from canary.flower_info import flower_credentials
     from tasks import app as celery_app
 
     settings = get_settings()
@@ -374,8 +379,7 @@ def flower() -> None:
         raise fail(
             f"Flower on {settings.flower_address} needs CANARY_FLOWER_BASIC_AUTH=user:password"
         )
-    if settings.flower_basic_auth is not None:
-        os.environ["FLOWER_BASIC_AUTH"] = settings.flower_basic_auth.get_secret_value()
+    os.environ["FLOWER_BASIC_AUTH"] = flower_credentials(settings)
     arguments = [
         "flower",
         f"--port={settings.flower_port}",
@@ -532,6 +536,7 @@ def _status_overview(settings: Settings, as_json: bool) -> None:
 def _status_of_job(settings: Settings, job: Job, wait: bool, timeout: float, as_json: bool) -> None:
     """Print the job (after waiting for it if asked); exit 1 if it failed or is not done."""
     from canary.report import job_document, print_job
+    from storage import jobs
     from storage.models import JobStatus
     from storage.objects import store_from_settings
 
@@ -541,10 +546,11 @@ def _status_of_job(settings: Settings, job: Job, wait: bool, timeout: float, as_
     image_url = None
     if job.image_key:
         image_url = store_from_settings(settings).url(job.image_key, settings.presign_expiry_s)
+    lost = jobs.lost_attempts(_engine(), job.id)  # how each attempt's worker died
     if as_json:
-        _print_json(job_document(job, image_url))
+        _print_json(job_document(job, image_url, lost))
     else:
-        print_job(job, image_url)
+        print_job(job, image_url, lost)
     if not done:
         raise fail(f"job {job.id} still {job.status} after {timeout:g} s")
     if job.status == JobStatus.FAILED:

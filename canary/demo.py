@@ -105,7 +105,8 @@ def background_stack(settings: Settings) -> Iterator[None]:
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGINT)
             try:
-                process.wait(timeout=30)
+                # `canary up` gives its processes this long to stop, then kills them itself
+                process.wait(timeout=settings.stack_stop_grace_s + 10)
             except subprocess.TimeoutExpired:
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait()

@@ -103,9 +103,12 @@ def _queues(settings: Settings, engine: Engine) -> list[dict[str, Any]]:
 
     app = make_app(settings)
     records = {r.node: r for r in overview.worker_records(engine) if r.version in settings.versions}
+    from tasks import storage_health
+
     try:
         online = consumers(app, WORKER_REPLY_TIMEOUT_S, nodes=records)
         depths = {v: queue_depth(app, settings.queue_for(v)) for v in settings.versions}
+        breakers = storage_health.read_all(app)
     except OperationalError:
         raise OverviewError(broker_unreachable(settings)) from None
     from storage import versions
@@ -126,9 +129,28 @@ def _queues(settings: Settings, engine: Engine) -> list[dict[str, Any]]:
             {
                 "version": version, "queue": queue, "waiting": depths[version],
                 "workers": workers, "lifecycle": _lifecycle(lifecycles[version]),
+                "storage": [_breaker(b) for _, b in sorted(breakers.items())
+                            if b.version == version and (b.open or b.spooled)],
             }
         )  # fmt: skip
     return rows
+
+
+def _breaker(state: Any) -> dict[str, Any]:
+    """A worker whose object-store breaker is open or whose spool holds images."""
+    keys = ("node", "open", "open_since", "spooled", "spool_dir", "last_error")
+    return {key: getattr(state, key) for key in keys}
+
+
+def describe_breaker(version: str, b: dict[str, Any]) -> str:
+    """One status line: a worker not taking jobs because storage is down."""
+    if b["open"]:
+        since = f" since {_minute(b['open_since'])} UTC" if b["open_since"] else ""
+        line = (f"[red]storage breaker open[/] on {b['node']} ({version}){since}: object "
+                f"store unavailable, not taking jobs, {b['spooled']} image(s) spooled in "
+                f"{b['spool_dir']}")  # fmt: skip
+        return line + (f" (last error: {b['last_error']})" if b["last_error"] else "")
+    return f"{b['node']} ({version}): uploading {b['spooled']} spooled image(s)"
 
 
 def _lifecycle(life: Any) -> dict[str, Any]:
@@ -223,3 +245,6 @@ def _print_queues(queues: list[dict[str, Any]]) -> None:
             described or idle,
         )  # fmt: skip
     console.print(table)
+    for q in queues:
+        for breaker in q.get("storage", []):
+            console.print(describe_breaker(q["version"], breaker), soft_wrap=True)

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Sequence
 from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
 from analysis.summary import VersionSummary
-from storage.models import Job
+from storage.jobs import describe_lost_attempts
+from storage.models import Job, JobAttempt
 
 console = Console()
 
@@ -24,12 +26,23 @@ def print_json(document: Any) -> None:
     sys.stdout.write(json.dumps(document, indent=2, default=str) + "\n")
 
 
-def job_document(job: Job, image_url: str | None = None) -> dict[str, Any]:
-    """Every column of the job (times in ISO 8601, durations in ms) and its image URL."""
-    return {**job.model_dump(mode="json"), "image_url": image_url}
+def job_document(
+    job: Job, image_url: str | None = None, lost_attempts: Sequence[JobAttempt] = ()
+) -> dict[str, Any]:
+    """Every column of the job (times in ISO 8601, durations in ms), its image URL and its
+    attempts whose worker was lost (how each died: storage.models.JobAttempt)."""
+    return {
+        **job.model_dump(mode="json"),
+        "image_url": image_url,
+        "lost_attempts": [
+            attempt.model_dump(mode="json", exclude={"job_id"}) for attempt in lost_attempts
+        ],
+    }
 
 
-def print_job(job: Job, image_url: str | None = None) -> None:
+def print_job(
+    job: Job, image_url: str | None = None, lost_attempts: Sequence[JobAttempt] = ()
+) -> None:
     table = Table(show_header=False, box=None)
     rows = {
         "job": job.id,
@@ -46,6 +59,8 @@ def print_job(job: Job, image_url: str | None = None) -> None:
         rows["peak VRAM"] = f"{job.peak_vram_bytes / 2**30:.2f} GiB"
     if job.failure_kind:
         rows["failure"] = f"{job.failure_kind}: {job.failure_message}"
+    if lost_attempts:
+        rows["lost attempts"] = describe_lost_attempts(lost_attempts).replace("; ", "\n")
     if image_url:
         rows["image"] = image_url
     for name, value in rows.items():
@@ -78,4 +93,7 @@ def print_summary(summaries: list[VersionSummary], image_location: str) -> None:
         "jobs submitted together wait for those ahead of them in the queue",
         soft_wrap=True,
     )
-    console.print(f"images: {image_location}/renders/<version>/<job id>.png")
+    console.print(
+        f"images: {image_location}/renders/<job id>.png "
+        "(a version's: canary images list --model-version V)"
+    )

@@ -98,6 +98,25 @@ class Settings(BaseSettings):
     )
     upload_attempts: int = Field(default=4, ge=1)
     upload_backoff_s: float = Field(default=0.5, ge=0)
+    # --- object-store outages (tasks/spool.py, docs/operators-guide.md) ---
+    spool_dir: Path | None = Field(
+        default=None,
+        description="Where a worker keeps rendered images it could not upload (default "
+        "home/spool); one sub-folder per version, shared by that version's workers on a host",
+    )
+    spool_max_images: int = Field(
+        default=256,
+        ge=0,
+        description="Images a version's spool holds at most; beyond it a job goes back to "
+        "the queue (rendered again later). 0 turns the spool off: a job whose upload "
+        "retries run out fails as storage_error",
+    )
+    spool_retry_s: float = Field(
+        default=5.0,
+        gt=0,
+        description="While storage is down: how often a worker tries the oldest spooled "
+        "image again (its breaker closes and it takes jobs again once the spool is empty)",
+    )
     fault_injection: bool = Field(
         default=False, description="Honour [[fault:...]] markers in prompts (tests only)"
     )
@@ -238,6 +257,28 @@ class Settings(BaseSettings):
     flower_persistent: bool = Field(
         default=True, description="Keep Flower's task history across restarts (home/flower.db)"
     )
+    flower_hide_prompts: bool = Field(
+        default=True,
+        description="Publish render tasks with the prompt and negative prompt masked in the "
+        "argument text Flower shows (job id, version and parameters stay visible)",
+    )
+    stack_restart_backoff_s: float = Field(
+        default=1.0, gt=0, description="`canary up`: first wait before restarting a process"
+    )
+    stack_restart_backoff_max_s: float = Field(
+        default=30.0, gt=0, description="`canary up`: the restart wait doubles up to this"
+    )
+    stack_fast_failure_s: float = Field(
+        default=10.0, ge=0, description="`canary up`: an exit this soon after starting is fast"
+    )
+    stack_max_fast_failures: int = Field(
+        default=5, ge=1, description="`canary up`: fast failures in a row before giving up"
+    )
+    stack_stop_grace_s: float = Field(
+        default=60.0, ge=0,
+        description="`canary up` on Ctrl-C: how long workers may finish their job (warm "
+        "shutdown) before they are killed",
+    )  # fmt: skip
 
     @field_validator("versions", mode="before")
     @classmethod
@@ -256,8 +297,7 @@ class Settings(BaseSettings):
         for version in value:
             if not re.match(VERSION_PATTERN, version):
                 raise ValueError(
-                    f"model version {version!r} must match {VERSION_PATTERN} "
-                    "(it names a queue and a storage prefix)"
+                    f"model version {version!r} must match {VERSION_PATTERN} (it names a queue)"
                 )
         if len(set(value)) != len(value):
             raise ValueError("model versions must be unique")
@@ -329,6 +369,10 @@ class Settings(BaseSettings):
     @property
     def resolved_model_dir(self) -> Path:
         return (self.model_dir or self.home / "models").resolve()
+
+    @property
+    def resolved_spool_dir(self) -> Path:
+        return (self.spool_dir or self.home / "spool").resolve()
 
     @property
     def resolved_experiment_file(self) -> Path | None:

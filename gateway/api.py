@@ -23,6 +23,7 @@ from swagger_ui_bundle import swagger_ui_path
 from canary.settings import Settings, get_settings
 from gateway.auth import KeyVerifier, Principal
 from gateway.batches_api import batches_router
+from gateway.blinding import hide_versions, may_presign
 from gateway.events_api import events_router
 from gateway.golden_api import golden_router
 from gateway.http_auth import Caller, require_role
@@ -63,6 +64,22 @@ class BatchAccepted(BaseModel):
     jobs: list[JobAccepted]
 
 
+class LostAttemptOut(BaseModel):
+    """An attempt whose worker was lost: where, when and how its pool process died."""
+
+    attempt: int
+    node: str | None = None
+    lost_at: datetime
+    cause: str
+    detected_by: str
+    other_jobs: int = Field(description="Other jobs in the same worker process at the time")
+
+    @field_validator("lost_at")
+    @classmethod
+    def _in_utc(cls, moment: datetime) -> datetime:
+        return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment
+
+
 class JobOut(BaseModel):
     job_id: str
     status: str
@@ -86,6 +103,9 @@ class JobOut(BaseModel):
     model_revision: str | None = None
     experiment: str | None = None
     arm: str | None = None
+    lost_attempts: list[LostAttemptOut] | None = Field(
+        default=None, description="Operator keys only: attempts whose worker was lost, and how"
+    )
 
     @field_validator("created_at", "started_at", "finished_at")
     @classmethod
@@ -507,6 +527,7 @@ def create_app(
         ] = 0,
     ) -> JobOut:
         job = load_job(job_id, caller)
+        blind = not (caller.is_operator or settings.show_variant_to_clients)
         deadline = time.monotonic() + wait
         while job.status not in TERMINAL_STATUSES and time.monotonic() < deadline:
             time.sleep(WAIT_POLL_S)
@@ -524,22 +545,33 @@ def create_app(
             width=job.width,
             height=job.height,
             failure_kind=job.failure_kind,
-            failure_message=job.failure_message,
+            failure_message=(
+                hide_versions(job.failure_message, [job.model_version, *settings.versions])
+                if blind
+                else job.failure_message
+            ),
             queue_wait_ms=job.queue_wait_ms,
             inference_ms=job.inference_ms,
             upload_ms=job.upload_ms,
             end_to_end_ms=job.end_to_end_ms,
         )
         if job.image_key:
-            url = store.url(job.image_key, settings.presign_expiry_s)
+            url = ""
+            if may_presign(job.image_key, blind=blind):
+                url = store.url(job.image_key, settings.presign_expiry_s)
             if not url.startswith("http"):
                 url = str(request.url_for("get_image", job_id=job.id))
             out.image_url = url
-        if caller.is_operator or settings.show_variant_to_clients:
+        if not blind:
             out.model_version = job.model_version
             out.model_revision = job.model_revision
             out.experiment = job.experiment
             out.arm = job.arm
+        if caller.is_operator:
+            out.lost_attempts = [
+                LostAttemptOut.model_validate(attempt, from_attributes=True)
+                for attempt in jobs.lost_attempts(engine, job.id)
+            ]
         return out
 
     @app.get(
@@ -556,9 +588,12 @@ def create_app(
         job = load_job(job_id, caller)
         if job.status != JobStatus.SUCCEEDED or not job.image_key:
             raise HTTPException(409, f"job {job_id} is {job.status}; it has no image")
-        url = store.url(job.image_key, settings.presign_expiry_s)
-        if url.startswith("http"):
-            return RedirectResponse(url, status_code=307)
+        blind = not (caller.is_operator or settings.show_variant_to_clients)
+        # a legacy key names the version: streamed to clients instead (gateway/blinding.py)
+        if may_presign(job.image_key, blind=blind):
+            url = store.url(job.image_key, settings.presign_expiry_s)
+            if url.startswith("http"):
+                return RedirectResponse(url, status_code=307)
         try:
             return Response(store.get(job.image_key), media_type="image/png")
         except ObjectNotFound:

@@ -13,6 +13,7 @@ from typing import Any
 
 from sqlalchemy.engine import Engine
 
+from gateway.blinding import hide_versions
 from storage import batches
 from storage.models import Batch, JobStatus
 
@@ -57,7 +58,11 @@ def batch_report(
                 unit: entry.line,
                 "job_id": entry.job_id,
                 "failure_kind": entry.failure_kind,
-                "failure_message": entry.failure_message,
+                "failure_message": (
+                    entry.failure_message
+                    if show_versions
+                    else hide_versions(entry.failure_message, [entry.model_version])
+                ),
                 **version(entry),
             }
             for entry in failed

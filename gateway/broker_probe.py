@@ -20,7 +20,9 @@ from dataclasses import dataclass, field
 from celery import Celery
 
 from canary.settings import Settings
+from tasks import storage_health
 from tasks.queues import broker_answers, consumers, queue_depth, resent_counts
+from tasks.storage_health import BreakerState
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +33,8 @@ class BrokerReading:
     consumers: dict[str, list[str]]  # online node -> queues it consumes
     # version -> lost messages re-sent by the reconciler (scheduler/lost_messages.py)
     resent: dict[str, int] = field(default_factory=dict)
+    # node -> its object-store breaker and spool (tasks/spool.py, tasks/storage_health.py)
+    breakers: dict[str, BreakerState] = field(default_factory=dict)
 
 
 class BrokerProbe:
@@ -67,6 +71,6 @@ def broker_reader(
             raise ConnectionError(f"no answer from {settings.shown_broker_url}")
         depths = {v: queue_depth(app, settings.queue_for(v)) for v in settings.versions}
         online = consumers(app, timeout=timeout_s, nodes=nodes())
-        return BrokerReading(depths, online, resent_counts(app))
+        return BrokerReading(depths, online, resent_counts(app), storage_health.read_all(app))
 
     return read

@@ -86,6 +86,7 @@ class CanaryCollector(Collector):
         if reading is not None:
             yield from self._queues(reading)
             yield from self._workers(reading)
+            yield from self._storage_breakers(reading)
         yield from self._jobs()
         yield from self._latency()
         yield from self._experiments()
@@ -171,6 +172,43 @@ class CanaryCollector(Collector):
         for labels, n in sorted(counts.items()):
             by_revision.add_metric(list(labels), n)
         yield from (online, by_revision)
+
+    def _storage_breakers(self, reading: BrokerReading) -> Iterator[Metric]:
+        """Object-store outages as the workers see them (tasks/spool.py): breakers open
+        (the worker takes no jobs), images waiting in spools, spooled images uploaded."""
+        versions = self.settings.versions
+        opened, spooled = dict.fromkeys(versions, 0), dict.fromkeys(versions, 0)
+        uploads, requeued = dict.fromkeys(versions, 0), dict.fromkeys(versions, 0)
+        for state in reading.breakers.values():
+            if state.version in opened:
+                opened[state.version] += int(state.open)
+                spooled[state.version] += state.spooled
+                uploads[state.version] += state.uploads_total
+                requeued[state.version] += state.requeued_total
+        families = (
+            GaugeMetricFamily(
+                "canary_storage_breaker_open", "Render workers of the version whose object-"
+                "store breaker is open (storage down: they take no jobs and spool images)",
+                labels=["version"],
+            ),
+            GaugeMetricFamily(
+                "canary_spooled_images", "Rendered images waiting in workers' spools for the "
+                "object store (their jobs stay RUNNING)", labels=["version"],
+            ),
+            CounterMetricFamily(
+                "canary_spool_uploads", "Spooled images uploaded and their jobs recorded, "
+                "summed over the live workers (restarts from 0 with a worker)",
+                labels=["version"],
+            ),
+            CounterMetricFamily(
+                "canary_spool_requeued_jobs", "Jobs sent back to the queue because the spool "
+                "was full or unwritable, summed over the live workers", labels=["version"],
+            ),
+        )  # fmt: skip
+        for family, values in zip(families, (opened, spooled, uploads, requeued), strict=True):
+            for version, n in values.items():
+                family.add_metric([version], n)
+            yield family
 
     def _experiments(self) -> Iterator[Metric]:
         stage = GaugeMetricFamily(

@@ -83,17 +83,25 @@ class Producer:
     ) -> list[Submitted]:
         """Record and enqueue prepared jobs, in order."""
         rows = [self._row(job, source, batch_id, api_key_id) for job in jobs_in]
+        for row in rows:
+            # The INSERT claims the send (see storage.jobs.claim_sends): a concurrent replay
+            # of the same key finds the job claimed and sends nothing; only this caller
+            # sends it, and gives the claim back if the broker refuses it.
+            row["enqueued_at"] = row["created_at"]
         inserted = jobs.insert_new_jobs(self.engine, rows)
         existing_ids = [row["id"] for row in rows if row["id"] not in inserted]
         existing = {job.id: job for job in jobs.get_jobs(self.engine, existing_ids)}
-        # A job recorded earlier but never published (a crash between the two) is sent now.
+        # A job recorded earlier but never sent (the broker refused it) is sent now, by
+        # whichever caller claims it (one conditional UPDATE: replays race).
         to_send: list[Any] = [SimpleNamespace(**row) for row in rows if row["id"] in inserted]
-        to_send += [
-            job
+        unsent_before = [
+            job.id
             for job in existing.values()
             if job.status == JobStatus.QUEUED and job.enqueued_at is None
         ]
-        unsent = self.publish(to_send)
+        claimed = jobs.claim_sends(self.engine, unsent_before)
+        to_send += [existing[job_id] for job_id in unsent_before if job_id in claimed]
+        unsent = self._send_claimed(to_send)
         return [
             Submitted(
                 row["id"],
@@ -137,13 +145,23 @@ class Producer:
         }
 
     def publish(self, rows: Sequence[Any]) -> set[str]:
-        """Send recorded jobs to their version queues over one producer connection.
+        """Send recorded, never-sent jobs to their version queues over one producer
+        connection, each by one caller only: the jobs are claimed first (one conditional
+        UPDATE, see storage.jobs.claim_sends); one another caller claimed is left to it.
 
-        Returns the ids of the jobs the broker did not take (empty when all were sent).
-        Those stay QUEUED with ``enqueued_at`` unset and nothing is marked failed: the
-        outbox (``scheduler.maintenance.republish_unsent``) sends them once the broker is
-        back, and a replayed idempotent request sends its job at once.
+        Returns the ids of the claimed jobs the broker did not take (empty when all were
+        sent). Those stay QUEUED with ``enqueued_at`` unset and nothing is marked failed:
+        the outbox (``scheduler.maintenance.republish_unsent``) sends them once the broker
+        is back, and a replayed idempotent request sends its job at once.
         """
+        if not rows:
+            return set()
+        claimed = jobs.claim_sends(self.engine, [row.id for row in rows])
+        return self._send_claimed([row for row in rows if row.id in claimed])
+
+    def _send_claimed(self, rows: Sequence[Any]) -> set[str]:
+        """Send jobs this caller claimed; stamp the sent ones' sending time and give back
+        the claims of the others (returned)."""
         if not rows:  # e.g. an idempotent replay of a sent job: no broker round trip
             return set()
         # (when the chunk's sending began, its job ids): a job is stamped enqueued before
@@ -185,9 +203,16 @@ class Producer:
                 len(rows),
                 exc,
             )
+        except BaseException:
+            self._mark_enqueued(sent)
+            done = {job_id for _, ids in sent for job_id in ids}
+            jobs.unclaim_sends(self.engine, [row.id for row in rows if row.id not in done])
+            raise
         self._mark_enqueued(sent)
         done = {job_id for _, ids in sent for job_id in ids}
-        return {row.id for row in rows if row.id not in done}
+        unsent = {row.id for row in rows if row.id not in done}
+        jobs.unclaim_sends(self.engine, unsent)
+        return unsent
 
     def _mark_enqueued(self, sent: list[tuple[datetime, list[str]]]) -> None:
         for sending_at, job_ids in sent:

@@ -21,7 +21,7 @@ from sqlalchemy.engine import Engine
 from canary.settings import Settings, get_settings
 from storage import jobs
 from storage.db import get_engine
-from storage.models import JobStatus, utcnow
+from storage.models import utcnow
 from tasks.app import app
 from tasks.queues import count_resent, job_ids_in_broker
 from tasks.recovery import resend
@@ -45,7 +45,9 @@ def reconcile(
             # A second look: a message being delivered is briefly in neither the queue
             # nor the unacknowledged set, and a job claimed meanwhile is no longer QUEUED.
             missing -= job_ids_in_broker(celery, [queue])
-            lost = [j for j in jobs.get_jobs(engine, list(missing)) if j.status == JobStatus.QUEUED]
+            # Taken with one conditional UPDATE (still QUEUED, not re-sent meanwhile):
+            # enqueued_at becomes the new message's sending time.
+            lost = jobs.take_lost(engine, missing, cutoff)
         else:
             lost = []
         if lost:

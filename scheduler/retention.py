@@ -1,6 +1,8 @@
 """Retention: a retired version's images and logs are deleted after its retention period.
 
-Job rows are kept (the experiment's history); only the bulky artefacts go.
+Job rows are kept (the experiment's history); only the bulky artefacts go. Image keys
+name no version (storage/images.py), so a version's images are found through its job
+rows; legacy-layout objects under ``renders/<version>/`` are deleted too.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from datetime import timedelta
 from canary.settings import Settings, get_settings
 from storage import versions
 from storage.db import get_engine
+from storage.images import legacy_prefix, version_images
 from storage.models import utcnow
 from storage.objects import ObjectStore, store_from_settings
 from tasks.app import app
@@ -32,7 +35,10 @@ def purge_retired(settings: Settings, store: ObjectStore) -> dict[str, int]:
             retired_at = retired_at.replace(tzinfo=now.tzinfo)
         if now - retired_at < timedelta(days=state.retention_days):
             continue
-        keys = store.list(f"renders/{state.version}/")
+        keys = sorted(
+            {key for _job_id, key in version_images(engine, state.version)}
+            | set(store.list(legacy_prefix(state.version)))  # unrecorded or not yet rekeyed
+        )
         for key in keys + store.list(f"logs/{state.version}/"):  # the retire log export too
             store.delete(key)
         for log_file in settings.log_dir.glob(f"worker-{state.version}*.log"):

@@ -6,6 +6,7 @@ deliveries cannot produce two success records or resurrect a finished job.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -18,7 +19,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
-from storage.models import TERMINAL_STATUSES, Job, JobStatus, utcnow
+from storage.models import TERMINAL_STATUSES, Job, JobAttempt, JobStatus, utcnow
 
 
 def insert_new_jobs(engine: Engine, jobs: Sequence[Job | Mapping[str, Any]]) -> set[str]:
@@ -50,6 +51,43 @@ def mark_enqueued(engine: Engine, job_ids: Iterable[str], when: datetime | None 
     with engine.begin() as connection:
         connection.execute(
             update(Job).where(Job.id.in_(ids)).values(enqueued_at=when or utcnow())  # type: ignore[attr-defined]
+        )
+
+
+def claim_sends(engine: Engine, job_ids: Iterable[str], when: datetime | None = None) -> set[str]:
+    """Claim the sending of QUEUED jobs never sent (``enqueued_at`` unset): one conditional
+    UPDATE stamps ``enqueued_at``, so of concurrent callers (idempotent replays, the outbox)
+    exactly one sends each job. Returns the ids this caller claimed; it sends them, then
+    stamps the sending time (:func:`mark_enqueued`) or gives the claim back
+    (:func:`unclaim_sends`). A new row is claimed by its INSERT (``enqueued_at`` set)."""
+    ids = list(job_ids)
+    if not ids:
+        return set()
+    with engine.begin() as connection:
+        result = connection.execute(
+            update(Job)
+            .where(
+                Job.id.in_(ids),  # type: ignore[attr-defined]
+                Job.status == JobStatus.QUEUED,
+                Job.enqueued_at.is_(None),  # type: ignore[union-attr]
+            )
+            .values(enqueued_at=when or utcnow())
+            .returning(Job.id)
+        )
+        return {row[0] for row in result}
+
+
+def unclaim_sends(engine: Engine, job_ids: Iterable[str]) -> None:
+    """Give back send claims whose message the broker did not take: the jobs are unsent
+    again (``enqueued_at`` unset) for the outbox or the next replay."""
+    ids = list(job_ids)
+    if not ids:
+        return
+    with engine.begin() as connection:
+        connection.execute(
+            update(Job)
+            .where(Job.id.in_(ids), Job.status == JobStatus.QUEUED)  # type: ignore[attr-defined]
+            .values(enqueued_at=None)
         )
 
 
@@ -162,6 +200,9 @@ def claim_compatible(
         .where(
             Job.model_version == model_version,
             Job.status == JobStatus.QUEUED,
+            # never tried: a job re-sent after losing its worker renders alone, through its
+            # own message (its attempts checked, no mates taken down with a poison job)
+            Job.attempts == 0,
             Job.width == width,
             Job.height == height,
             Job.steps == steps,
@@ -208,24 +249,128 @@ def take_stranded(
     model_version: str,
     worker_host: str | None = None,
     started_before: datetime | None = None,
+    cause: str | None = None,
+    detected_by: str = "recovery",
 ) -> list[Job]:
     """RUNNING jobs of the version claimed by ``worker_host`` or started before
-    ``started_before``, taken to be sent again: in the same statement their ``started_at``
-    is bumped (so two concurrent callers never both take one job) and their holder cleared
-    (so whichever worker receives the new message may claim them, see :func:`claim_job`)."""
+    ``started_before``, taken to be sent again: in the same statement they go back to
+    QUEUED (so two concurrent callers never both take one job, and every surface shows them
+    waiting), their holder and start cleared, ``enqueued_at`` set to now (the new message
+    waits at the back of the queue: the queue wait recorded is that of the last attempt)
+    and ``attempts`` kept (so ``CANARY_MAX_ATTEMPTS`` still ends a job that kills every
+    worker); whichever worker receives the new message claims them as usual. Given a
+    ``cause``, each taken attempt is recorded as lost with it (unless the worker's main
+    process recorded how its pool process died, see :func:`record_process_loss`)."""
     assert (worker_host is None) != (started_before is None)
-    statement = update(Job).where(
-        Job.model_version == model_version, Job.status == JobStatus.RUNNING
-    )
+    where = [Job.model_version == model_version, Job.status == JobStatus.RUNNING]
     if worker_host is not None:
-        statement = statement.where(Job.worker_host == worker_host)
+        where.append(Job.worker_host == worker_host)
     else:
-        statement = statement.where(Job.started_at < started_before)  # type: ignore[operator]
-    statement = statement.values(started_at=utcnow(), worker_host=None).returning(
-        *Job.__table__.columns  # type: ignore[attr-defined]
+        where.append(Job.started_at < started_before)  # type: ignore[operator]
+    statement = (
+        update(Job)
+        .where(*where)
+        .values(status=JobStatus.QUEUED, started_at=None, worker_host=None, enqueued_at=utcnow())
+        .returning(*Job.__table__.columns)  # type: ignore[attr-defined]
     )
     with engine.begin() as connection:
-        return [Job.model_validate(dict(row._mapping)) for row in connection.execute(statement)]
+        holders = dict(connection.execute(select(Job.id, Job.worker_host).where(*where)).all())
+        taken = [Job.model_validate(dict(row._mapping)) for row in connection.execute(statement)]
+        if cause is not None:
+            # each attempt's loss, unless the worker's main process recorded how it died
+            per_holder = Counter(holders.get(job.id) for job in taken)
+            _record_attempts(
+                connection,
+                [
+                    {"job_id": job.id, "attempt": job.attempts, "node": holders.get(job.id),
+                     "lost_at": utcnow(), "cause": cause, "detected_by": detected_by,
+                     "other_jobs": per_holder[holders.get(job.id)] - 1}
+                    for job in taken
+                    if job.attempts > 0
+                ],
+                overwrite=False,
+            )  # fmt: skip
+        return taken
+
+
+def _record_attempts(connection: Any, records: list[dict[str, Any]], *, overwrite: bool) -> None:
+    if not records:
+        return
+    insert = pg_insert if connection.dialect.name == "postgresql" else sqlite_insert
+    statement = insert(JobAttempt)
+    keys = ["job_id", "attempt"]
+    if overwrite:
+        changed = ("node", "lost_at", "cause", "detected_by", "other_jobs")
+        statement = statement.on_conflict_do_update(
+            index_elements=keys, set_={name: statement.excluded[name] for name in changed}
+        )
+    else:
+        statement = statement.on_conflict_do_nothing(index_elements=keys)
+    connection.execute(statement, records)
+
+
+def record_process_loss(
+    engine: Engine, node: str, job_id: str, cause: str, *, job_itself: bool = True
+) -> list[str]:
+    """A worker's pool process died running ``job_id``: record the attempt of every job it
+    held (that one, and any in its recorder or micro-batch: the RUNNING jobs of ``node``,
+    whose concurrency is 1) as lost with ``cause`` and how many other jobs it held, over
+    what recovery may have recorded. ``job_itself=False``: ``job_id`` ended otherwise (its
+    hard time limit killed the process), only the others were lost. Returns their ids."""
+    with engine.begin() as connection:
+        rows = connection.execute(
+            select(Job.id, Job.attempts, Job.status, Job.worker_host).where(
+                or_(
+                    Job.id == job_id,
+                    and_(Job.worker_host == node, Job.status == JobStatus.RUNNING),
+                )
+            )
+        ).all()
+        held = {
+            r.id: r.attempts
+            for r in rows
+            if r.status == JobStatus.RUNNING and r.worker_host == node
+        }
+        own = next((r for r in rows if r.id == job_id), None)
+        if own is not None and own.status == JobStatus.QUEUED and own.attempts > 0:
+            held.setdefault(job_id, own.attempts)  # recovery re-queued it first
+        in_process = len(held | {job_id: 0})
+        now = utcnow()
+        records = [
+            {"job_id": held_id, "attempt": attempt, "node": node, "lost_at": now, "cause": cause,
+             "detected_by": "pool", "other_jobs": in_process - 1}
+            for held_id, attempt in held.items()
+            if attempt > 0 and (job_itself or held_id != job_id)
+        ]  # fmt: skip
+        _record_attempts(connection, records, overwrite=True)
+    return [record["job_id"] for record in records]
+
+
+def lost_attempts(engine: Engine, job_id: str) -> list[JobAttempt]:
+    """The job's attempts whose worker was lost, in order."""
+    with Session(engine) as session:
+        statement = select(JobAttempt).where(JobAttempt.job_id == job_id)
+        return list(session.exec(statement.order_by(JobAttempt.attempt)))  # type: ignore[arg-type]
+
+
+def describe_lost_attempts(attempts: Sequence[JobAttempt], count: int | None = None) -> str:
+    """One line for an operator: "attempt 1: SIGKILL on node@host at ...Z (with 1 other job,
+    seen by pool); ...", for attempts 1..``count`` (those without a record say so) or just
+    the recorded ones."""
+
+    def one(a: JobAttempt) -> str:
+        lost_at = a.lost_at if a.lost_at.tzinfo else a.lost_at.replace(tzinfo=UTC)
+        others = {0: "alone", 1: "with 1 other job"}.get(
+            a.other_jobs, f"with {a.other_jobs} other jobs"
+        )
+        return (
+            f"attempt {a.attempt}: {a.cause} on {a.node or 'an unknown worker'} at "
+            f"{lost_at.strftime('%Y-%m-%dT%H:%M:%SZ')} ({others}, seen by {a.detected_by})"
+        )
+
+    recorded = {a.attempt: one(a) for a in attempts}
+    numbers = range(1, count + 1) if count is not None else sorted(recorded)
+    return "; ".join(recorded.get(n, f"attempt {n}: no cause recorded") for n in numbers)
 
 
 def queued_sent_before(
@@ -246,6 +391,27 @@ def queued_sent_before(
                 .limit(limit)
             )
         )
+
+
+def take_lost(engine: Engine, job_ids: Iterable[str], sent_before: datetime) -> list[Job]:
+    """QUEUED jobs whose message the broker lost, taken to be sent again: in the same
+    statement ``enqueued_at`` is set to now (the new message's queue wait), so two
+    concurrent reconcilers never both take one job, and a job claimed meanwhile is left."""
+    ids = list(job_ids)
+    if not ids:
+        return []
+    statement = (
+        update(Job)
+        .where(
+            Job.id.in_(ids),  # type: ignore[attr-defined]
+            Job.status == JobStatus.QUEUED,
+            Job.enqueued_at < sent_before,  # type: ignore[operator]
+        )
+        .values(enqueued_at=utcnow())
+        .returning(*Job.__table__.columns)  # type: ignore[attr-defined]
+    )
+    with engine.begin() as connection:
+        return [Job.model_validate(dict(row._mapping)) for row in connection.execute(statement)]
 
 
 def running_holders(engine: Engine, model_version: str) -> set[str]:
@@ -300,3 +466,33 @@ def count_batch_by_status(engine: Engine, batch_id: str) -> dict[str, int]:
             select(Job.status, func.count()).where(Job.batch_id == batch_id).group_by(Job.status)
         )
         return {status: count for status, count in rows}
+
+
+def hold_running(
+    engine: Engine,
+    job_ids: Iterable[str],
+    worker_host: str,
+    *,
+    take_from: Iterable[str | None] = (),
+    started_at: datetime | None = None,
+) -> set[str]:
+    """Spooled jobs (tasks/spool.py): RUNNING jobs among ``job_ids`` held by ``worker_host``
+    (or by one of ``take_from``, ``None`` for nobody: taken over) get ``worker_host`` and a
+    fresh ``started_at``, so neither the recovery sweep nor a claim guard takes them for
+    lost; returns the ids now held."""
+    ids = list(job_ids)
+    if not ids:
+        return set()
+    take = list(take_from)
+    owners = [worker_host, *(h for h in take if h is not None)]
+    holder = Job.worker_host.in_(owners)  # type: ignore[union-attr]
+    if None in take:
+        holder = or_(holder, Job.worker_host.is_(None))  # type: ignore[union-attr]
+    statement = (
+        update(Job)
+        .where(Job.id.in_(ids), Job.status == JobStatus.RUNNING, holder)  # type: ignore[attr-defined]
+        .values(worker_host=worker_host, started_at=started_at or utcnow())
+        .returning(Job.id)
+    )
+    with engine.begin() as connection:
+        return {row[0] for row in connection.execute(statement)}

@@ -24,8 +24,10 @@ MIGRATIONS = Path(__file__).with_name("migrations")
 VERSION_TABLE = "alembic_version"
 BASELINE = "0001"
 # Databases from before Alembic: the tables each known schema had, newest first. Pre-Alembic
-# schemas only ever existed up to this list; later revisions always find alembic_version.
+# schemas only ever existed up to 0002; later revisions always find alembic_version, except
+# a bare ``create_all`` of a later release's models (0003: job_attempts), recognised too.
 PRE_ALEMBIC_SCHEMAS: tuple[tuple[str, frozenset[str]], ...] = (
+    ("0003", frozenset({"batches", "batch_lines", "job_attempts"})),
     ("0002", frozenset({"batches", "batch_lines"})),
     (BASELINE, frozenset()),
 )

@@ -98,6 +98,25 @@ class Job(SQLModel, table=True):
     peak_vram_bytes: int | None = Field(default=None, sa_column=Column(BigInteger))
 
 
+class JobAttempt(SQLModel, table=True):
+    """An attempt of a job whose worker was lost, and how: so an operator can tell a poison
+    job (the same death every time) from bad luck (unrelated crashes). Written by the
+    worker's main process when it sees its pool process die, else by the recovery that
+    re-sends the job (see tasks/outcome.py, tasks/recovery.py)."""
+
+    __tablename__ = "job_attempts"
+
+    job_id: str = Field(primary_key=True, max_length=36)
+    attempt: int = Field(primary_key=True, sa_column_kwargs={"autoincrement": False})
+    node: str | None = Field(default=None, max_length=255)  # the worker it was lost on
+    lost_at: datetime = Field(default_factory=utcnow, sa_column=_utc_column(nullable=False))
+    # how the pool process died: "SIGKILL" (also what an OOM kill sends), "signal 11
+    # (SIGSEGV)", "exit code 1", "hard time limit of job <id>", or what recovery found
+    cause: str = Field(max_length=300)
+    detected_by: str = Field(max_length=32)  # pool | restart | neighbour | sweep
+    other_jobs: int = 0  # other jobs in the same pool process at the time
+
+
 class Arm(StrEnum):
     BASELINE = "baseline"
     CANDIDATE = "candidate"

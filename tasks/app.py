@@ -3,13 +3,15 @@
 from celery import Celery
 
 import celeryconfig
-from canary.settings import Settings
+from canary.settings import Settings, get_settings
+from tasks.message_privacy import HIDE_SETTING
 
 
 def make_app(settings: Settings | None = None) -> Celery:
     """The process-wide app from celeryconfig, or one configured for explicit settings."""
     celery = Celery(
         "canary",
+        amqp="tasks.message_privacy:PrivateAMQP",  # prompts masked in what Flower shows
         include=[
             "tasks.render",
             "tasks.hotfix",
@@ -25,6 +27,7 @@ def make_app(settings: Settings | None = None) -> Celery:
         celery.config_from_object("celeryconfig")
     else:
         celery.config_from_object(celeryconfig.build(settings))
+    celery.add_defaults({HIDE_SETTING: (settings or get_settings()).flower_hide_prompts})
     return celery
 
 

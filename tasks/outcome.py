@@ -16,18 +16,29 @@ Flower's counters and filters, ``celery events`` and the database agree.
 
 A job whose recorder process dies before recording stays STARTED in Flower until the
 recovery re-sends it under the same task id (tasks/recovery.py) and it finishes there.
+
+A duplicate delivery of a finished job (:func:`skip_duplicate`) sends no outcome event, so
+Flower keeps the job's real one (SUCCESS with its result, or FAILURE); the worker logs one
+INFO line saying it skipped it. When a pool process dies (``WorkerLostError``: a signal,
+SIGKILL also being the OOM killer's, or an exit code) or a hard time limit kills it, the
+worker's main process records the lost attempt of every job the process held, with how
+many other jobs it held (``job_attempts``, storage.jobs.record_process_loss): the
+``worker_lost`` failure message and the operator's job view list them.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
+from billiard.exceptions import WorkerLostError
 from celery import Celery
 from celery.exceptions import TimeLimitExceeded
 from celery.utils.saferepr import saferepr
 from celery.worker.request import Request
 
+from storage import jobs
 from storage.models import FailureKind
 
 log = logging.getLogger(__name__)
@@ -39,6 +50,16 @@ ALREADY_FINISHED = "ALREADY_FINISHED"  # a duplicate delivery; the outcome was r
 PASSED_ON = frozenset({RENDERED, REROUTED, HELD, ALREADY_FINISHED})
 # The worker's main process gets the task's return value as its repr.
 _PASSED_ON_REPRS = PASSED_ON | {repr(value) for value in PASSED_ON}
+
+
+def skip_duplicate(job_id: str, status: str) -> str:
+    """A delivery of a job that has finished (a broker redelivery, a recovery re-send):
+    nothing is rendered, and nothing Celery or Flower shows changes. The task's outcome
+    event is the one its finishing delivery sent (this one's is not sent, see
+    :class:`RenderRequest`); the log says what happened."""
+    log.info("job %s is %s already: skipped a duplicate delivery (not rendered again)",
+             job_id, status)  # fmt: skip
+    return ALREADY_FINISHED
 
 
 class JobFailed(Exception):
@@ -54,10 +75,16 @@ class RenderRequest(Request):
 
     _cause: BaseException | None = None
     _failure_sent = False
+    _hard_timeout = False
 
     def on_timeout(self, soft: bool, timeout: float) -> None:
         if not soft:
             self._cause = TimeLimitExceeded(timeout)
+            self._hard_timeout = True
+            # the job itself fails as timed out (tasks/render.py); what else its process
+            # held (recorder, micro-batch) is lost with it
+            self._record_loss(f"the hard time limit ({timeout:g} s) of job {self._job_id}",
+                              job_itself=False)  # fmt: skip
         super().on_timeout(soft, timeout)
 
     def on_failure(self, exc_info: Any, send_failed_event: bool = True, return_ok: bool = False):  # type: ignore[no-untyped-def]
@@ -65,7 +92,31 @@ class RenderRequest(Request):
         # the wrapper's empty repr in the task-failed event: keep the real one for it.
         exception = exc_info.exception
         self._cause = getattr(exception, "exc", exception)
+        if isinstance(self._cause, WorkerLostError) and not self._hard_timeout:
+            # before the message is requeued (task_reject_on_worker_lost), so the next
+            # delivery's attempt finds this one's cause recorded
+            self._record_loss(_death(self._cause))
         return super().on_failure(exc_info, send_failed_event, return_ok)
+
+    @property
+    def _job_id(self) -> str:
+        args = self.args
+        return str(args[0]) if args else str(self.id)  # the task id is the job id too
+
+    def _record_loss(self, cause: str, *, job_itself: bool = True) -> None:
+        """Record how the pool process running this job died, for every job it held."""
+        from tasks.worker_state import context  # (worker_state imports this module)
+
+        try:
+            ctx = context()
+            lost = jobs.record_process_loss(
+                ctx.engine, ctx.node, self._job_id, cause, job_itself=job_itself
+            )
+        except Exception:  # the recovery records what it can instead
+            log.exception("could not record the loss of job %s (%s)", self._job_id, cause)
+            return
+        if lost:
+            log.warning("pool process of %s lost job(s) %s: %s", ctx.node, ", ".join(lost), cause)
 
     def send_event(self, type: str, **fields: Any) -> None:
         if type == "task-succeeded" and fields.get("result") in _PASSED_ON_REPRS:
@@ -79,6 +130,17 @@ class RenderRequest(Request):
             if self._cause is not None:
                 fields["exception"] = _failure_repr(self._cause)
         super().send_event(type, **fields)
+
+
+def _death(lost: WorkerLostError) -> str:
+    """How a pool process died, from billiard's "Worker exited prematurely: signal 9
+    (SIGKILL) Job: 3." (SIGKILL is also what the kernel's OOM killer sends)."""
+    text = str(lost)
+    if match := re.search(r"signal (\d+) \((\w+)\)", text):
+        return match[2] if match[2] != "SIGKILL" else "SIGKILL (killed, e.g. by the OOM killer)"
+    if match := re.search(r"exitcode (-?\d+)", text):
+        return f"exit code {match[1]}"
+    return text.removeprefix("Worker exited prematurely: ") or "died without an exit status"
 
 
 def _failure_repr(cause: BaseException) -> str:

@@ -19,6 +19,9 @@ Why no result is lost although the message is acknowledged before the record exi
   key and one success record.
 - The queue is bounded (``CANARY_RECORD_QUEUE_SIZE`` images, times the micro-batch size):
   a slow object store makes the renderer wait instead of filling memory.
+- An object store that stays down beyond the upload retries does not fail the job: the
+  image waits on local disk and the worker stops taking jobs until storage answers
+  (:mod:`tasks.spool`, which also says why recovery does not render those jobs again).
 
 The recorder starts on an image once the next render has begun (or after ``hold_s``, 20 ms,
 if none comes), so its CPU work never competes with the hand-over between two jobs, which is

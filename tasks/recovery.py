@@ -10,9 +10,12 @@ that no job is re-sent twice by two callers at once:
 - every ``CANARY_RECOVERY_SWEEP_EVERY_S`` a worker re-sends its version's jobs RUNNING for
   longer than the visibility timeout (their worker's host is gone).
 
-A re-sent job has no holder, so whichever worker receives its message claims it again (its
-attempt counted, so ``CANARY_MAX_ATTEMPTS`` still ends a job that kills every worker) and
-renders it again with its own seed.
+A re-sent job is QUEUED again (no holder, ``enqueued_at`` = the new message's sending time,
+so every surface shows it waiting at the back of the queue), so whichever worker receives
+its message claims it again (its attempts kept, so ``CANARY_MAX_ATTEMPTS`` still ends a job
+that kills every worker) and renders it again with its own seed. Each attempt taken is
+recorded as lost (``job_attempts``) with what recovery knows, unless the worker's main
+process already recorded how its pool process died (tasks/outcome.py).
 """
 
 from __future__ import annotations
@@ -48,7 +51,10 @@ def resend(app: Celery, settings: Settings, rows: list[Job]) -> None:
 
 def recover_node(app: Celery, settings: Settings, engine, version: str, node: str) -> int:  # type: ignore[no-untyped-def]
     """Re-send what this node's previous pool process left RUNNING; returns the count."""
-    rows = jobs.take_stranded(engine, model_version=version, worker_host=node)
+    rows = jobs.take_stranded(
+        engine, model_version=version, worker_host=node, detected_by="restart",
+        cause="its pool process ended before finishing it (seen when the next one started)",
+    )  # fmt: skip
     if rows:
         log.warning("re-sending %d job(s) left unfinished by %s's previous process", len(rows),
                     node)  # fmt: skip
@@ -66,7 +72,10 @@ def recover_dead_neighbours(
     for holder in jobs.running_holders(engine, version) - {node}:
         if holder.rpartition("@")[2] != host or not node_locks.is_dead(holder):
             continue
-        rows = jobs.take_stranded(engine, model_version=version, worker_host=holder)
+        rows = jobs.take_stranded(
+            engine, model_version=version, worker_host=holder, detected_by="neighbour",
+            cause="its whole worker stopped (seen by a worker started after it on its host)",
+        )  # fmt: skip
         if rows:
             log.warning("re-sending %d job(s) left unfinished by %s, a worker gone from "
                         "this host", len(rows), holder)  # fmt: skip
@@ -79,7 +88,10 @@ def recover_dead_neighbours(
 def sweep(app: Celery, settings: Settings, engine, version: str) -> int:  # type: ignore[no-untyped-def]
     """Re-send the version's jobs RUNNING for longer than the visibility timeout."""
     cutoff = utcnow() - timedelta(seconds=settings.visibility_timeout_s)
-    rows = jobs.take_stranded(engine, model_version=version, started_before=cutoff)
+    rows = jobs.take_stranded(
+        engine, model_version=version, started_before=cutoff, detected_by="sweep",
+        cause="its worker went silent (running for longer than the visibility timeout)",
+    )  # fmt: skip
     if rows:
         log.warning("re-sending %d stranded job(s) of %s", len(rows), version)
     resend(app, settings, rows)

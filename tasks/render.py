@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 import logging
+import os
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -31,7 +32,7 @@ from storage.models import FailureKind, JobStatus, utcnow
 from tasks.app import app
 from tasks.checks import classify_output
 from tasks.faults import NO_FAULTS, Faults, batch_step_callback
-from tasks.outcome import ALREADY_FINISHED, HELD, RENDERED, REROUTED, JobFailed
+from tasks.outcome import ALREADY_FINISHED, HELD, RENDERED, REROUTED, JobFailed, skip_duplicate
 from tasks.pipelines import LoadedModel
 from tasks.recovery import resend
 from tasks.spec import RENDER_TASK, SPEC_FIELDS, RenderSpec, object_key, render_spec
@@ -150,9 +151,20 @@ def _low_memory(pipeline: object, enabled: bool) -> Iterator[None]:
             vae.disable_slicing()
 
 
+class StorageUnavailable(RenderFailure):
+    """The upload's retries ran out, or the breaker is open: the image can be spooled."""
+
+    def __init__(self, message: str, elapsed_ms: float) -> None:
+        super().__init__(FailureKind.STORAGE_ERROR, message)
+        self.elapsed_ms = elapsed_ms
+
+
 def upload(ctx: WorkerContext, key: str, png: bytes, faults: Faults = NO_FAULTS) -> float:
-    """Put the image, retrying with exponential backoff; returns the time taken in ms."""
+    """Put the image, retrying with exponential backoff; returns the time taken in ms.
+    Raises StorageUnavailable at once while the storage breaker is open (tasks/spool.py)."""
     started = time.perf_counter()
+    if ctx.storage_guard.is_open:
+        raise StorageUnavailable("object store unavailable (breaker open)", 0.0)
     if faults.upload_slow_s:
         time.sleep(faults.upload_slow_s)
     failures_left = [faults.upload_errors]
@@ -171,7 +183,8 @@ def upload(ctx: WorkerContext, key: str, png: bytes, faults: Faults = NO_FAULTS)
     try:
         put()
     except Exception as exc:
-        raise RenderFailure(FailureKind.STORAGE_ERROR, f"{type(exc).__name__}: {exc}") from exc
+        elapsed_ms = (time.perf_counter() - started) * 1000
+        raise StorageUnavailable(f"{type(exc).__name__}: {exc}", elapsed_ms) from exc
     return (time.perf_counter() - started) * 1000
 
 
@@ -249,9 +262,13 @@ def record(ctx: WorkerContext, item: Rendered) -> None:
     task_id = item.pending.task_id
     try:
         png = finish_image(item.model, item.pending.spec, item.output, item.pending.faults)
-        key = object_key(item.model.version, job_id)
+        key = object_key(job_id)
         upload_ms = upload(ctx, key, png, item.pending.faults)
     except Exception as exc:
+        if isinstance(exc, StorageUnavailable) and ctx.storage_guard.keep(
+            item, key, png, _stored_fields(item, key), exc.elapsed_ms
+        ):
+            return  # spooled: tasks/spool.py uploads and records it when storage answers
         if isinstance(exc, RenderFailure):
             kind, message = exc.kind, str(exc)
         else:
@@ -266,17 +283,25 @@ def record(ctx: WorkerContext, item: Rendered) -> None:
         job_id,
         JobStatus.SUCCEEDED,
         finished_at=finished_at,
-        image_key=key,
-        model_revision=item.model.revision,
-        inference_ms=item.output.inference_ms,
         upload_ms=upload_ms,
-        peak_vram_bytes=item.output.peak_vram_bytes,
-        queue_wait_ms=_ms_between(item.started_at, claimed.enqueued_at or claimed.created_at),
         end_to_end_ms=_ms_between(finished_at, claimed.created_at),
+        **_stored_fields(item, key),
     )
     if recorded:
         runtime_s = (_ms_between(finished_at, item.started_at) or 0.0) / 1000
         ctx.outcomes.succeeded(task_id, f"{JobStatus.SUCCEEDED.value} {key}", runtime_s)
+
+
+def _stored_fields(item: Rendered, key: str) -> dict:
+    """The success record's fields known once the image is rendered (a spooled job's too)."""
+    claimed = item.pending.claimed
+    return {
+        "image_key": key,
+        "model_revision": item.model.revision,
+        "inference_ms": item.output.inference_ms,
+        "peak_vram_bytes": item.output.peak_vram_bytes,
+        "queue_wait_ms": _ms_between(item.started_at, claimed.enqueued_at or claimed.created_at),
+    }
 
 
 def _claim_batch_mates(
@@ -341,7 +366,12 @@ def render(self, job_id: str, spec: dict) -> str:  # type: ignore[no-untyped-def
     if tag != ctx.version:
         return _misrouted(self.app, ctx, job_id, spec, tag, self.request.id)
     if ctx.recorder.holds(job_id):
-        return HELD  # rendered here already (a micro-batch mate's own message)
+        # rendered here already (a micro-batch mate's own message): HELD while the recorder
+        # still has it, a duplicate delivery once it is recorded
+        held = jobs.get_job(ctx.engine, job_id)
+        if held is None or held.status not in (JobStatus.SUCCEEDED, JobStatus.FAILED):
+            return HELD
+        return skip_duplicate(job_id, held.status)
     started_at = utcnow()
     claimed = jobs.claim_job(
         ctx.engine,
@@ -359,15 +389,21 @@ def render(self, job_id: str, spec: dict) -> str:  # type: ignore[no-untyped-def
         if job.status == JobStatus.RUNNING:
             log.info("job %s is held by %s; leaving it there", job_id, job.worker_host)
             return HELD  # another worker's (a micro-batch mate): it reports the outcome
-        return ALREADY_FINISHED  # finished: not again, and not reported twice
+        return skip_duplicate(job_id, job.status)  # finished: not again, not reported twice
     if claimed.attempt > ctx.settings.max_attempts:
-        # Earlier deliveries never finished: their worker died (a poison job kills it).
+        # Earlier deliveries never finished: their worker died (a poison job kills it, or
+        # unrelated crashes: the recorded causes tell which, storage.jobs.record_process_loss).
+        tried = claimed.attempt - 1
+        causes = jobs.describe_lost_attempts(jobs.lost_attempts(ctx.engine, job_id), tried)
         return _fail_task(
             ctx,
             job_id,
             FailureKind.WORKER_LOST,
-            f"gave up after {claimed.attempt - 1} attempts whose worker was lost",
+            f"gave up after {tried} attempts whose worker was lost: {causes}",
         )
+    # one line per render start: the crash-safety tests count them per job and process
+    log.info("job %s claimed: attempt %d by %s (pid %d)", job_id, claimed.attempt, ctx.node,
+             os.getpid())  # fmt: skip
     try:
         checked = _check_spec(spec)
         faults = Faults.parse(checked["prompt"], ctx.settings.fault_injection)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, TypedDict
 
+from storage.images import image_key
+
 if TYPE_CHECKING:
     from storage.models import Job
 
@@ -25,9 +27,10 @@ class RenderSpec(TypedDict):
 SPEC_FIELDS = tuple(RenderSpec.__annotations__)
 
 
-def object_key(version: str, job_id: str) -> str:
-    """Deterministic, so a redelivered job overwrites rather than duplicates its image."""
-    return f"renders/{version}/{job_id}.png"
+def object_key(job_id: str) -> str:
+    """Deterministic, so a redelivered job overwrites rather than duplicates its image;
+    names no version, since clients get URLs of it (storage/images.py)."""
+    return image_key(job_id)
 
 
 def render_spec(job: Job) -> RenderSpec:

@@ -1,5 +1,5 @@
-"""Per-process worker state: the bound version/device, its loaded model, storage, DB and
-the background recorder.
+"""Per-process worker state: the bound version/device, its loaded model, storage, DB, the
+background recorder and the storage guard (spool and breaker, tasks/spool.py).
 
 The model is loaded in the pool child (``worker_process_init``), never in the parent,
 so the parent process never initialises CUDA. The same hook re-sends what a previous
@@ -29,6 +29,7 @@ from tasks.registry import require_version_dir
 
 if TYPE_CHECKING:
     from tasks.render import Rendered
+    from tasks.spool import StorageGuard
 
 log = logging.getLogger(__name__)
 # How long a warm shutdown waits for the recorder; what is left is re-sent on restart.
@@ -89,6 +90,13 @@ class WorkerContext:
             periodic=lambda: recovery.sweep(self.app, self.settings, self.engine, version),
             period_s=self.settings.recovery_sweep_every_s,
         )
+
+    @cached_property
+    def storage_guard(self) -> StorageGuard:
+        """The spool of images waiting for the object store, and the breaker."""
+        from tasks.spool import StorageGuard
+
+        return StorageGuard(self)
 
     @cached_property
     def outcomes(self) -> OutcomeEvents:
@@ -163,11 +171,14 @@ def _load_model_in_child(**_: object) -> None:
     except Exception:
         log.exception("model %s failed to load on %s", ctx.version, ctx.device)
     try:
+        # images a predecessor spooled are uploaded, not rendered again: take them first
+        ctx.storage_guard.adopt(starting=True)
         recovery.recover_node(ctx.app, ctx.settings, ctx.engine, ctx.version, ctx.node)
         recovery.recover_dead_neighbours(ctx.app, ctx.settings, ctx.engine, ctx.version, ctx.node)
     except Exception:  # the periodic sweep catches up later
         log.exception("could not re-send the jobs left by %s's previous process", ctx.node)
     ctx.recorder  # noqa: B018  (start the thread before the first job)
+    ctx.storage_guard.start()  # drains the spool; the breaker (tasks/spool.py)
 
 
 @worker_process_shutdown.connect
@@ -178,3 +189,5 @@ def _drain_recorder(**_: object) -> None:
     if not ctx.recorder.close(DRAIN_TIMEOUT_S):
         log.error("%d job(s) not recorded before shutdown; they are re-sent on restart",
                   ctx.recorder.pending)  # fmt: skip
+    if "storage_guard" in ctx.__dict__:  # spooled images stay for this host's next worker
+        ctx.storage_guard.stop()

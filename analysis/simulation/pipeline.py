@@ -333,7 +333,7 @@ class PipelineDriver:
             "b_finished": self.clock.when(finished),
             "b_host": f"sim-{row.model_version}",
             "b_version": row.model_version,
-            "b_image": None if failed else object_key(row.model_version, row.id),
+            "b_image": None if failed else object_key(row.id),
             "b_kind": kind,
             "b_message": f"simulated {kind}" if failed else None,
             "b_queue": None if failed else int(jobs.queue_us[index]) / 1000,

@@ -166,7 +166,7 @@ def build_state(settings: Settings, engine: Engine, store: LocalStore) -> None:
                 job.status = JobStatus.QUEUED
             else:
                 job.status = JobStatus.SUCCEEDED
-                job.image_key = f"renders/{version}/{job.id}.png"
+                job.image_key = f"renders/{job.id}.png"
                 store.put(job.image_key, gradient_png(version, index), "image/png")
             rows.append(job)
             results.append(result)

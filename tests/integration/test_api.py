@@ -242,7 +242,7 @@ def test_s3_images_are_served_by_presigned_url(
     )
     _, token = create_key(stack.engine, "ops", ApiKeyRole.OPERATOR)
     store = open_store(bucket_url, endpoint_url=endpoint)
-    store.put("renders/v1/done-1.png", b"\x89PNG fake", content_type="image/png")
+    store.put("renders/done-1.png", b"\x89PNG fake", content_type="image/png")
     with Session(stack.engine) as session:
         session.add(
             Job(
@@ -255,7 +255,7 @@ def test_s3_images_are_served_by_presigned_url(
                 width=64,
                 height=64,
                 status="SUCCEEDED",
-                image_key="renders/v1/done-1.png",
+                image_key="renders/done-1.png",
             )
         )
         session.commit()

@@ -69,7 +69,7 @@ def test_twenty_jobs_split_across_two_versions(s3_stack: Stack) -> None:
         assert row.model_version == request.model_version
         assert row.worker_version == request.model_version
         assert row.model_revision and len(row.model_revision) == 16
-        assert row.image_key == f"renders/{request.model_version}/{row.id}.png"
+        assert row.image_key == f"renders/{row.id}.png"  # names no version (issue 17)
         assert row.attempts == 1
         for timing in ("queue_wait_ms", "inference_ms", "upload_ms", "end_to_end_ms"):
             assert getattr(row, timing) is not None and getattr(row, timing) >= 0, timing

@@ -13,6 +13,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from gateway.service import Gateway
+from tasks.app import make_app
 from tests.integration.conftest import PROJECT_ROOT, Stack, local_stack
 
 pytestmark = pytest.mark.integration
@@ -72,22 +74,34 @@ def test_flower_with_auth_queues_arguments_and_persistence(
         assert httpx.get(f"{base}/api/tasks").status_code == 401
         assert httpx.get(f"{base}/api/tasks", auth=("ops", "wrong")).status_code == 401
         stack.start_worker("v1")
-        gateway = stack.gateway()
-        job = gateway.prepare(
-            {"prompt": "a red lighthouse at dusk", "model_version": "v1", "seed": 7, "steps": 2,
-             "width": 64, "height": 64}
-        )  # fmt: skip
-        [submitted] = gateway.submit_many([job])
-        stack.wait_finished([submitted.job_id])
+        # prompts are hidden from Flower by default; CANARY_FLOWER_HIDE_PROMPTS=false shows them
+        shown = stack.settings.model_copy(update={"flower_hide_prompts": False})
+        gateways = {
+            "hidden": stack.gateway(),
+            "shown": Gateway(shown, stack.engine, make_app(shown)),
+        }
+        submitted = {}
+        for how, gateway in gateways.items():
+            job = gateway.prepare(
+                {"prompt": f"a red lighthouse at dusk ({how})", "negative_prompt": "fog",
+                 "model_version": "v1", "seed": 7, "steps": 2, "width": 64, "height": 64}
+            )  # fmt: skip
+            [submitted[how]] = gateway.submit_many([job])
+        stack.wait_finished([s.job_id for s in submitted.values()])
 
-        def our_task() -> dict | None:
+        def task_of(how: str) -> dict | None:
             tasks = httpx.get(f"{base}/api/tasks", auth=AUTH, timeout=5).json()
-            return tasks.get(submitted.job_id)
+            found = tasks.get(submitted[how].job_id)
+            return found if found and found["state"] == "SUCCESS" else None
 
-        task = wait_for(our_task)
+        task = wait_for(lambda: task_of("shown"))
         assert task["name"] == "canary.render" and task["state"] == "SUCCESS"
-        assert "a red lighthouse at dusk" in task["args"] and "'v1'" in task["args"]
-        assert submitted.job_id in task["args"]
+        assert "a red lighthouse at dusk (shown)" in task["args"] and "'v1'" in task["args"]
+        assert submitted["shown"].job_id in task["args"] and "fog" in task["args"]
+        task = wait_for(lambda: task_of("hidden"))
+        assert "lighthouse" not in task["args"] and "fog" not in task["args"]
+        assert "'prompt': '<hidden>'" in task["args"] and "'v1'" in task["args"]
+        assert submitted["hidden"].job_id in task["args"]
         queues = httpx.get(f"{base}/api/queues/length", auth=AUTH, timeout=10).json()
         names = {q["name"] for q in queues["active_queues"]}
         assert {"render.v1", "render.v2"} <= names
@@ -99,7 +113,7 @@ def test_flower_with_auth_queues_arguments_and_persistence(
     flower = start_flower(stack, port)
     try:
         tasks = httpx.get(f"{base}/api/tasks", auth=AUTH, timeout=5).json()
-        assert submitted.job_id in tasks
+        assert submitted["hidden"].job_id in tasks
     finally:
         stop(flower)
 

@@ -31,7 +31,7 @@ V1_CASES = {
     "[[fault:nan]]": FailureKind.NAN_OUTPUT,
     "[[fault:oom]]": FailureKind.OOM,
     "[[fault:nsfw]]": FailureKind.NSFW_FILTERED,
-    "[[fault:upload-error=9]]": FailureKind.STORAGE_ERROR,
+    "[[fault:upload-error=9]]": None,  # spooled, then uploaded (tasks/spool.py)
     "[[fault:slow=1.5]]": FailureKind.TIMEOUT,  # soft time limit, inside the task
     "[[fault:hang=30]]": FailureKind.TIMEOUT,  # hard time limit kills the pool process
 }
@@ -107,7 +107,7 @@ def test_flower_counts_and_states_match_the_job_rows(
             task = tasks[job_id]
             if row.status == JobStatus.SUCCEEDED:
                 assert task["state"] == "SUCCESS", (job_id, task)
-                assert task["result"] == repr(f"SUCCEEDED renders/v1/{job_id}.png")
+                assert task["result"] == repr(f"SUCCEEDED renders/{job_id}.png")
             else:
                 assert task["state"] == "FAILURE", (job_id, task)
                 # JobFailed('kind: message') (quoted with " when the message holds a ')

@@ -63,7 +63,7 @@ def render_all(stack: Stack) -> None:
     for result, job in golden.results_with_jobs(stack.engine, "run-1"):
         buffer = io.BytesIO()
         Image.new("RGB", (64, 64), COLOURS[result.version]).save(buffer, "PNG")
-        key = f"renders/{result.version}/{job.id}.png"
+        key = f"renders/{job.id}.png"
         store.put(key, buffer.getvalue(), "image/png")
         jobs.claim(stack.engine, job.id, utcnow(), worker_host="test")
         jobs.finish(stack.engine, job.id, JobStatus.SUCCEEDED, image_key=key)

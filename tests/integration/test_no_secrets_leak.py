@@ -5,6 +5,7 @@ log, Flower's task list, `/metrics`, error bodies and a configuration error are 
 from __future__ import annotations
 
 import socket
+import stat
 import subprocess
 import sys
 import time
@@ -20,7 +21,7 @@ from gateway.auth import create_key
 from storage.db import get_engine, init_db
 from storage.models import ApiKeyRole
 from tests.golden_fixtures import small_set_text
-from tests.integration.conftest import PROJECT_ROOT, make_stack
+from tests.integration.conftest import PROJECT_ROOT, local_stack, make_stack
 from tests.integration.test_flower import AUTH, free_port, start_flower, stop, wait_for
 
 pytestmark = pytest.mark.integration
@@ -86,6 +87,7 @@ def test_no_secret_in_logs_flower_metrics_errors_or_config_errors(
             return tasks.text if all(i in tasks.json() for i in ids) else None
 
         seen["flower tasks"] = wait_for(flower_saw_both)
+        assert "a storm" not in seen["flower tasks"]  # prompts are hidden by default
         seen["flower workers"] = httpx.get(f"{base}/workers?json=1", auth=AUTH).text
     finally:
         stop(flower)
@@ -112,6 +114,47 @@ def test_no_secret_in_logs_flower_metrics_errors_or_config_errors(
     for where, text in seen.items():
         for secret in secrets:
             assert secret not in text, f"a secret ({secret[:4]}...) appears in {where}"
+
+
+def test_generated_flower_password_is_private_reused_and_never_printed(
+    tmp_path: Path, clean_redis: str, model_dir: Path
+) -> None:
+    """Without CANARY_FLOWER_BASIC_AUTH, `canary flower` makes a password once (0600 in
+    CANARY_HOME), asks for it on its pages and API, reuses it, and prints only its path."""
+    stack = local_stack(tmp_path, clean_redis, model_dir)
+    env = {k: v for k, v in stack.env.items() if k != "CANARY_FLOWER_BASIC_AUTH"}
+    port = free_port()
+    env["CANARY_FLOWER_PORT"] = str(port)
+    base = f"http://127.0.0.1:{port}"
+    password_file = stack.settings.home / "flower-password"
+    passwords = []
+    for _ in range(2):  # a restart reuses the password
+        log = (stack.log_dir / "flower.log").open("ab")
+        flower = subprocess.Popen(
+            [sys.executable, "-m", "canary.cli", "flower"], env=env, cwd=PROJECT_ROOT,
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+        try:
+            wait_for(lambda: _answers(f"{base}/healthcheck"))
+            assert stat.S_IMODE(password_file.stat().st_mode) == 0o600
+            passwords.append(password_file.read_text().strip())
+            assert httpx.get(f"{base}/", timeout=5).status_code == 401
+            assert httpx.get(f"{base}/api/workers", timeout=5).status_code == 401
+            auth = ("canary", passwords[-1])
+            assert httpx.get(f"{base}/api/workers", auth=auth, timeout=10).status_code == 200
+        finally:
+            stop(flower)
+    assert passwords[0] == passwords[1] and len(passwords[0]) >= 20
+    text = (stack.log_dir / "flower.log").read_text()
+    assert f"log in as canary with the password in {password_file}" in text
+    assert passwords[0] not in text
+
+
+def _answers(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
 
 
 @pytest.mark.parametrize("command", [["submit", "jobs.jsonl"], ["golden", "run"]])

@@ -13,7 +13,8 @@ import pytest
 from gateway.specs import InvalidJob
 from scheduler.retention import purge_retired
 from storage import jobs, versions
-from storage.models import JobStatus
+from storage.images import image_key
+from storage.models import JobStatus, utcnow
 from storage.objects import open_store
 from tests.integration.conftest import PROJECT_ROOT, Stack, local_stack
 
@@ -97,9 +98,17 @@ def test_assignment_avoids_a_retired_arm(stack: Stack, tmp_path: Path) -> None:
 
 def test_retention_deletes_images_and_logs_but_keeps_records(stack: Stack) -> None:
     store = open_store(stack.settings.resolved_storage_url)
+    gateway = stack.gateway()
+    keys: dict[str, list[str]] = {}
     for version in ("v1", "v2"):
-        for i in range(3):
-            store.put(f"renders/{version}/job-{i}.png", b"png")
+        for i in range(2):  # keys name no version: found through the jobs' rows
+            job_id = gateway.submit({**JOB, "model_version": version, "seed": i}).job_id
+            key = image_key(job_id)
+            store.put(key, b"png")
+            jobs.claim(stack.engine, job_id, utcnow(), worker_host="test")
+            jobs.finish(stack.engine, job_id, JobStatus.SUCCEEDED, image_key=key)
+            keys.setdefault(version, []).append(key)
+        store.put(f"renders/{version}/job-old.png", b"png")  # the legacy layout
     log_dir = stack.settings.log_dir
     log_dir.mkdir(parents=True, exist_ok=True)
     (log_dir / "worker-v2.log").write_text("old log")
@@ -109,7 +118,10 @@ def test_retention_deletes_images_and_logs_but_keeps_records(stack: Stack) -> No
     store.put("logs/v2/jobs.jsonl", b"{}")  # what `canary retire` exported
     versions.retire(stack.engine, "v2", rerouted_to=None, retention_days=0)
     assert purge_retired(stack.settings, store) == {"v2": 3}
-    assert store.list("renders/v2/") == [] and len(store.list("renders/v1/")) == 3
+    assert store.list("renders/v2/") == [] and len(store.list("renders/v1/")) == 1
+    assert not any(store.exists(key) for key in keys["v2"])
+    assert all(store.exists(key) for key in keys["v1"])
+    assert len(jobs.get_jobs(stack.engine, [k[8:-4] for k in keys["v2"]])) == 2  # rows kept
     assert store.list("logs/v2/") == []
     assert not (log_dir / "worker-v2.log").exists() and (log_dir / "worker-v1.log").exists()
     assert purge_retired(stack.settings, store) == {}  # once

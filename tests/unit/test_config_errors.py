@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from canary.flower_info import flower_lines
@@ -27,11 +29,11 @@ def test_each_bad_setting_is_one_line_without_any_value(monkeypatch: pytest.Monk
     assert "secret" not in str(caught.value)
 
 
-def test_flower_lines_say_how_to_log_in_without_the_password() -> None:
-    closed = flower_lines(Settings(flower_port=5600))
-    assert closed == [
-        "Flower: http://127.0.0.1:5600 (no login; its JSON API http://127.0.0.1:5600/api/ "
-        "stays closed until CANARY_FLOWER_BASIC_AUTH=user:password is set)"
-    ]
+def test_flower_lines_say_how_to_log_in_without_the_password(tmp_path: Path) -> None:
+    [generated] = flower_lines(Settings(flower_port=5600, home=tmp_path))
+    assert generated.startswith(
+        f"Flower: http://127.0.0.1:5600 (log in as canary with the password in "
+        f"{tmp_path / 'flower-password'}, made for this stack;"
+    )
     [line] = flower_lines(Settings(flower_basic_auth="ops:pw-1,audit:pw-2"))  # type: ignore[arg-type]
     assert "log in as ops, audit" in line and "pw-" not in line
