@@ -8,6 +8,7 @@ schema, so nothing a developer keeps there is touched.
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -28,6 +29,7 @@ from storage import jobs
 from storage.db import get_engine, init_db
 from storage.models import TERMINAL_STATUSES, Job
 from tasks.app import make_app
+from tasks.nodes import SUFFIX_BYTES, node_prefix
 from tasks.tiny_model import make_tiny_model
 
 TEST_REDIS_SERVER = os.environ.get("TEST_REDIS_SERVER", "redis://127.0.0.1:6379")
@@ -128,9 +130,29 @@ class Stack:
         """Start a worker subprocess; ``node`` sets its Celery node name (else the default,
         render-VERSION-cpu-<unique suffix>); its node name is kept in ``nodes``."""
         name = name or f"worker-{version}-{len(self.workers)}"
+        started_before = set(self.nodes.values())
+        process = self._spawn_worker(version, name, node)
+        self.nodes[process.pid] = self.wait_for_worker(
+            node or f"render-{version}-cpu", process, name, started_before
+        )
+        return process
+
+    def start_workers(self, version: str, n: int) -> list[subprocess.Popen]:
+        """Start ``n`` workers of ``version`` at once (faster than one after another: they
+        load in parallel), each under a unique name of the default form
+        render-VERSION-cpu-<6 hex digits>, and wait for all of them."""
+        named = []
+        for _ in range(n):
+            node = f"{node_prefix(version, 'cpu')}-{secrets.token_hex(SUFFIX_BYTES)}"
+            name = f"worker-{version}-{len(self.workers)}"
+            named.append((self._spawn_worker(version, name, node), name, node))
+        for process, name, node in named:
+            self.nodes[process.pid] = self.wait_for_worker(node, process, name)
+        return [process for process, _, _ in named]
+
+    def _spawn_worker(self, version: str, name: str, node: str | None) -> subprocess.Popen:
         log = (self.log_dir / f"{name}.log").open("ab")
         node_args = ["--name", node] if node else []
-        started_before = set(self.nodes.values())
         process = subprocess.Popen(
             [sys.executable, "-m", "canary.cli", "worker", "--model-version", version, *node_args],
             env=self.env,
@@ -140,9 +162,6 @@ class Stack:
             start_new_session=True,
         )
         self.workers.append(process)
-        self.nodes[process.pid] = self.wait_for_worker(
-            node or f"render-{version}-cpu", process, name, started_before
-        )
         return process
 
     def online_nodes(self, timeout: float) -> set[str]:
