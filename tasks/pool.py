@@ -19,18 +19,63 @@ replacement process (Celery's asynpool puts unaccepted jobs back); its message i
 acknowledged only after it ran (late acks). Time limits start when the process takes the
 job, not while it waits in the pipe.
 
+A job written to the pipe is committed to that pool process: nothing can take it back, the
+process runs it once the current one returns. Celery's ``AsynPool.flush`` (run by the
+consumer when it closes: warm shutdown, lost broker connection) drops every job not yet
+accepted from the pool's cache, "since they will be redelivered by the broker", which is
+right only for jobs still waiting in the main process. Dropped, the job in the pipe still
+ran but its result was never read: on warm shutdown the pool's join reads results only
+while its cache is non-empty, so the pool process waited the 30 s billiard gives the main
+process to read its last result (``Worker._ensure_messages_consumed``) before exiting,
+the message was never acknowledged and came back ("Restoring 1 unacknowledged message")
+for a second, useless delivery. :class:`RenderAsynPool` keeps such a job in the cache: it
+is treated as the running job is (its acceptance, time limits, result and late ack are
+processed while the pool drains), and warm shutdown waits for it, as it would have to
+anyway. Jobs not written yet are still given back to the broker.
+
 Selected through Celery's ``worker_pool`` setting (celeryconfig), which ``--pool prefork``
 honours.
 """
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
+from celery.concurrency.asynpool import AsynPool
 from celery.concurrency.prefork import TaskPool
 
 
+class RenderAsynPool(AsynPool):
+    def flush(self) -> None:
+        """Celery's flush, except that jobs written to a live pool process's pipe stay."""
+        in_pipe = [
+            job for job in self._cache.values() if not job._accepted and job._write_to is not None
+        ]
+        for job in in_pipe:
+            # Finish writing what was started: its first bytes are in the pipe already (the
+            # stock flush skips this once the pool is closing, as on warm shutdown).
+            writer = _writer_of(job)
+            live = job._write_to._is_alive()
+            if writer is not None and writer in self._active_writers and live:
+                self._flush_writer(job._write_to, writer)
+        super().flush()
+        for job in in_pipe:
+            writer = _writer_of(job)
+            written = writer is None or inspect.getgeneratorstate(writer) == "GEN_CLOSED"
+            if written and job._write_to._is_alive() and not job.ready():
+                self._cache.setdefault(job._job, job)
+
+
+def _writer_of(job: Any) -> Any:
+    """The generator writing ``job`` to its pool process (None once it is gone)."""
+    ref = getattr(job, "_writer", None)
+    return ref() if ref is not None else None
+
+
 class RenderPool(TaskPool):
+    Pool = RenderAsynPool
+
     # Read by the worker's Pool component: without it, messages go to the pool only as
     # slots of the semaphore free up (celery.worker.components.Pool.create).
     uses_semaphore = False
