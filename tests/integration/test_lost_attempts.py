@@ -15,7 +15,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -27,6 +26,7 @@ from gateway.auth import create_key
 from storage import jobs
 from storage.models import ApiKeyRole, FailureKind, JobStatus
 from tests.integration.conftest import PROJECT_ROOT, Stack, local_stack
+from tests.integration.test_crash_safety import pool_children, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -37,20 +37,6 @@ LIMITS = {
     "CANARY_FAULT_INJECTION": "true",
     "CANARY_MAX_ATTEMPTS": "2",
 }
-
-
-def pool_children(worker: subprocess.Popen) -> list[int]:
-    out = subprocess.run(["pgrep", "-P", str(worker.pid)], capture_output=True, text=True)
-    return [int(pid) for pid in out.stdout.split()]
-
-
-def wait_until(condition: Callable[[], bool], timeout: float = 120, what: str = "") -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.05)
-    pytest.fail(f"timed out waiting for {what}")
 
 
 def on_attempt(stack: Stack, job_id: str, n: int) -> Callable[[], bool]:
@@ -77,12 +63,12 @@ def test_three_crashes_end_worker_lost_with_each_cause_on_record(
         # attempt 1: killed (SIGKILL) while the recorder still uploads another job's image
         uploading = submit("a kite [[fault:upload-slow=6]]", 1)
         poison = submit("a storm [[fault:slow=0.5]]", 2)
-        wait_until(on_attempt(stack, poison, 1), what="attempt 1")
+        wait_until(on_attempt(stack, poison, 1), timeout=120, what="attempt 1")
         assert jobs.get_job(stack.engine, uploading).status == JobStatus.RUNNING  # type: ignore[union-attr]
         (child,) = pool_children(worker)
         os.kill(child, signal.SIGKILL)
         # attempt 2: a crash of another kind (a segfault)
-        wait_until(on_attempt(stack, poison, 2), what="attempt 2")
+        wait_until(on_attempt(stack, poison, 2), timeout=120, what="attempt 2")
         (child,) = pool_children(worker)
         os.kill(child, signal.SIGSEGV)
         # attempt 3 gives up (CANARY_MAX_ATTEMPTS=2)
