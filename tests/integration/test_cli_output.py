@@ -99,7 +99,13 @@ def test_overview_json_counts_waiting_jobs_and_skips_silent_workers(stack: Stack
     assert overview["experiments"] == [] and overview["golden"] is None
     queues = {q["version"]: q for q in overview["queues"]}
     assert queues["v1"].pop("lifecycle")["state"] == "active"
-    assert queues["v1"] == {"version": "v1", "queue": "render.v1", "waiting": 1, "workers": []}
+    assert queues["v1"] == {
+        "version": "v1",
+        "queue": "render.v1",
+        "waiting": 1,
+        "workers": [],
+        "storage": [],
+    }
     assert queues["v2"]["waiting"] == 0
 
 
