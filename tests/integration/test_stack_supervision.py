@@ -154,7 +154,7 @@ def test_canary_up_restarts_a_killed_worker_and_broker_and_stops_on_sigterm(
     text = output.read_text()
     assert code == 143, text[-4000:]
     assert "SIGTERM received; stopping everything" in text
-    assert "sending SIGTERM to worker-v1" in text and "SIGKILL" not in text
+    assert "sending SIGTERM to worker-v1" in text and "sending SIGKILL" not in text
     assert not children(up.pid)
     for log in [output, *sorted((home / "logs").glob("*.log"))]:
         assert password not in log.read_text(errors="replace"), log.name
