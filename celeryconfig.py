@@ -14,6 +14,7 @@ from typing import Any
 
 from kombu import Exchange, Queue
 
+from canary.contracts import queue_for
 from canary.settings import Settings, get_settings
 from scheduler import schedule as periodic
 
@@ -26,8 +27,7 @@ BEAT_LOCK_TIMEOUT_S = 30
 def build(settings: Settings) -> dict[str, Any]:
     render_exchange = Exchange("render", type="direct")
     queues = [
-        Queue(settings.queue_for(v), render_exchange, routing_key=settings.queue_for(v))
-        for v in settings.versions
+        Queue(queue_for(v), render_exchange, routing_key=queue_for(v)) for v in settings.versions
     ]
     queues.append(Queue(DEFAULT_QUEUE, routing_key=DEFAULT_QUEUE))
     visibility = {"visibility_timeout": settings.visibility_timeout_s}

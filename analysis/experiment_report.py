@@ -191,7 +191,7 @@ def power_section(
 
 def golden_section(engine: Engine, experiment: Experiment) -> dict[str, Any] | None:
     """S-level images of the newest complete golden run of the same two versions."""
-    from analysis.golden_report import report_for_run
+    from analysis.golden.report import report_for_run
 
     for run in golden.list_runs(engine, 50):
         if (

@@ -40,8 +40,8 @@ from benchmarks.harness import (
     broker_url,
     progress,
 )
+from canary.contracts import RENDER_TASK, queue_for
 from storage.models import Assignment, Job
-from tasks.spec import RENDER_TASK
 
 VERSIONS = ["bench-base", "bench-cand"]
 TARGET = 2.0
@@ -76,12 +76,12 @@ def write_file(path: Path, lines: int, users: int) -> None:
 
 def queued(stack: BenchStack) -> int:
     client = redis.Redis.from_url(stack.settings.broker_url)
-    return sum(client.llen(stack.settings.queue_for(v)) for v in VERSIONS)
+    return sum(client.llen(queue_for(v)) for v in VERSIONS)
 
 
 def clear_queues(stack: BenchStack) -> None:
     client = redis.Redis.from_url(stack.settings.broker_url)
-    client.delete(*(stack.settings.queue_for(v) for v in VERSIONS))
+    client.delete(*(queue_for(v) for v in VERSIONS))
 
 
 def reference_loop(stack: BenchStack, lines: int) -> float:
@@ -108,7 +108,7 @@ def reference_loop(stack: BenchStack, lines: int) -> float:
             app.send_task(
                 RENDER_TASK,
                 args=(spec["job_id"], spec),
-                queue=stack.settings.queue_for(spec["model_version"]),
+                queue=queue_for(spec["model_version"]),
                 task_id=spec["job_id"],
                 ignore_result=True,  # what render.apply_async passes (task_ignore_result)
             )

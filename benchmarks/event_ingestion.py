@@ -1,7 +1,7 @@
 """Events ingested per second: ``python -m benchmarks.event_ingestion [--quick]``.
 
 The headline figure is ``POST /v1/events`` on a real HTTP server: the app of
-``gateway.api.create_app`` under uvicorn in a subprocess on loopback, posted to by several
+``gateway.http.app.create_app`` under uvicorn in a subprocess on loopback, posted to by several
 concurrent httpx connections with an ``events`` key, against the 5,000 events/s target. It
 is measured on an SQLite file and on PostgreSQL (a fresh schema, dropped afterwards) in one
 run. The batches carry a realistic mix (views with dwell, downloads, feedback, logins,
@@ -44,9 +44,9 @@ from fastapi import FastAPI
 from rich.progress import Progress
 
 from canary.settings import Settings, get_settings
-from gateway.api import create_app
 from gateway.auth import create_key
 from gateway.events import EventIngestor
+from gateway.http.app import create_app
 from storage import jobs
 from storage.db import get_engine, init_db
 from storage.models import ApiKeyRole, Job

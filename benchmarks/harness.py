@@ -33,6 +33,7 @@ import psutil
 import redis
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from canary.contracts import queue_for
 from canary.settings import Settings, get_settings
 from gateway.service import Gateway
 from storage import jobs
@@ -316,7 +317,7 @@ class BenchStack:
     def close(self) -> None:
         self.stop_workers()
         client = redis.Redis.from_url(self.settings.broker_url)
-        client.delete(*(self.settings.queue_for(v) for v in self.settings.versions))
+        client.delete(*(queue_for(v) for v in self.settings.versions))
         self.engine.dispose()
 
 

@@ -9,7 +9,7 @@ run, each the median of ``--runs``:
   to every node with Celery's 1 s timeout, which always waits out the timeout;
 - the new way: asking only the workers recorded in the database (``workers`` table), which
   returns as soon as all of them replied; and the same with one recorded worker gone,
-  which is bounded by ``canary.overview.WORKER_REPLY_TIMEOUT_S``;
+  which is bounded by ``canary.cli.overview.WORKER_REPLY_TIMEOUT_S``;
 - importing ``scheduler.dashboards`` (fresh interpreter), which the old overview imported
   for a file path and which pulls in scipy and matplotlib;
 - ``canary status`` and ``canary status --json`` as a user runs them (a subprocess,
@@ -38,7 +38,7 @@ from benchmarks.harness import (
     broker_url,
     job_requests,
 )
-from canary.overview import WORKER_REPLY_TIMEOUT_S
+from canary.cli.overview import WORKER_REPLY_TIMEOUT_S
 from storage.overview import worker_records
 from tasks import revisions
 from tasks.queues import consumers

@@ -22,6 +22,8 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from canary.schedule_expressions import parse_schedule
+
 VERSION_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 
 
@@ -306,8 +308,6 @@ class Settings(BaseSettings):
     @field_validator("golden_schedule", "dashboard_schedule", "rollout_schedule")
     @classmethod
     def _valid_schedule(cls, value: str) -> str:
-        from scheduler.schedule import parse_schedule
-
         parse_schedule(value)
         return value
 
@@ -401,9 +401,6 @@ class Settings(BaseSettings):
     def shown_broker_url(self) -> str:
         """The broker URL for messages and logs, password masked."""
         return mask_url(self.broker_url)
-
-    def queue_for(self, version: str) -> str:
-        return f"render.{version}"
 
     @property
     def notify_targets(self) -> list[Webhook]:

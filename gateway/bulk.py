@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from canary.settings import Settings
-from gateway.specs import InvalidJob, JobRequest, validate_request
+from gateway.job_requests import InvalidJob, JobRequest, validate_request
 
 INT_FIELDS = {"seed", "steps", "width", "height"}
 FLOAT_FIELDS = {"guidance"}

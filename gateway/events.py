@@ -28,7 +28,7 @@ from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.engine import Connection, Engine
 
 from canary.settings import Settings
-from gateway.specs import _format_pydantic
+from gateway.job_requests import _format_pydantic
 from gateway.text import StorableStr, printable
 from storage.db import dialect_insert
 from storage.models import JOB_EVENTS, Event, EventType, Job, utcnow

@@ -19,7 +19,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from canary.settings import Settings
 from gateway.experiments import ExperimentConfig, load_config
-from storage.rollout import states
+from storage.rollout_state import states
 
 log = logging.getLogger(__name__)
 Live = tuple[tuple[str, str, bool], ...]  # (experiment, stage, rolled back)

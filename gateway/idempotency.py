@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 from sqlalchemy.engine import Engine
 
-from gateway.specs import InvalidJob
+from gateway.job_requests import InvalidJob
 from gateway.submit import PreparedJob, job_id_for
 from storage import jobs
 from storage.models import Job

@@ -13,7 +13,7 @@ import logging
 import secrets
 from pathlib import Path
 
-from gateway.specs import InvalidJob, JobRequest
+from gateway.job_requests import InvalidJob, JobRequest
 from tasks.version_config import (
     CONFIG_FILE,
     RenderLimits,

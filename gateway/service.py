@@ -18,9 +18,9 @@ from gateway.assignment import Assigner, Decision, StickyAssigner
 from gateway.experiment_source import ExperimentSource
 from gateway.experiments import ExperimentConfig
 from gateway.idempotency import replay_conflicts
+from gateway.job_requests import InvalidJob, JobRequest, validate_request
 from gateway.render_limits import VersionLimits
 from gateway.segments import UserAttributes
-from gateway.specs import InvalidJob, JobRequest, validate_request
 from gateway.submit import PreparedJob, Producer, Submitted
 from storage.models import Arm
 from storage.versions import RetiredVersions

@@ -21,11 +21,12 @@ from pydantic_core import PydanticUndefined
 from redis.exceptions import RedisError
 from sqlalchemy.engine import Engine
 
+from canary.contracts import RENDER_TASK, queue_for
 from canary.settings import Settings
-from gateway.specs import JobRequest
+from gateway.job_requests import JobRequest
 from storage import jobs
 from storage.models import Job, JobStatus, utcnow
-from tasks.spec import RENDER_TASK, render_spec
+from tasks.publish import render_spec
 
 log = logging.getLogger(__name__)
 
@@ -186,7 +187,7 @@ class Producer:
                             # what Flower shows; Celery's own saferepr costs more than the rest
                             argsrepr=repr(args),
                             kwargsrepr="{}",
-                            queue=self.settings.queue_for(row.model_version),
+                            queue=queue_for(row.model_version),
                             task_id=row.id,
                             producer=producer,
                             ignore_result=True,  # as render.apply_async: no result to wait on

@@ -3,7 +3,7 @@
 PostgreSQL refuses NUL characters in text, and UTF-8 has no encoding for a lone UTF-16
 surrogate (JSON's ``"\\ud800"``), so either would fail deep in a query as a 500. They are
 refused where text comes in: ``StorableStr`` for body fields, and one app-wide dependency
-(gateway/api.py) for every path and query parameter.
+(gateway/http/app.py) for every path and query parameter.
 """
 
 from __future__ import annotations

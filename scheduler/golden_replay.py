@@ -17,11 +17,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
+from analysis.golden.cases import GoldenCase, GoldenSet, parse_golden_set
 from canary.settings import Settings
 from gateway.experiments import ExperimentConfig
 from gateway.service import Gateway
 from gateway.submit import job_id_for
-from scheduler.golden_set import GoldenCase, GoldenSet, parse_golden_set
 from storage import golden
 from storage.models import GoldenResult, GoldenRun, GoldenRunStatus
 

@@ -12,9 +12,10 @@ from dataclasses import asdict
 from datetime import datetime
 from functools import lru_cache
 
+from analysis.golden.cases import load_golden_set
+from analysis.golden.run_checks import check_open_runs, scorer_from_settings
 from canary.settings import Settings, get_settings
 from gateway.service import Gateway
-from scheduler.golden_checking import check_open_runs, scorer_from_settings
 from scheduler.golden_replay import (
     GoldenReplay,
     GoldenRunRefused,
@@ -22,7 +23,6 @@ from scheduler.golden_replay import (
     nightly_run_id,
     versions_under_test,
 )
-from scheduler.golden_set import load_golden_set
 from scheduler.schedule import CHECK_GOLDEN_TASK, NIGHTLY_GOLDEN_TASK
 from storage import golden
 from storage.db import get_engine

@@ -18,6 +18,7 @@ from datetime import timedelta
 from celery import Celery
 from sqlalchemy.engine import Engine
 
+from canary.contracts import queue_for
 from canary.settings import Settings, get_settings
 from storage import jobs
 from storage.db import get_engine
@@ -38,7 +39,7 @@ def reconcile(
     cutoff = utcnow() - older_than
     counts: dict[str, int] = {}
     for version in settings.versions:
-        queue = settings.queue_for(version)
+        queue = queue_for(version)
         queued = {job.id for job in jobs.queued_sent_before(engine, version, cutoff, limit)}
         missing = queued - job_ids_in_broker(celery, [queue])
         if missing:

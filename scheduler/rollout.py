@@ -25,7 +25,7 @@ from sqlalchemy.engine import Engine
 from canary.settings import Settings
 from gateway.experiments import Experiment, ExperimentConfig
 from scheduler.notify import Notice, Notifier
-from storage import rollout
+from storage import rollout_state as rollout
 from storage.models import ExperimentState, RolloutEvent, utcnow
 
 QueuedPolicy = Literal["finish", "reroute"]
@@ -247,7 +247,7 @@ class Rollout:
         if queued == "reroute":
             if self.app is None:
                 raise RolloutError("re-routing queued jobs needs the broker")
-            from canary.retire import reroute_queued
+            from scheduler.retirement import reroute_queued
 
             experiment = self.experiment(name)
             moved = reroute_queued(

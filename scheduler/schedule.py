@@ -2,35 +2,17 @@
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 from celery.schedules import crontab, schedule
 
+from canary.schedule_expressions import parse_schedule
 from canary.settings import Settings
 
 NIGHTLY_GOLDEN_TASK = "canary.golden.nightly"
 CHECK_GOLDEN_TASK = "canary.golden.check"
 DASHBOARD_TASK = "canary.scheduler.dashboards"
 AUTO_ROLLOUT_TASK = "canary.scheduler.auto_rollout"
-_EVERY = re.compile(r"^every\s+(\d+(?:\.\d+)?)\s*s?$")
-
-
-def parse_schedule(expression: str) -> crontab | schedule:
-    """A 5-field crontab (minute hour day-of-month month day-of-week) or 'every N' seconds."""
-    text = expression.strip()
-    interval = _EVERY.match(text)
-    if interval:
-        seconds = float(interval.group(1))
-        if seconds <= 0:
-            raise ValueError(f"{expression!r}: the interval must be positive")
-        return schedule(run_every=seconds)
-    try:
-        return crontab.from_string(text)
-    except (ValueError, TypeError) as exc:
-        raise ValueError(
-            f"{expression!r} is neither a crontab ('30 2 * * *') nor 'every N': {exc}"
-        ) from None
 
 
 def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:

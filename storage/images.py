@@ -20,16 +20,11 @@ from sqlalchemy import update
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
+from canary.contracts import IMAGES_PREFIX, image_key
 from storage.models import Job
 from storage.objects import ObjectNotFound, ObjectStore
 
-IMAGES_PREFIX = "renders/"
 CHUNK = 500
-
-
-def image_key(job_id: str) -> str:
-    """The object key of a job's image: ``renders/<job id>.png`` (names no version)."""
-    return f"{IMAGES_PREFIX}{job_id}.png"
 
 
 def legacy_image_key(version: str, job_id: str) -> str:

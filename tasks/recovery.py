@@ -25,11 +25,12 @@ from datetime import timedelta
 
 from celery import Celery
 
+from canary.contracts import RENDER_TASK, queue_for
 from canary.settings import Settings
 from storage import jobs
 from storage.models import Job, utcnow
 from tasks import node_locks
-from tasks.spec import RENDER_TASK, render_spec
+from tasks.publish import render_spec
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +43,7 @@ def resend(app: Celery, settings: Settings, rows: list[Job]) -> None:
             app.send_task(
                 RENDER_TASK,
                 args=(job.id, render_spec(job)),
-                queue=settings.queue_for(job.model_version),
+                queue=queue_for(job.model_version),
                 task_id=job.id,
                 producer=producer,
                 ignore_result=True,

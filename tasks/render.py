@@ -27,6 +27,7 @@ from celery.signals import task_failure
 from PIL import Image
 from tenacity import retry, stop_after_attempt, wait_exponential
 
+from canary.contracts import RENDER_TASK, SPEC_FIELDS, RenderSpec, image_key, queue_for
 from storage import jobs
 from storage.models import FailureKind, JobStatus, utcnow
 from tasks.app import app
@@ -34,8 +35,8 @@ from tasks.checks import classify_output
 from tasks.faults import NO_FAULTS, Faults, batch_step_callback
 from tasks.outcome import ALREADY_FINISHED, HELD, RENDERED, REROUTED, JobFailed, skip_duplicate
 from tasks.pipelines import LoadedModel
+from tasks.publish import render_spec
 from tasks.recovery import resend
-from tasks.spec import RENDER_TASK, SPEC_FIELDS, RenderSpec, object_key, render_spec
 from tasks.worker_state import WorkerContext, context
 
 log = logging.getLogger(__name__)
@@ -262,7 +263,7 @@ def record(ctx: WorkerContext, item: Rendered) -> None:
     task_id = item.pending.task_id
     try:
         png = finish_image(item.model, item.pending.spec, item.output, item.pending.faults)
-        key = object_key(job_id)
+        key = image_key(job_id)
         upload_ms = upload(ctx, key, png, item.pending.faults)
     except Exception as exc:
         if isinstance(exc, StorageUnavailable) and ctx.storage_guard.keep(
@@ -436,9 +437,7 @@ def _misrouted(
         return _fail_task(ctx, job_id, FailureKind.INVALID_JOB, f"unknown model version {tag!r}")
     log.error("job %s tagged %r reached the %r worker; re-routing", job_id, tag, ctx.version)
     jobs.count_misroute(ctx.engine, job_id)
-    app.send_task(
-        RENDER_TASK, args=(job_id, spec), queue=ctx.settings.queue_for(tag), task_id=task_id
-    )
+    app.send_task(RENDER_TASK, args=(job_id, spec), queue=queue_for(tag), task_id=task_id)
     return REROUTED
 
 

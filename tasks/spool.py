@@ -54,6 +54,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from canary.contracts import queue_for
 from storage import jobs
 from storage.models import JobStatus, utcnow
 from tasks import node_locks, storage_health
@@ -502,7 +503,7 @@ class StorageGuard:
         want = not self.is_open
         if self._consuming is want:
             return
-        queue = self.ctx.settings.queue_for(self.version)
+        queue = queue_for(self.version)
         control = self.ctx.app.control
         try:
             if want:

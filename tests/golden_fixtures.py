@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from analysis.golden.cases import GoldenSet, parse_golden_set
 from canary.settings import Settings
-from scheduler.golden_set import GoldenSet, parse_golden_set
 
 CATEGORIES = ("pose_control", "lighting_narrative", "material_detail", "style_transfer")
 

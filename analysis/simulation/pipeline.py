@@ -44,6 +44,7 @@ from analysis.simulation.model import (
     SimulationSpec,
     prompt_text,
 )
+from canary.contracts import image_key
 from canary.settings import Settings
 from gateway.assignment import Assigner
 from gateway.events import EventIngestor
@@ -52,7 +53,6 @@ from gateway.service import Gateway
 from gateway.submit import PreparedJob, Producer
 from storage import jobs as job_records
 from storage.models import EventType, Job, JobStatus
-from tasks.spec import object_key
 
 SOURCE = "simulator"
 EXPERIMENT = "sim-canary"
@@ -333,7 +333,7 @@ class PipelineDriver:
             "b_finished": self.clock.when(finished),
             "b_host": f"sim-{row.model_version}",
             "b_version": row.model_version,
-            "b_image": None if failed else object_key(row.id),
+            "b_image": None if failed else image_key(row.id),
             "b_kind": kind,
             "b_message": f"simulated {kind}" if failed else None,
             "b_queue": None if failed else int(jobs.queue_us[index]) / 1000,

@@ -21,12 +21,12 @@ from playwright.sync_api import Locator, Page, expect
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
+from analysis.golden.cases import parse_golden_set
 from canary.settings import Settings
-from gateway.api import create_app
 from gateway.auth import create_key
-from gateway.golden_api import baseline_side
+from gateway.http.app import create_app
+from gateway.http.golden import baseline_side
 from gateway.service import Gateway
-from scheduler.golden_set import parse_golden_set
 from storage import golden
 from storage.db import get_engine, init_db
 from storage.models import (

@@ -15,8 +15,8 @@ import yaml
 from fastapi.testclient import TestClient
 from sqlmodel import Session
 
-from gateway.api import create_app
 from gateway.auth import create_key
+from gateway.http.app import create_app
 from scheduler.dashboards import dashboard_paths, write_dashboards
 from storage.db import get_engine, init_db
 from storage.models import ApiKeyRole, Assignment, Event, Job

@@ -13,8 +13,9 @@ import yaml
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from gateway.api import create_app
+from canary.contracts import queue_for
 from gateway.auth import create_key
+from gateway.http.app import create_app
 from storage.models import ApiKeyRole
 from tests.integration.conftest import Stack, fresh_database_url, make_stack
 
@@ -78,7 +79,7 @@ def auth(token: str) -> dict[str, str]:
 
 def queued(stack: Stack) -> int:
     client = redis.Redis.from_url(stack.settings.broker_url)
-    return sum(client.llen(stack.settings.queue_for(v)) for v in stack.settings.versions)
+    return sum(client.llen(queue_for(v)) for v in stack.settings.versions)
 
 
 JOB = {"user_id": "u-1", "prompt": "a lantern in fog", "steps": 3, "width": 64, "height": 64}

@@ -20,8 +20,8 @@ from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gateway.api import create_app
 from gateway.auth import create_key
+from gateway.http.app import create_app
 from storage import golden
 from storage.models import ApiKeyRole, GoldenRun
 from tests.golden_fixtures import small_set

@@ -21,9 +21,10 @@ import redis
 from fastapi.testclient import TestClient
 from sqlmodel import Session, select
 
+from canary.contracts import queue_for
 from canary.settings import Settings
-from gateway.api import create_app
 from gateway.auth import create_key
+from gateway.http.app import create_app
 from gateway.service import Gateway
 from gateway.submit import Producer
 from scheduler.maintenance import republish_unsent
@@ -67,7 +68,7 @@ def auth(token: str) -> dict[str, str]:
 
 def queued(stack: Stack) -> int:
     broker = redis.Redis.from_url(stack.settings.broker_url)
-    return sum(broker.llen(stack.settings.queue_for(v)) for v in stack.settings.versions)
+    return sum(broker.llen(queue_for(v)) for v in stack.settings.versions)
 
 
 def rows(stack: Stack) -> list[Job]:
@@ -341,7 +342,7 @@ def test_jobs_accepted_while_the_broker_is_down_are_sent_when_it_is_back(
     messages = [
         json.loads(raw)
         for version in stack.settings.versions
-        for raw in broker.lrange(stack.settings.queue_for(version), 0, -1)
+        for raw in broker.lrange(queue_for(version), 0, -1)
     ]
     assert {message["headers"]["id"] for message in messages} == job_ids
     assert all(row.enqueued_at is not None for row in rows(stack))

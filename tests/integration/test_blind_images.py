@@ -21,8 +21,8 @@ import yaml
 from PIL import Image
 from sqlmodel import Session
 
-from gateway.api import create_app
 from gateway.auth import create_key
+from gateway.http.app import create_app
 from gateway.service import Gateway
 from storage.db import get_engine, init_db
 from storage.images import image_key, legacy_image_key, rekey

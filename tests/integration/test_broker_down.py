@@ -15,8 +15,8 @@ import pytest
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
-from gateway.api import create_app
 from gateway.auth import create_key
+from gateway.http.app import create_app
 from storage.models import ApiKeyRole
 from tests.integration.conftest import PROJECT_ROOT, Stack, local_stack
 

@@ -10,7 +10,7 @@ import pytest
 import redis
 from sqlmodel import Session, select
 
-from canary.batch import make_gateway, submit_file
+from canary.cli.batch import make_gateway, submit_file
 from gateway.submit import PUBLISH_BATCH
 from storage.models import Job, JobStatus
 from tests.integration.conftest import Stack, local_stack

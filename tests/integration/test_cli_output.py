@@ -19,7 +19,7 @@ import pytest
 from sqlmodel import Session
 
 from benchmarks.harness import FIGURE_LINE
-from canary.demo import DEMO_EXPERIMENT
+from canary.cli.demo import DEMO_EXPERIMENT
 from storage import golden
 from storage.models import ApiKeyRole, GoldenRun, Job, JobStatus
 from tasks import revisions

@@ -28,12 +28,13 @@ import pytest
 import redis
 from sqlmodel import Session, func, select
 
+from canary.contracts import RENDER_TASK
 from scheduler.lost_messages import reconcile
 from storage import jobs
 from storage.models import TERMINAL_STATUSES, FailureKind, Job, JobStatus, utcnow
 from storage.objects import open_store
+from tasks.publish import render_spec
 from tasks.queues import resent_counts
-from tasks.spec import RENDER_TASK, render_spec
 from tests.integration.conftest import Stack, local_stack
 
 pytestmark = pytest.mark.integration

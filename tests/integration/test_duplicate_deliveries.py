@@ -14,8 +14,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from canary.contracts import RENDER_TASK
 from storage import jobs
-from tasks.spec import RENDER_TASK, render_spec
+from tasks.publish import render_spec
 from tests.integration.conftest import local_stack
 from tests.integration.test_flower import AUTH, free_port, start_flower, stop, wait_for
 

@@ -10,8 +10,8 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlmodel import Session, select
 
-from gateway.api import create_app
 from gateway.auth import create_key
+from gateway.http.app import create_app
 from storage import jobs
 from storage.models import ApiKeyRole, Event, Job, utcnow
 from tests.integration.conftest import Stack, fresh_database_url, make_stack

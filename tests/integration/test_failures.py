@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 from celery import Celery
 
+from canary.contracts import RENDER_TASK
 from storage import jobs
 from storage.models import FailureKind, Job, JobStatus
 from storage.objects import open_store
-from tasks.spec import RENDER_TASK
 from tests.integration.conftest import Stack, local_stack
 
 pytestmark = pytest.mark.integration

@@ -15,9 +15,10 @@ import httpx
 import pytest
 from sqlalchemy import update
 
+from canary.contracts import RENDER_TASK
 from storage import jobs
 from storage.models import FailureKind, Job, JobStatus
-from tasks.spec import RENDER_TASK, render_spec
+from tasks.publish import render_spec
 from tests.integration.conftest import Stack, local_stack
 from tests.integration.test_flower import AUTH, free_port, start_flower, stop, wait_for
 

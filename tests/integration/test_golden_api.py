@@ -10,9 +10,9 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from gateway.api import create_app
 from gateway.auth import create_key
-from gateway.golden_api import baseline_side
+from gateway.http.app import create_app
+from gateway.http.golden import baseline_side
 from scheduler.golden_replay import GoldenReplay
 from storage import golden, jobs
 from storage.models import ApiKeyRole, JobStatus, utcnow

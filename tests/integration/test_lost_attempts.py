@@ -21,8 +21,8 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from gateway.api import create_app
 from gateway.auth import create_key
+from gateway.http.app import create_app
 from storage import jobs
 from storage.models import ApiKeyRole, FailureKind, JobStatus
 from tests.integration.conftest import PROJECT_ROOT, Stack, local_stack

@@ -18,8 +18,8 @@ from storage import jobs
 from storage.models import FailureKind, JobStatus
 from storage.objects import open_store
 from tasks.pipelines import load_pipeline
+from tasks.publish import render_spec
 from tasks.render import render_image
-from tasks.spec import render_spec
 from tests.integration.conftest import Stack, local_stack
 from tests.integration.test_crash_safety import wait_until
 

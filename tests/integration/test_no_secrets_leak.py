@@ -16,8 +16,8 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-from gateway.api import create_app
 from gateway.auth import create_key
+from gateway.http.app import create_app
 from storage.db import get_engine, init_db
 from storage.models import ApiKeyRole
 from tests.golden_fixtures import small_set_text

@@ -17,8 +17,8 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import update
 
-from gateway.api import create_app
 from gateway.auth import create_key
+from gateway.http.app import create_app
 from scheduler.lost_messages import reconcile
 from storage import jobs
 from storage.models import ApiKeyRole, Job, JobStatus, utcnow

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.specs import InvalidJob
+from gateway.job_requests import InvalidJob
 from scheduler.retention import purge_retired
 from storage import jobs, versions
 from storage.images import image_key
@@ -131,8 +131,8 @@ def test_lifecycle_gauges_for_metrics(stack: Stack) -> None:
     from prometheus_client import CollectorRegistry, generate_latest
     from prometheus_client.parser import text_string_to_metric_families
 
-    from gateway.broker_probe import BrokerReading
-    from gateway.lifecycle_metrics import lifecycle_metrics
+    from gateway.http.broker_probe import BrokerReading
+    from gateway.http.lifecycle_metrics import lifecycle_metrics
 
     def scrape(reading: BrokerReading | None) -> dict[tuple[str, ...], float]:
         class Collector:

@@ -16,7 +16,8 @@ from pydantic import SecretStr
 
 from gateway.experiment_source import ExperimentSource
 from scheduler.rollout import Rollout, RolloutError
-from storage import jobs, rollout
+from storage import jobs
+from storage import rollout_state as rollout
 from tests.integration.conftest import PROJECT_ROOT, Stack, local_stack
 from tests.webhook_receiver import webhook_receiver
 

@@ -24,9 +24,9 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from canary.overview import collect_overview
+from canary.cli.overview import collect_overview
 from gateway.experiment_source import ExperimentSource
-from gateway.metrics_api import CanaryCollector
+from gateway.http.metrics import CanaryCollector
 from storage import jobs
 from storage.db import get_engine, init_db
 from storage.models import Job, JobStatus

@@ -11,7 +11,8 @@ import pytest
 import redis
 from sqlmodel import Session, func, select
 
-from gateway.specs import InvalidJob
+from canary.contracts import queue_for
+from gateway.job_requests import InvalidJob
 from storage.models import Job, JobStatus
 from tests.integration.conftest import PROJECT_ROOT, Stack, fresh_database_url, make_stack
 
@@ -34,7 +35,7 @@ def stack(
 
 def queue_lengths(stack: Stack) -> dict[str, int]:
     client = redis.Redis.from_url(stack.settings.broker_url)
-    return {v: client.llen(stack.settings.queue_for(v)) for v in stack.settings.versions}
+    return {v: client.llen(queue_for(v)) for v in stack.settings.versions}
 
 
 def job_count(stack: Stack) -> int:

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+from canary.contracts import image_key
 from gateway.blinding import HIDDEN, hide_versions, may_presign
-from storage.images import image_key, is_legacy_key, legacy_image_key
-from tasks.spec import object_key
+from storage.images import is_legacy_key, legacy_image_key
 
 
 def test_image_keys_name_no_version_and_are_deterministic() -> None:
-    assert object_key("job-1") == image_key("job-1") == "renders/job-1.png"
+    assert image_key("job-1") == "renders/job-1.png"
     assert not is_legacy_key(image_key("job-1"))
     assert is_legacy_key(legacy_image_key("v1", "job-1"))
     assert legacy_image_key("v1", "job-1") == "renders/v1/job-1.png"

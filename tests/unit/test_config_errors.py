@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from canary.flower_info import flower_lines
+from canary.cli.flower_info import flower_lines
 from canary.settings import ConfigError, Settings, get_settings, reset_settings_cache
 
 

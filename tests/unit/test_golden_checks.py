@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from analysis.golden_checks import (
+from analysis.golden.cases import Level, Tolerance
+from analysis.golden.checks import (
     ElementScorer,
     check_image,
     drift_between,
@@ -16,7 +17,6 @@ from analysis.golden_checks import (
     pixel_failure,
 )
 from canary.settings import Settings
-from scheduler.golden_set import Level, Tolerance
 from storage.models import Job, JobStatus
 from tasks.tiny_model import make_tiny_scorer
 from tests.golden_fixtures import small_set

@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from analysis.golden_html import render_report_html
-from analysis.golden_report import build_report, consensus
+from analysis.golden.cases import Level
+from analysis.golden.html import render_report_html
+from analysis.golden.report import build_report, consensus
 from analysis.proportions import paired_difference, wilson
 from canary.settings import Settings
-from scheduler.golden_set import Level
 from storage.models import GoldenGrade, GoldenResult, GoldenRun, Job, JobStatus
 from tests.golden_fixtures import small_set
 

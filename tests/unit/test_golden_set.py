@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from analysis.golden.cases import Category, GoldenSetError, load_golden_set, parse_golden_set
 from canary.settings import Settings
-from scheduler.golden_set import Category, GoldenSetError, load_golden_set, parse_golden_set
 from tests.golden_fixtures import small_set_text
 
 SETTINGS = Settings()

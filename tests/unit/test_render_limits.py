@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from gateway.job_requests import InvalidJob, JobRequest
 from gateway.render_limits import VersionLimits
-from gateway.specs import InvalidJob, JobRequest
 from tasks.tiny_model import TINY_VERSION_CONFIG
 from tasks.version_config import RenderLimits, VersionConfigError, load_version_config
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from canary.settings import Settings
-from gateway.specs import InvalidJob, validate_request
+from gateway.job_requests import InvalidJob, validate_request
 
 SETTINGS = Settings(versions=["v1", "v2"], max_side=1024)
 GOOD = {"prompt": "a cat", "model_version": "v1", "width": 64, "height": 64}

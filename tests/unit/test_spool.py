@@ -76,7 +76,7 @@ def test_names_and_holders() -> None:
 
 
 def test_status_shows_a_worker_whose_breaker_is_open() -> None:
-    from canary.overview import describe_breaker
+    from canary.cli.overview import describe_breaker
 
     breaker = {
         "node": "render-v1-cpu-abc123@host",

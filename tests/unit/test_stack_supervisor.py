@@ -8,8 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from canary.cli.stack import build_processes
 from canary.settings import Settings
-from canary.stack import build_processes
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 # The supervisor starts processes: run it in a fresh interpreter, as `canary up` does,
@@ -18,7 +18,7 @@ PROJECT_ROOT = Path(__file__).resolve().parents[2]
 SUPERVISE = """
 import io, json, os, signal, sys, threading, time
 from honcho.printer import Printer
-from canary.supervisor import RestartPolicy, Supervisor
+from canary.cli.supervisor import RestartPolicy, Supervisor
 
 spec = json.loads(sys.argv[1])
 output = io.StringIO()

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from rich.console import Console
 
-from canary import overview
+from canary.cli import overview
 from canary.settings import Settings
 from scheduler.dashboards import dashboard_paths
 from tasks.queues import consumers

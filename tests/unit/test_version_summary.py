@@ -9,7 +9,7 @@ from rich.console import Console
 from sqlmodel import Session
 
 from analysis.summary import VersionSummary, summarize
-from canary import report
+from canary.cli import report
 from storage.db import get_engine, init_db
 from storage.models import Job, JobStatus
 

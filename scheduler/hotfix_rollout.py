@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 from celery import Celery
 
+from canary.contracts import queue_for
 from canary.settings import Settings
 from storage.db import get_engine
 from tasks import revisions
@@ -42,7 +43,7 @@ def hotfix(
     engine = get_engine(settings.resolved_database_url)
     published = revisions.publish(engine, settings, version, source)
     started = time.monotonic()
-    workers = online_workers(app, settings.queue_for(version))
+    workers = online_workers(app, queue_for(version))
     outcome = HotfixOutcome(version, published.revision, workers)
     if workers:
         app.control.broadcast(

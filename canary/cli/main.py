@@ -15,8 +15,9 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.console import Console
 
-from canary.images_cli import images_app
-from canary.rollout_cli import rollout_app
+from canary.cli.images import images_app
+from canary.cli.rollout import rollout_app
+from canary.contracts import queue_for
 from canary.settings import (
     VERSION_PATTERN,
     ConfigError,
@@ -78,7 +79,7 @@ def usage_error(message: str) -> typer.Exit:
 
 
 def _print_json(document: object) -> None:
-    from canary.report import print_json
+    from canary.cli.report import print_json
 
     print_json(document)
 
@@ -239,7 +240,7 @@ def api(
     """The HTTP API (OpenAPI schema at /openapi.json, docs at /docs)."""
     import uvicorn
 
-    uvicorn.run("gateway.api:create_app", factory=True, host=host, port=port, workers=workers)
+    uvicorn.run("gateway.http.app:create_app", factory=True, host=host, port=port, workers=workers)
 
 
 @app.command()
@@ -306,7 +307,7 @@ def worker(
     celery_app.worker_main(
         [
             "worker",
-            "--queues", settings.queue_for(model_version),
+            "--queues", queue_for(model_version),
             "--concurrency", "1",
             "--pool", "prefork",
             "--hostname", node,
@@ -370,7 +371,7 @@ def flower() -> None:
     loopback without it, user `canary` logs in with a password generated once and kept in
     $CANARY_HOME/flower-password (0600); the password is never printed.
     """
-    from canary.flower_info import flower_credentials
+    from canary.cli.flower_info import flower_credentials
     from tasks import app as celery_app
 
     settings = get_settings()
@@ -389,7 +390,7 @@ def flower() -> None:
     if settings.flower_persistent:
         settings.home.mkdir(parents=True, exist_ok=True)
         arguments += ["--persistent=True", f"--db={settings.home / 'flower.db'}"]
-    from canary.flower_info import flower_lines
+    from canary.cli.flower_info import flower_lines
 
     for line in flower_lines(settings):
         err.print(line, soft_wrap=True, highlight=False)
@@ -403,7 +404,7 @@ def up(
     ] = None,
 ) -> None:
     """Run the local stack: broker (private Valkey unless REDIS_URL), workers, beat, Flower."""
-    from canary.stack import StackError, run_stack
+    from canary.cli.stack import StackError, run_stack
 
     devices: dict[str, str] = {}
     for item in device or []:
@@ -440,9 +441,9 @@ def submit(
     rejected or, with --wait, a job failed."""
     import json
 
-    from canary.batch import submit_file, wait_for_batch
-    from canary.batch_status import explain_skipped, show_batch
-    from canary.stack import broker_problem
+    from canary.cli.batch import submit_file, wait_for_batch
+    from canary.cli.batch_status import explain_skipped, show_batch
+    from canary.cli.stack import broker_problem
 
     settings = get_settings()
     problem = broker_problem(settings)
@@ -509,7 +510,7 @@ def status(
     with _database_errors(settings):
         job = jobs.get_job(_engine(), job_id)
     if job is None:
-        from canary.batch_status import show_batch
+        from canary.cli.batch_status import show_batch
 
         with _database_errors(settings):
             code = show_batch(settings, job_id, as_json=as_json, wait=wait, timeout=timeout)
@@ -520,7 +521,7 @@ def status(
 
 
 def _status_overview(settings: Settings, as_json: bool) -> None:
-    from canary.overview import OverviewError, collect_overview, print_overview
+    from canary.cli.overview import OverviewError, collect_overview, print_overview
 
     try:
         with _database_errors(settings):
@@ -535,7 +536,7 @@ def _status_overview(settings: Settings, as_json: bool) -> None:
 
 def _status_of_job(settings: Settings, job: Job, wait: bool, timeout: float, as_json: bool) -> None:
     """Print the job (after waiting for it if asked); exit 1 if it failed or is not done."""
-    from canary.report import job_document, print_job
+    from canary.cli.report import job_document, print_job
     from storage import jobs
     from storage.models import JobStatus
     from storage.objects import store_from_settings
@@ -578,7 +579,7 @@ def hotfix(
     timeout: Annotated[float, typer.Option(help="Seconds to wait for the workers")] = 900.0,
 ) -> None:
     """Publish new weights for a version; its online workers swap them in between jobs."""
-    from canary.hotfix import hotfix as run_hotfix
+    from scheduler.hotfix_rollout import hotfix as run_hotfix
     from tasks.app import make_app
     from tasks.registry import ModelNotFound
 
@@ -627,8 +628,8 @@ def retire(
     timeout: Annotated[float, typer.Option(help="Seconds to wait for the drain")] = 3600.0,
 ) -> None:
     """Retire a version: no new jobs, queue drained (or re-routed), its workers stopped."""
-    from canary.retire import RetireError
-    from canary.retire import retire as run_retire
+    from scheduler.retirement import RetireError
+    from scheduler.retirement import retire as run_retire
     from tasks.app import make_app
 
     settings = get_settings()
@@ -672,9 +673,9 @@ def golden_run(
     timeout: Annotated[float, typer.Option(help="Seconds to wait at most")] = 3600.0,
 ) -> None:
     """Replay the golden set through the baseline and the candidate now."""
-    from canary import golden as golden_cli
+    from analysis.golden.cases import GoldenSetError
+    from canary.cli import golden as golden_cli
     from scheduler.golden_replay import GoldenRunRefused
-    from scheduler.golden_set import GoldenSetError
 
     settings = get_settings()
     try:
@@ -696,7 +697,7 @@ def golden_run(
         return
     if not golden_cli.wait_and_check(settings, outcome.run_id, timeout):
         raise fail(f"golden run {outcome.run_id} not complete after {timeout:.0f} s")
-    from analysis.golden_report import report_for_run
+    from analysis.golden.report import report_for_run
 
     report = report_for_run(_engine(), outcome.run_id)
     assert report is not None
@@ -719,9 +720,9 @@ def golden_report(
     """Summary table of a golden run; or its JSON; optionally JSON and HTML files."""
     import json
 
-    from analysis.golden_html import render_report_html
-    from analysis.golden_report import report_for_run
-    from canary import golden as golden_cli
+    from analysis.golden.html import render_report_html
+    from analysis.golden.report import report_for_run
+    from canary.cli import golden as golden_cli
 
     report = report_for_run(_engine(), run_id)
     if report is None:
@@ -742,7 +743,7 @@ def golden_list(
     ] = False,
 ) -> None:
     """Recent golden runs."""
-    from canary.golden import print_runs, run_summary
+    from canary.cli.golden import print_runs, run_summary
     from storage import golden
 
     engine = _engine()
@@ -777,7 +778,7 @@ def report(
     from analysis.dashboard import render_dashboard
     from analysis.experiment_report import report_for_experiment
     from analysis.gates import GatePolicyError, load_policy
-    from canary.ab_report import print_ab_report
+    from canary.cli.ab_report import print_ab_report
     from gateway.experiment_source import ExperimentSource
     from storage.models import utcnow
 
@@ -812,7 +813,7 @@ def demo(
     jobs: Annotated[int, typer.Option(min=2, max=10_000, help="Jobs to render")] = 40,
 ) -> None:
     """The whole loop on this machine: tiny models, local stack, a batch over two versions."""
-    from canary.demo import DemoError, run_demo
+    from canary.cli.demo import DemoError, run_demo
 
     try:
         run_demo(get_settings(), jobs)

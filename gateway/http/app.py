@@ -22,15 +22,15 @@ from swagger_ui_bundle import swagger_ui_path
 
 from canary.settings import Settings, get_settings
 from gateway.auth import KeyVerifier, Principal
-from gateway.batches_api import batches_router
 from gateway.blinding import hide_versions, may_presign
-from gateway.events_api import events_router
-from gateway.golden_api import golden_router
-from gateway.http_auth import Caller, require_role
-from gateway.metrics_api import metrics_router
-from gateway.reports_api import reports_router
+from gateway.http.auth import Caller, require_role
+from gateway.http.batches import batches_router
+from gateway.http.events import events_router
+from gateway.http.golden import golden_router
+from gateway.http.metrics import metrics_router
+from gateway.http.reports import reports_router
+from gateway.job_requests import InvalidJob, JobRequest
 from gateway.service import Gateway
-from gateway.specs import InvalidJob, JobRequest
 from gateway.submit import Submitted
 from gateway.text import printable, unstorable_reason
 from storage import jobs

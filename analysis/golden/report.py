@@ -20,8 +20,8 @@ from typing import Any
 from sqlalchemy.engine import Engine
 from statsmodels.stats.proportion import proportion_confint
 
+from analysis.golden.cases import FAILURE_LEVELS, Category, Level
 from analysis.proportions import PairedDifference, paired_difference
-from scheduler.golden_set import FAILURE_LEVELS, Category, Level
 from storage import golden
 from storage.models import GoldenGrade, GoldenResult, GoldenRun, Job
 

@@ -16,8 +16,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from canary.settings import Settings
 from gateway.bulk import LineError, ParsedLine, read_requests
+from gateway.job_requests import InvalidJob
 from gateway.service import Gateway
-from gateway.specs import InvalidJob
 from gateway.submit import PreparedJob
 from storage import batches, jobs
 from storage.db import get_engine

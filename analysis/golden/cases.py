@@ -43,7 +43,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from canary.settings import Settings
-from gateway.specs import InvalidJob, validate_request
+from gateway.job_requests import InvalidJob, validate_request
 
 CASE_ID_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,63}$"
 FORMAT = 1

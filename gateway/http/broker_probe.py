@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 from celery import Celery
 
+from canary.contracts import queue_for
 from canary.settings import Settings
 from tasks import storage_health
 from tasks.queues import broker_answers, consumers, queue_depth, resent_counts
@@ -69,7 +70,7 @@ def broker_reader(
     def read() -> BrokerReading:
         if not broker_answers(settings.broker_url, timeout_s):
             raise ConnectionError(f"no answer from {settings.shown_broker_url}")
-        depths = {v: queue_depth(app, settings.queue_for(v)) for v in settings.versions}
+        depths = {v: queue_depth(app, queue_for(v)) for v in settings.versions}
         online = consumers(app, timeout=timeout_s, nodes=nodes())
         return BrokerReading(depths, online, resent_counts(app), storage_health.read_all(app))
 

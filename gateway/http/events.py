@@ -12,7 +12,7 @@ from sqlalchemy.engine import Engine
 from canary.settings import Settings
 from gateway.auth import Principal
 from gateway.events import EventIngestor
-from gateway.http_auth import require_role
+from gateway.http.auth import require_role
 from storage.models import ApiKeyRole
 
 EventWriter = Annotated[Principal, Depends(require_role(ApiKeyRole.EVENTS, ApiKeyRole.OPERATOR))]

@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.table import Table
 from sqlalchemy.engine import Engine
 
+from canary.contracts import queue_for
 from canary.settings import Settings
 
 console = Console()
@@ -107,7 +108,7 @@ def _queues(settings: Settings, engine: Engine) -> list[dict[str, Any]]:
 
     try:
         online = consumers(app, WORKER_REPLY_TIMEOUT_S, nodes=records)
-        depths = {v: queue_depth(app, settings.queue_for(v)) for v in settings.versions}
+        depths = {v: queue_depth(app, queue_for(v)) for v in settings.versions}
         breakers = storage_health.read_all(app)
     except OperationalError:
         raise OverviewError(broker_unreachable(settings)) from None
@@ -115,12 +116,12 @@ def _queues(settings: Settings, engine: Engine) -> list[dict[str, Any]]:
 
     serving = {
         v for v in settings.versions
-        if depths[v] or any(settings.queue_for(v) in names for names in online.values())
+        if depths[v] or any(queue_for(v) in names for names in online.values())
     }  # fmt: skip
     lifecycles = versions.lifecycles(engine, settings.versions, busy=serving)
     rows = []
     for version in settings.versions:
-        queue = settings.queue_for(version)
+        queue = queue_for(version)
         nodes = sorted(node for node, names in online.items() if queue in names)
         workers = [
             {"node": n, "device": records[n].device, "revision": records[n].revision} for n in nodes
@@ -184,7 +185,7 @@ def _minute(iso: str) -> str:
 
 
 def _golden(engine: Engine) -> dict[str, Any] | None:
-    from canary.golden import run_summary
+    from canary.cli.golden import run_summary
     from storage import golden
 
     run = golden.latest_run(engine)

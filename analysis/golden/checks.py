@@ -22,7 +22,7 @@ import imagehash
 import numpy as np
 from PIL import Image
 
-from scheduler.golden_set import GoldenCase, Level
+from analysis.golden.cases import GoldenCase, Level
 from storage.models import Job, JobStatus
 from tasks.checks import classify_output
 

@@ -9,7 +9,7 @@ from typing import Any
 from rich.console import Console
 from rich.markup import escape
 
-from canary.batch import BatchOutcome
+from canary.cli.batch import BatchOutcome
 from canary.settings import Settings
 from gateway.batch_report import batch_report
 from storage import batches

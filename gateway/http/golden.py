@@ -16,13 +16,13 @@ from fastapi.responses import FileResponse, HTMLResponse, Response
 from pydantic import BaseModel, ConfigDict
 from sqlalchemy.engine import Engine
 
-from analysis.golden_html import render_report_html
-from analysis.golden_report import report_for_run
+from analysis.golden.cases import GoldenSet, Level, parse_golden_set
+from analysis.golden.html import render_report_html
+from analysis.golden.report import report_for_run
 from canary.settings import Settings
 from gateway.auth import Principal
-from gateway.http_auth import require_role
+from gateway.http.auth import require_role
 from gateway.text import StorableStr
-from scheduler.golden_set import GoldenSet, Level, parse_golden_set
 from storage import golden
 from storage.models import TERMINAL_STATUSES, ApiKeyRole, GoldenResult, GoldenRun, Job, JobStatus
 from storage.objects import ObjectNotFound, ObjectStore

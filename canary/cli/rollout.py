@@ -39,7 +39,7 @@ def _user() -> str:
 
 
 def _fail(message: str, code: int = 1) -> typer.Exit:
-    """Exit codes as in canary/cli.py: 1 the operation was refused or failed, 2 bad usage."""
+    """Exit codes as in canary/cli/main.py: 1 the operation was refused or failed, 2 bad usage."""
     err.print(f"[bold red]error:[/] {message}", soft_wrap=True, highlight=False)
     return typer.Exit(code)
 
@@ -92,7 +92,7 @@ def status(
     state = _run(lambda: control.state(experiment))
     document = _status_document(control, experiment, state)
     if as_json:
-        from canary.report import print_json
+        from canary.cli.report import print_json
 
         print_json(document)
     else:
@@ -101,7 +101,7 @@ def status(
 
 def _status_document(control: Rollout, experiment: str, state: LiveState) -> dict[str, Any]:
     """What `rollout status` shows, as plain JSON data (times in ISO 8601, UTC)."""
-    from storage import rollout
+    from storage import rollout_state as rollout
 
     spec = control.experiment(experiment)
     stage = next(s for s in spec.stages if s.name == state.stage)

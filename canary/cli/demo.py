@@ -19,8 +19,8 @@ from pathlib import Path
 
 from rich.console import Console
 
+from canary.cli.stack import broker_reachable, running_stack_pid
 from canary.settings import Settings, get_settings, reset_settings_cache
-from canary.stack import broker_reachable, running_stack_pid
 
 console = Console()
 PROMPTS = [
@@ -147,8 +147,8 @@ def run_demo(settings: Settings, n_jobs: int) -> None:
 
 def _render_batch(settings: Settings, n_jobs: int) -> None:
     from analysis.summary import summarize
-    from canary.batch import make_gateway, submit_lines, wait_for_batch
-    from canary.report import print_summary
+    from canary.cli.batch import make_gateway, submit_lines, wait_for_batch
+    from canary.cli.report import print_summary
     from storage.db import get_engine, init_db
     from storage.models import Batch
     from storage.objects import store_from_settings

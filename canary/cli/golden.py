@@ -32,9 +32,9 @@ def start_run(
     baseline: str | None,
     candidate: str | None,
 ) -> ReplayOutcome:
-    from canary.batch import make_gateway, progress_bar
+    from analysis.golden.cases import load_golden_set
+    from canary.cli.batch import make_gateway, progress_bar
     from scheduler.golden_replay import GoldenReplay, manual_run_id, versions_under_test
-    from scheduler.golden_set import load_golden_set
 
     gateway = make_gateway(settings)
     path = set_file or settings.golden_set_file
@@ -55,7 +55,7 @@ def start_run(
 
 
 def resume_run(settings: Settings, run_id: str) -> ReplayOutcome:
-    from canary.batch import make_gateway, progress_bar
+    from canary.cli.batch import make_gateway, progress_bar
     from scheduler.golden_replay import GoldenReplay
 
     gateway = make_gateway(settings)
@@ -68,8 +68,8 @@ def resume_run(settings: Settings, run_id: str) -> ReplayOutcome:
 
 def wait_and_check(settings: Settings, run_id: str, timeout: float) -> bool:
     """Wait for every image of the run, checking each as it finishes; True when complete."""
-    from canary.batch import progress_bar
-    from scheduler.golden_checking import check_run, scorer_from_settings
+    from analysis.golden.run_checks import check_run, scorer_from_settings
+    from canary.cli.batch import progress_bar
     from storage.db import get_engine
     from storage.objects import store_from_settings
 

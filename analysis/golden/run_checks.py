@@ -9,9 +9,9 @@ from pathlib import Path
 
 from sqlalchemy.engine import Engine
 
-from analysis.golden_checks import CheckOutcome, ElementScorer, check_image, decode_png, job_failure
+from analysis.golden.cases import GoldenCase, Level, parse_golden_set
+from analysis.golden.checks import CheckOutcome, ElementScorer, check_image, decode_png, job_failure
 from canary.settings import Settings
-from scheduler.golden_set import GoldenCase, Level, parse_golden_set
 from storage import golden
 from storage.models import GoldenRun, GoldenRunStatus
 from storage.objects import ObjectNotFound, ObjectStore

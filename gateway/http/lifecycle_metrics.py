@@ -1,6 +1,6 @@
 """Prometheus metrics of each version's lifecycle, for `GET /metrics`.
 
-``lifecycle_metrics`` yields three families; the collector in gateway/metrics_api.py adds
+``lifecycle_metrics`` yields three families; the collector in gateway/http/metrics.py adds
 them with ``yield from lifecycle_metrics(self.settings, self.engine, reading)``:
 
 - ``canary_version_lifecycle{version, state}``: 1 for the version's current state, 0 for
@@ -21,8 +21,9 @@ from typing import get_args
 from prometheus_client.core import GaugeMetricFamily, Metric
 from sqlalchemy.engine import Engine
 
+from canary.contracts import queue_for
 from canary.settings import Settings
-from gateway.broker_probe import BrokerReading
+from gateway.http.broker_probe import BrokerReading
 from storage import versions
 
 STATES: tuple[str, ...] = get_args(versions.LifecycleState)
@@ -35,7 +36,7 @@ def busy_versions(settings: Settings, reading: BrokerReading | None) -> set[str]
     return {
         v for v in settings.versions
         if reading.depths.get(v)
-        or any(settings.queue_for(v) in queues for queues in reading.consumers.values())
+        or any(queue_for(v) in queues for queues in reading.consumers.values())
     }  # fmt: skip
 
 

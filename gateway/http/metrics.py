@@ -13,7 +13,7 @@ Conventions: ``canary_`` prefix, base units in names (``_seconds``, ``_ratio``,
 ``_messages``), counters end in ``_total``, and labels take values from small closed sets
 (versions, statuses, kinds, experiments, segments), never job or user ids.
 
-The broker is read with a deadline (gateway/broker_probe.py): when it does not answer,
+The broker is read with a deadline (gateway/http/broker_probe.py): when it does not answer,
 ``canary_broker_up`` is 0, the broker-derived gauges are left out and everything else is
 still exported, so a scrape answers in about a second whatever the broker does.
 """
@@ -37,12 +37,13 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 from sqlalchemy.engine import Engine
 
+from canary.contracts import queue_for
 from canary.settings import Settings
 from gateway.auth import Principal
-from gateway.broker_probe import BrokerProbe, BrokerReading, broker_reader
 from gateway.experiment_source import ExperimentSource
-from gateway.http_auth import require_role
-from gateway.lifecycle_metrics import lifecycle_metrics
+from gateway.http.auth import require_role
+from gateway.http.broker_probe import BrokerProbe, BrokerReading, broker_reader
+from gateway.http.lifecycle_metrics import lifecycle_metrics
 from storage import overview
 from storage.models import TERMINAL_STATUSES, ApiKeyRole, Job
 
@@ -152,7 +153,7 @@ class CanaryCollector(Collector):
         counts: dict[tuple[str, str, str], int] = {}
         for node, queues in reading.consumers.items():
             for version in self.settings.versions:
-                if self.settings.queue_for(version) in queues:
+                if queue_for(version) in queues:
                     record = records.get(node)
                     device = record.device if record else "unknown"
                     revision = (record.revision or "none") if record else "unknown"

@@ -1,7 +1,7 @@
 """`canary retire`: stop routing to a version, drain or re-route its queue, stop its workers.
 
 Job records stay as they are (read-only history), and a log export is written to the
-object store (canary/retire_export.py); the retention job in scheduler/ deletes the
+object store (scheduler/retirement_export.py); the retention job in scheduler/ deletes the
 version's images and logs once its retention period has passed. The retirement is
 announced to the notification webhooks.
 """
@@ -15,15 +15,15 @@ from celery import Celery
 from sqlalchemy import update
 from sqlalchemy.engine import Engine
 
-from canary.hotfix import online_workers
-from canary.retire_export import export_logs
+from canary.contracts import RENDER_TASK, queue_for
 from canary.settings import Settings
+from scheduler.hotfix_rollout import online_workers
 from scheduler.notify import Notice, Notifier
+from scheduler.retirement_export import export_logs
 from storage import versions
 from storage.models import Job, JobStatus
 from storage.objects import ObjectStore, store_from_settings
 from tasks.queues import queue_depth
-from tasks.spec import RENDER_TASK
 
 
 class RetireError(RuntimeError):
@@ -42,7 +42,7 @@ class RetireOutcome:
 def reroute_queued(app: Celery, engine: Engine, settings: Settings, version: str, to: str) -> int:
     """Move every message waiting on ``render.<version>`` to ``render.<to>``, re-tagged."""
     moved = 0
-    source = settings.queue_for(version)
+    source = queue_for(version)
     with app.connection_for_write() as connection:
         channel = connection.default_channel
         while (message := channel.basic_get(queue=source, no_ack=False)) is not None:
@@ -57,7 +57,7 @@ def reroute_queued(app: Celery, engine: Engine, settings: Settings, version: str
             app.send_task(
                 RENDER_TASK,
                 args=(job_id, {**spec, "model_version": to}),
-                queue=settings.queue_for(to),
+                queue=queue_for(to),
                 task_id=job_id,
             )
             message.ack()  # only after the copy is on its new queue: nothing is lost
@@ -96,7 +96,7 @@ def retire(
     outcome = RetireOutcome(version)
     # First: no new jobs (gateways see this within seconds).
     versions.retire(engine, version, rerouted_to=reroute_to, retention_days=retention_days)
-    queue = settings.queue_for(version)
+    queue = queue_for(version)
     nodes = online_workers(app, queue)
     if reroute_to is not None:
         outcome.rerouted = reroute_queued(app, engine, settings, version, reroute_to)
