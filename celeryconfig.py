@@ -6,8 +6,10 @@ see tasks/pool.py), jobs of a lost worker re-queued, and a Redis visibility
 timeout longer than the hard time limit (set for the broker and the result backend,
 the two places Celery reads it) so a running job is never handed to a second worker.
 
-``celery -A tasks`` reads the module-level names; ``build()`` gives the same values for
-any ``Settings`` (tests, tools that talk to another broker).
+The app (``celery -A tasks.app``, tasks/app.py) reads the module-level names; ``build()``
+gives the same values for any ``Settings`` (tests, tools that talk to another broker).
+Broker, queues and reliability only: the beat schedule is beat's alone, given to it where
+beat starts (``scheduler.schedule.configure_beat``).
 """
 
 from typing import Any
@@ -16,7 +18,6 @@ from kombu import Exchange, Queue
 
 from canary.contracts import queue_for
 from canary.settings import Settings, get_settings
-from scheduler import schedule as periodic
 
 DEFAULT_QUEUE = "canary.default"
 BEAT_MAX_LOOP_S = 5
@@ -81,7 +82,6 @@ def build(settings: Settings) -> dict[str, Any]:
         "task_create_missing_queues": False,
         "task_queues": queues,
         "task_default_queue": DEFAULT_QUEUE,
-        "beat_schedule": periodic.beat_schedule(settings),
     }
 
 

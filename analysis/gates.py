@@ -72,7 +72,8 @@ class GateEvaluation:
 
 
 def _overall(report: dict[str, Any], metric: str) -> dict[str, Any] | None:
-    return report["metrics"].get(metric, {}).get("overall")
+    overall: dict[str, Any] | None = report["metrics"].get(metric, {}).get("overall")
+    return overall
 
 
 def _limit(
@@ -113,16 +114,16 @@ def evaluate(report: dict[str, Any], policy: GatePolicy) -> GateEvaluation:
     vram = _overall(report, "mean_peak_vram_gb")
     checks += [
         _limit(
-            "success rate", success and success["candidate"], g.success_rate_min, "minimum",
-            "{:.4%}", "no finished jobs in both arms",
+            "success rate", success["candidate"] if success is not None else None,
+            g.success_rate_min, "minimum", "{:.4%}", "no finished jobs in both arms",
         ),
         _limit(
             "P95 latency", p95 and p95["value"], g.p95_latency_max_ms, "maximum", "{:,.0f} ms",
             "no successful candidate jobs",
         ),
         _limit(
-            "peak VRAM", vram and vram["candidate"], g.peak_vram_max_gb, "maximum", "{:.2f} GB",
-            "no VRAM recorded (CPU workers)", missing_passes=True,
+            "peak VRAM", vram["candidate"] if vram is not None else None, g.peak_vram_max_gb,
+            "maximum", "{:.2f} GB", "no VRAM recorded (CPU workers)", missing_passes=True,
         ),
     ]  # fmt: skip
 

@@ -1,9 +1,11 @@
-"""The three metric layers as SQL, on SQLite and PostgreSQL alike.
+"""The three metric layers, on SQLite and PostgreSQL alike.
 
 Every metric is a ratio of per-user sums, num/den (a mean metric has den = 1 per user).
 The database reduces a metric to sufficient statistics per (arm, segment[, day]):
 users, sums, sums of squares and the cross product of num and den, so the statistics
-(delta method, clustered by user) never need the rows themselves.
+(delta method, clustered by user) never need the rows themselves. The SQL (per-user metric
+rows, the reductions, attribution and days) is storage.metrics'; this module names the
+metrics and turns the database's sums into :class:`Sufficient`.
 
 Attribution: job and job-event metrics use the arm and segment the job was assigned
 (``jobs.arm``/``jobs.segment``); user metrics (retention, generations per week,
@@ -14,36 +16,45 @@ no experiment and are never counted. Days are UTC dates.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, time, timedelta
-from typing import Any
 
-from sqlalchemy import (
-    Date,
-    Float,
-    and_,
-    case,
-    cast,
-    func,
-    literal,
-    null,
-    or_,
-    select,
-    text,
-    union_all,
-)
-from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.sql import ColumnElement, Select
-from sqlalchemy.sql.selectable import NamedFromClause, Subquery
+from sqlalchemy.engine import Engine
 
 from analysis.intervals import Scale
-from storage.models import Assignment, Event, EventType, Job, JobStatus
+from storage import metrics as sql
+from storage.metrics import (
+    LONG_DWELL_MS,
+    QUICK_RETRY_S,
+    RETENTION_DAYS,
+    Key,
+    UnitQuery,
+    Window,
+    day_of,
+    download_rate,
+    dwell_vs_retention,
+    exposures,
+    failures_by_kind,
+    generations_per_week,
+    long_dwell_share,
+    mean_peak_vram_gb,
+    negative_feedback_rate,
+    percentile_by_arm,
+    plus_days,
+    quick_retry_share,
+    retention_7d,
+    seconds_between,
+    success_rate,
+    trial_to_paid,
+)
 
-LONG_DWELL_MS = 15_000
-QUICK_RETRY_S = 30
-RETENTION_DAYS = 7
+__all__ = [
+    "HEALTH", "INTERACTION", "LONG_DWELL_MS", "METRICS", "QUICK_RETRY_S", "RETENTION_DAYS",
+    "VALUE", "Key", "MetricDef", "Sufficient", "UnitQuery", "Window", "cumulative_statistics",
+    "day_of", "download_rate", "dwell_vs_retention", "exposures", "failures_by_kind",
+    "generations_per_week", "long_dwell_share", "mean_peak_vram_gb", "negative_feedback_rate",
+    "overall_and_daily_statistics", "percentile_by_arm", "plus_days", "quick_retry_share",
+    "retention_7d", "seconds_between", "success_rate", "sufficient_statistics", "trial_to_paid",
+]  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -61,7 +72,8 @@ class Sufficient:
     sum_num_z: float = 0.0
 
     def __add__(self, other: Sufficient) -> Sufficient:
-        return Sufficient(*(a + b for a, b in zip(self.astuple(), other.astuple(), strict=True)))
+        sums = zip(self.astuple()[1:], other.astuple()[1:], strict=True)
+        return Sufficient(self.n + other.n, *(a + b for a, b in sums))
 
     def astuple(self) -> tuple[float, ...]:
         return (
@@ -70,465 +82,24 @@ class Sufficient:
         )  # fmt: skip
 
 
-Key = tuple[str, str, date | None]  # (arm, segment, day or None for the whole window)
-
-
-@dataclass(frozen=True)
-class Window:
-    experiment: str
-    start: datetime  # inclusive
-    end: datetime  # exclusive
-
-    @classmethod
-    def days(cls, experiment: str, first: date, last: date) -> Window:
-        return cls(
-            experiment,
-            datetime.combine(first, time(), UTC),
-            datetime.combine(last + timedelta(days=1), time(), UTC),
-        )
-
-
-# ---------------------------------------------------------------- dialect helpers
-
-
-def day_of(engine: Engine, column: ColumnElement) -> ColumnElement:
-    if engine.dialect.name == "postgresql":
-        return cast(func.timezone("UTC", column), Date)
-    return func.date(column)
-
-
-def seconds_between(engine: Engine, later: ColumnElement, earlier: ColumnElement) -> ColumnElement:
-    if engine.dialect.name == "postgresql":
-        return func.extract("epoch", later - earlier)
-    return (func.julianday(later) - func.julianday(earlier)) * 86400.0
-
-
-def plus_days(engine: Engine, column: ColumnElement, days: int) -> ColumnElement:
-    if engine.dialect.name == "postgresql":
-        return column + func.make_interval(0, 0, 0, days)
-    return func.datetime(column, f"{days:+d} days")  # "+-7 days" would be NULL
-
-
-def _as_day(engine: Engine, value: object) -> date:
-    if isinstance(value, date):
-        return value
-    return date.fromisoformat(str(value))
-
-
-# ---------------------------------------------------------------- per-user metric rows
-# Each builder returns a SELECT of (arm, segment, day, user_id, num, den[, z]).
-
-UnitQuery = Callable[[Engine, Window], Select]
-
-
-def _live_jobs(window: Window) -> ColumnElement:
-    return and_(
-        Job.experiment == window.experiment,
-        Job.arm.is_not(None),  # type: ignore[union-attr]
-        Job.created_at >= window.start,
-        Job.created_at < window.end,
-    )
-
-
-def _job_ratio(num: ColumnElement, den: ColumnElement, extra: ColumnElement | None = None):  # type: ignore[no-untyped-def]
-    def build(engine: Engine, window: Window) -> Select:
-        where = _live_jobs(window) if extra is None else and_(_live_jobs(window), extra)
-        day = day_of(engine, Job.created_at)
-        return (
-            select(
-                Job.arm.label("arm"),
-                Job.segment.label("segment"),
-                day.label("day"),
-                Job.user_id.label("unit"),
-                func.sum(num).label("num"),
-                func.sum(den).label("den"),
-            )
-            .where(where)
-            .group_by(Job.arm, Job.segment, day, Job.user_id)
-        )
-
-    return build
-
-
-_succeeded = case((Job.status == JobStatus.SUCCEEDED, 1), else_=0)
-_finished = case((Job.status.in_((JobStatus.SUCCEEDED, JobStatus.FAILED)), 1), else_=0)  # type: ignore[attr-defined]
-
-success_rate = _job_ratio(_succeeded, _finished)
-mean_peak_vram_gb = _job_ratio(
-    cast(Job.peak_vram_bytes, Float) / 2**30,
-    literal(1),
-    and_(Job.status == JobStatus.SUCCEEDED, Job.peak_vram_bytes.is_not(None)),  # type: ignore[union-attr]
-)
-
-
-def _job_event_ratio(  # type: ignore[no-untyped-def]
-    event_num: ColumnElement, den_kind: str, *, counts: EventType, once_per_job: bool = False
-):
-    """Events about the experiment's jobs over views (den_kind='views') or generations.
-
-    ``event_num`` counts events of type ``counts`` only; just that type (and views for a
-    views denominator) is read, a range of the (type, job_id, dwell_ms) index.
-    """
-    read = sorted({counts, EventType.IMAGE_VIEWED} if den_kind == "views" else {counts})
-
-    def build(engine: Engine, window: Window) -> Select:
-        day = day_of(engine, Job.created_at)
-        per_job = (
-            select(
-                Job.id.label("job_id"),
-                Job.arm.label("arm"),
-                Job.segment.label("segment"),
-                day.label("day"),
-                Job.user_id.label("unit"),
-                _succeeded.label("generated"),
-            )
-            .where(_live_jobs(window))
-            .subquery()
-        )
-        events = (
-            select(
-                Event.job_id.label("job_id"),
-                func.sum(event_num).label("num"),
-                func.sum(case((Event.type == EventType.IMAGE_VIEWED, 1), else_=0)).label("views"),
-            )
-            .where(Event.job_id.is_not(None), Event.type.in_(read))  # type: ignore[union-attr,attr-defined]
-            .group_by(Event.job_id)
-            .subquery()
-        )
-        den = func.coalesce(events.c.views, 0) if den_kind == "views" else per_job.c.generated
-        num = func.coalesce(events.c.num, 0)
-        if once_per_job:
-            num = case((events.c.num > 0, 1), else_=0)
-        return (
-            select(
-                per_job.c.arm,
-                per_job.c.segment,
-                per_job.c.day,
-                per_job.c.unit,
-                func.sum(num).label("num"),
-                func.sum(den).label("den"),
-            )
-            .select_from(per_job.outerjoin(events, events.c.job_id == per_job.c.job_id))
-            .group_by(per_job.c.arm, per_job.c.segment, per_job.c.day, per_job.c.unit)
-        )
-
-    return build
-
-
-long_dwell_share = _job_event_ratio(
-    case(
-        (and_(Event.type == EventType.IMAGE_VIEWED, Event.dwell_ms >= LONG_DWELL_MS), 1),
-        else_=0,
-    ),
-    "views",
-    counts=EventType.IMAGE_VIEWED,
-)
-# at most one download counted per image
-download_rate = _job_event_ratio(
-    case((Event.type == EventType.DOWNLOAD_CLICKED, 1), else_=0),
-    "generations",
-    counts=EventType.DOWNLOAD_CLICKED,
-    once_per_job=True,
-)
-negative_feedback_rate = _job_event_ratio(
-    case((Event.type == EventType.FEEDBACK_REPORTED, 1), else_=0),
-    "generations",
-    counts=EventType.FEEDBACK_REPORTED,
-)
-
-
-def quick_retry_share(engine: Engine, window: Window) -> Select:
-    """Generations followed by the same user's next generation, same prompt, within 30 s."""
-    ordered = (
-        select(
-            Job.arm.label("arm"),
-            Job.segment.label("segment"),
-            day_of(engine, Job.created_at).label("day"),
-            Job.user_id.label("unit"),
-            Job.prompt.label("prompt"),
-            Job.created_at.label("created_at"),
-            func.lead(Job.prompt)
-            .over(partition_by=Job.user_id, order_by=Job.created_at)
-            .label("next_prompt"),
-            func.lead(Job.created_at)
-            .over(partition_by=Job.user_id, order_by=Job.created_at)
-            .label("next_at"),
-        )
-        .where(_live_jobs(window))
-        .subquery()
-    )
-    retried = case(
-        (
-            and_(
-                ordered.c.next_prompt == ordered.c.prompt,
-                seconds_between(engine, ordered.c.next_at, ordered.c.created_at) <= QUICK_RETRY_S,
-            ),
-            1,
-        ),
-        else_=0,
-    )
-    return select(
-        ordered.c.arm,
-        ordered.c.segment,
-        ordered.c.day,
-        ordered.c.unit,
-        func.sum(retried).label("num"),
-        func.count().label("den"),
-    ).group_by(ordered.c.arm, ordered.c.segment, ordered.c.day, ordered.c.unit)
-
-
-# ---------------------------------------------------------------- user (value) metrics
-
-
-def _exposed(engine: Engine, window: Window, mature_days: int) -> Select:
-    """Users first exposed in the window whose first ``mature_days`` days have passed."""
-    first_arm = case((Assignment.promoted_at.is_not(None), "baseline"), else_=Assignment.arm)  # type: ignore[union-attr]
-    return select(
-        Assignment.user_id.label("unit"),
-        first_arm.label("arm"),
-        Assignment.segment.label("segment"),
-        Assignment.first_seen.label("first_seen"),
-        day_of(engine, Assignment.first_seen).label("day"),
-    ).where(
-        Assignment.experiment == window.experiment,
-        Assignment.first_seen >= window.start,
-        Assignment.first_seen < window.end - timedelta(days=mature_days),
-    )
-
-
-def _pre_period_jobs(engine: Engine, exposed) -> ColumnElement:  # type: ignore[no-untyped-def]
-    """CUPED covariate: the user's generations in the 7 days before first exposure."""
-    return (
-        select(func.count())
-        .where(
-            Job.user_id == exposed.c.unit,
-            Job.created_at < exposed.c.first_seen,
-            Job.created_at >= plus_days(engine, exposed.c.first_seen, -RETENTION_DAYS),
-        )
-        .scalar_subquery()
-    )
-
-
-def retention_7d(engine: Engine, window: Window) -> Select:
-    """Share of exposed users active (a job or a login) on days 1-7 after first exposure."""
-    exposed = _exposed(engine, window, RETENTION_DAYS + 1).subquery()
-    start = plus_days(engine, exposed.c.first_seen, 1)
-    end = plus_days(engine, exposed.c.first_seen, RETENTION_DAYS + 1)
-    came_back_job = (
-        select(literal(1))
-        .where(Job.user_id == exposed.c.unit, Job.created_at >= start, Job.created_at < end)
-        .exists()
-    )
-    came_back_login = (
-        select(literal(1))
-        .where(
-            Event.user_id == exposed.c.unit,
-            Event.type == EventType.LOGIN,
-            Event.occurred_at >= start,
-            Event.occurred_at < end,
-        )
-        .exists()
-    )
-    return select(
-        exposed.c.arm,
-        exposed.c.segment,
-        exposed.c.day,
-        exposed.c.unit,
-        case((or_(came_back_job, came_back_login), 1), else_=0).label("num"),
-        literal(1).label("den"),
-        _pre_period_jobs(engine, exposed).label("z"),
-    )
-
-
-def generations_per_week(engine: Engine, window: Window) -> Select:
-    exposed = _exposed(engine, window, RETENTION_DAYS).subquery()
-    generations = (
-        select(func.count())
-        .where(
-            Job.user_id == exposed.c.unit,
-            Job.created_at >= exposed.c.first_seen,
-            Job.created_at < plus_days(engine, exposed.c.first_seen, RETENTION_DAYS),
-            Job.source != "golden",
-        )
-        .scalar_subquery()
-    )
-    return select(
-        exposed.c.arm,
-        exposed.c.segment,
-        exposed.c.day,
-        exposed.c.unit,
-        generations.label("num"),
-        literal(1).label("den"),
-        _pre_period_jobs(engine, exposed).label("z"),
-    )
-
-
-def trial_to_paid(engine: Engine, window: Window) -> Select:
-    """Among exposed users who started a trial after exposure: the share who then paid."""
-    exposed = _exposed(engine, window, 0).subquery()
-    trial = (
-        select(Event.user_id.label("unit"), func.min(Event.occurred_at).label("trial_at"))
-        .where(Event.type == EventType.TRIAL_STARTED)
-        .group_by(Event.user_id)
-        .subquery()
-    )
-    paid = (
-        select(literal(1))
-        .where(
-            Event.user_id == trial.c.unit,
-            Event.type == EventType.SUBSCRIPTION_PAID,
-            Event.occurred_at >= trial.c.trial_at,
-        )
-        .exists()
-    )
-    return (
-        select(
-            exposed.c.arm,
-            exposed.c.segment,
-            exposed.c.day,
-            exposed.c.unit,
-            case((paid, 1), else_=0).label("num"),
-            literal(1).label("den"),
-        )
-        .select_from(exposed.join(trial, trial.c.unit == exposed.c.unit))
-        .where(trial.c.trial_at >= exposed.c.first_seen)
-    )
-
-
-def dwell_vs_retention(engine: Engine, window: Window) -> Select:
-    """Per user: mean dwell (s) of views in the first 7 days (num) and retained (den)."""
-    exposed = _exposed(engine, window, RETENTION_DAYS + 1).subquery()
-    retained = retention_7d(engine, window).subquery()
-    dwell = (
-        select(
-            Event.user_id.label("unit"),
-            (func.avg(cast(Event.dwell_ms, Float)) / 1000.0).label("mean_dwell_s"),
-        )
-        .select_from(Event.__table__.join(exposed, exposed.c.unit == Event.user_id))  # type: ignore[attr-defined]
-        .where(
-            Event.type == EventType.IMAGE_VIEWED,
-            Event.occurred_at >= exposed.c.first_seen,
-            Event.occurred_at < plus_days(engine, exposed.c.first_seen, RETENTION_DAYS),
-        )
-        .group_by(Event.user_id)
-        .subquery()
-    )
-    return select(
-        retained.c.arm,
-        retained.c.segment,
-        retained.c.day,
-        retained.c.unit,
-        dwell.c.mean_dwell_s.label("num"),
-        retained.c.num.label("den"),
-    ).select_from(retained.join(dwell, dwell.c.unit == retained.c.unit))
-
-
-# ---------------------------------------------------------------- reduction
-
-
-@contextmanager
-def _report_connection(engine: Engine) -> Iterator[Connection]:
-    """A connection for one report statement. On PostgreSQL its transaction runs without JIT
-    compilation: these statements take seconds, and compiling their expressions (0.1-2 s
-    each, measured on 10M events) costs more than it saves."""
-    with engine.connect() as connection:
-        if engine.dialect.name == "postgresql":
-            connection.execute(text("SET LOCAL jit = off"))
-        yield connection
-
-
-def _whole_window(rows: NamedFromClause, has_z: bool) -> Subquery:
-    """One unit per user over the whole window: a user active on several days is still one
-    cluster (summing their days' num and den), not several independent units."""
-    return (
-        select(
-            rows.c.arm,
-            rows.c.segment,
-            rows.c.unit,
-            func.sum(rows.c.num).label("num"),
-            func.sum(rows.c.den).label("den"),
-            *([func.max(rows.c.z).label("z")] if has_z else []),
-        )
-        .group_by(rows.c.arm, rows.c.segment, rows.c.unit)
-        .subquery()
-    )
-
-
-def _sums(rows: NamedFromClause, has_z: bool) -> list[ColumnElement]:
-    """n and the sums of Sufficient, over the rows of one group."""
-    num = cast(rows.c.num, Float)
-    den = cast(rows.c.den, Float)
-    z = cast(rows.c.z, Float) if has_z else literal(0.0)
-    return [
-        func.count().label("n"),
-        func.sum(num),
-        func.sum(den),
-        func.sum(num * num),
-        func.sum(den * den),
-        func.sum(num * den),
-        func.sum(z),
-        func.sum(z * z),
-        func.sum(num * z),
-    ]
-
-
-def _sufficient(numbers: Sequence[Any]) -> Sufficient:
-    """A result row's n and sums (a sum over no rows is NULL: 0)."""
-    return Sufficient(int(numbers[0]), *(float(v or 0.0) for v in numbers[1:]))
+def _sufficient(found: dict[Key, sql.Sums]) -> dict[Key, Sufficient]:
+    return {key: Sufficient(*sums) for key, sums in found.items()}  # type: ignore[arg-type]  # Sums types n as float
 
 
 def sufficient_statistics(
     engine: Engine, units: UnitQuery, window: Window, *, by_day: bool
 ) -> dict[Key, Sufficient]:
     """Reduce a per-user metric query to sufficient statistics in the database."""
-    rows = units(engine, window).subquery()
-    has_z = "z" in rows.c
-    if not by_day:
-        rows = _whole_window(rows, has_z)
-    group = [rows.c.arm, rows.c.segment] + ([rows.c.day] if by_day else [])
-    query = select(*group, *_sums(rows, has_z)).group_by(*group)
-    found: dict[Key, Sufficient] = {}
-    with _report_connection(engine) as connection:
-        for row in connection.execute(query):
-            values = list(row)
-            arm, segment = values[0], values[1]
-            day = _as_day(engine, values[2]) if by_day else None
-            found[(arm, segment, day)] = _sufficient(values[3 if by_day else 2 :])
-    return found
+    return _sufficient(sql.sufficient_sums(engine, units, window, by_day=by_day))
 
 
 def overall_and_daily_statistics(
     engine: Engine, units: UnitQuery, window: Window
 ) -> tuple[dict[Key, Sufficient], dict[Key, Sufficient]]:
-    """``sufficient_statistics`` over the whole window and by day, in one statement.
-
-    The per-user rows are computed once (a materialized CTE) and reduced both ways, instead
-    of running the metric's query twice; it also keeps a per-user scalar subquery (the
-    value metrics' num and z) from being evaluated once per aggregate that reads it.
-    """
-    rows = units(engine, window).cte("unit_rows")
-    if engine.dialect.name == "postgresql":  # PostgreSQL materializes it anyway; say so
-        rows = rows.prefix_with("MATERIALIZED")
-    has_z = "z" in rows.c
-    whole = _whole_window(rows, has_z)
-    query = union_all(
-        select(literal(0).label("daily"), whole.c.arm, whole.c.segment, null().label("day"))
-        .add_columns(*_sums(whole, has_z))
-        .group_by(whole.c.arm, whole.c.segment),
-        select(literal(1), rows.c.arm, rows.c.segment, rows.c.day)
-        .add_columns(*_sums(rows, has_z))
-        .group_by(rows.c.arm, rows.c.segment, rows.c.day),
-    )
-    overall: dict[Key, Sufficient] = {}
-    daily: dict[Key, Sufficient] = {}
-    with _report_connection(engine) as connection:
-        for row in connection.execute(query):
-            by_day, arm, segment, day, *numbers = row
-            if by_day:
-                daily[(arm, segment, _as_day(engine, day))] = _sufficient(numbers)
-            else:
-                overall[(arm, segment, None)] = _sufficient(numbers)
-    return overall, daily
+    """``sufficient_statistics`` over the whole window and by day, in one statement (see
+    storage.metrics.overall_and_daily_sums)."""
+    overall, daily = sql.overall_and_daily_sums(engine, units, window)
+    return _sufficient(overall), _sufficient(daily)
 
 
 def cumulative_statistics(
@@ -536,87 +107,7 @@ def cumulative_statistics(
 ) -> dict[Key, Sufficient]:
     """What a look at the end of each day saw: per (arm, segment, day D) the sufficient
     statistics of the window's first day up to D, one unit per user (their days summed)."""
-    rows = units(engine, window).cte("unit_rows")
-    has_z = "z" in rows.c
-    cuts = select(rows.c.day.label("cut")).distinct().subquery()
-    upto = (
-        select(
-            rows.c.arm,
-            rows.c.segment,
-            cuts.c.cut,
-            rows.c.unit,
-            func.sum(rows.c.num).label("num"),
-            func.sum(rows.c.den).label("den"),
-            *([func.max(rows.c.z).label("z")] if has_z else []),
-        )
-        .select_from(rows.join(cuts, rows.c.day <= cuts.c.cut))
-        .group_by(rows.c.arm, rows.c.segment, cuts.c.cut, rows.c.unit)
-        .subquery()
-    )
-    query = select(upto.c.arm, upto.c.segment, upto.c.cut, *_sums(upto, has_z)).group_by(
-        upto.c.arm, upto.c.segment, upto.c.cut
-    )
-    found: dict[Key, Sufficient] = {}
-    with _report_connection(engine) as connection:
-        for arm, segment, cut, *numbers in connection.execute(query):
-            found[(arm, segment, _as_day(engine, cut))] = _sufficient(numbers)
-    return found
-
-
-def percentile_by_arm(
-    engine: Engine, window: Window, q: float, *, by_day: bool
-) -> dict[tuple[str, date | None], dict[str, float | int]]:
-    """Nearest-rank ``q`` quantile of end-to-end latency of successful jobs (ms), with n."""
-    day = day_of(engine, Job.created_at)
-    partition = [Job.arm] + ([day] if by_day else [])
-    value = Job.end_to_end_ms
-    ranked = (
-        select(
-            Job.arm.label("arm"),
-            (day if by_day else literal(None)).label("day"),
-            value.label("value"),
-            func.row_number().over(partition_by=partition, order_by=value).label("rank"),
-            func.count().over(partition_by=partition).label("n"),
-        )
-        .where(_live_jobs(window), Job.status == JobStatus.SUCCEEDED, value.is_not(None))  # type: ignore[union-attr]
-        .subquery()
-    )
-    query = select(ranked.c.arm, ranked.c.day, ranked.c.value, ranked.c.n).where(
-        ranked.c.rank >= ranked.c.n * q, ranked.c.rank - 1 < ranked.c.n * q
-    )
-    with _report_connection(engine) as connection:
-        return {
-            (arm, _as_day(engine, d) if by_day else None): {"value": float(v), "n": int(n)}
-            for arm, d, v, n in connection.execute(query)
-        }
-
-
-def failures_by_kind(engine: Engine, window: Window) -> dict[str, dict[str, int]]:
-    query = (
-        select(Job.arm, Job.failure_kind, func.count())
-        .where(_live_jobs(window), Job.status == JobStatus.FAILED)
-        .group_by(Job.arm, Job.failure_kind)
-    )
-    found: dict[str, dict[str, int]] = {}
-    with _report_connection(engine) as connection:
-        for arm, kind, n in connection.execute(query):
-            found.setdefault(arm, {})[kind or "unknown"] = int(n)
-    return found
-
-
-def exposures(
-    engine: Engine, experiment: str, exclude: set[str] | None = None
-) -> list[tuple[str, str, str, int]]:
-    """Users by (stage at first exposure, segment, arm at first exposure)."""
-    first_arm = case((Assignment.promoted_at.is_not(None), "baseline"), else_=Assignment.arm)  # type: ignore[union-attr]
-    query = select(Assignment.stage, Assignment.segment, first_arm, func.count()).where(
-        Assignment.experiment == experiment
-    )
-    if exclude:
-        query = query.where(Assignment.user_id.not_in(sorted(exclude)))  # type: ignore[attr-defined]
-    query = query.group_by(Assignment.stage, Assignment.segment, first_arm)
-    with _report_connection(engine) as connection:
-        return [(stage, seg, arm, int(n)) for stage, seg, arm, n in connection.execute(query)]
+    return _sufficient(sql.cumulative_sums(engine, units, window))
 
 
 @dataclass(frozen=True)

@@ -57,7 +57,7 @@ def _pair_correlation(both_pass: int, only_one: int, only_other: int, both_fail:
     margins = row * (n - row) * column * (n - column)
     if margins == 0:
         return 0.0
-    cross = both_pass * both_fail - only_one * only_other
+    cross: float = both_pass * both_fail - only_one * only_other
     if cross > n / 2:
         cross -= n / 2
     elif cross >= 0:

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from sqlalchemy import ColumnElement, func, select, true
 from sqlalchemy.engine import Engine
 
-from storage.models import Job, JobStatus
+from storage import overview
+from storage.models import JobStatus
 
 
 @dataclass
@@ -31,54 +31,27 @@ class VersionSummary:
         return self.succeeded / finished if finished else None
 
 
-def _nearest_rank(
-    engine: Engine, column: ColumnElement, where: ColumnElement, q: float
-) -> dict[str, float]:
-    """Nearest-rank percentile per version with window functions (portable across backends)."""
-    ranked = (
-        select(
-            Job.model_version.label("version"),
-            column.label("value"),
-            func.row_number().over(partition_by=Job.model_version, order_by=column).label("rank"),
-            func.count().over(partition_by=Job.model_version).label("n"),
-        )
-        .where(where, Job.status == JobStatus.SUCCEEDED, column.is_not(None))
-        .subquery()
-    )
-    # nearest rank: the smallest rank r with r >= q * n (no ceil(), which SQLite lacks)
-    query = select(ranked.c.version, ranked.c.value).where(
-        ranked.c.rank >= ranked.c.n * q, ranked.c.rank - 1 < ranked.c.n * q
-    )
-    with engine.connect() as connection:
-        return {version: float(value) for version, value in connection.execute(query)}
-
-
 def summarize(engine: Engine, *, batch_id: str | None = None) -> list[VersionSummary]:
-    where = Job.batch_id == batch_id if batch_id else true()
     summaries: dict[str, VersionSummary] = {}
-    counts = (
-        select(Job.model_version, Job.status, Job.failure_kind, func.count())
-        .where(where)
-        .group_by(Job.model_version, Job.status, Job.failure_kind)
+    for version, status, kind, n in overview.counts_by_version(engine, batch_id=batch_id):
+        summary = summaries.setdefault(version, VersionSummary(version))
+        summary.jobs += n
+        if status == JobStatus.SUCCEEDED:
+            summary.succeeded += n
+        elif status == JobStatus.FAILED:
+            summary.failed += n
+            summary.failures[kind or "unknown"] = summary.failures.get(kind or "unknown", 0) + n
+        else:
+            summary.pending += n
+    durations: tuple[tuple[str, overview.Duration, float], ...] = (
+        ("p50_end_to_end_ms", "end_to_end_ms", 0.5),
+        ("p95_end_to_end_ms", "end_to_end_ms", 0.95),
+        ("p50_queue_wait_ms", "queue_wait_ms", 0.5),
+        ("p50_render_ms", "inference_ms", 0.5),
+        ("p95_render_ms", "inference_ms", 0.95),
     )
-    with engine.connect() as connection:
-        for version, status, kind, n in connection.execute(counts):
-            summary = summaries.setdefault(version, VersionSummary(version))
-            summary.jobs += n
-            if status == JobStatus.SUCCEEDED:
-                summary.succeeded += n
-            elif status == JobStatus.FAILED:
-                summary.failed += n
-                summary.failures[kind or "unknown"] = summary.failures.get(kind or "unknown", 0) + n
-            else:
-                summary.pending += n
-    for attribute, column, q in (
-        ("p50_end_to_end_ms", Job.end_to_end_ms, 0.5),
-        ("p95_end_to_end_ms", Job.end_to_end_ms, 0.95),
-        ("p50_queue_wait_ms", Job.queue_wait_ms, 0.5),
-        ("p50_render_ms", Job.inference_ms, 0.5),
-        ("p95_render_ms", Job.inference_ms, 0.95),
-    ):
-        for version, value in _nearest_rank(engine, column, where, q).items():
+    for attribute, duration, q in durations:
+        found = overview.percentile_by_version(engine, duration, q, batch_id=batch_id)
+        for version, value in found.items():
             setattr(summaries[version], attribute, value)
     return [summaries[v] for v in sorted(summaries)]

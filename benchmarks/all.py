@@ -37,7 +37,8 @@ def run_module(module: ModuleType, quick: bool) -> Report:
     args = module.parser().parse_args(["--quick"] if quick else [])
     if quick:
         vars(args).update(module.QUICK)
-    return module.run(args)
+    report: Report = module.run(args)
+    return report
 
 
 def markdown(data: dict[str, Any]) -> str:

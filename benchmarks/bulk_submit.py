@@ -86,7 +86,7 @@ def clear_queues(stack: BenchStack) -> None:
 
 def reference_loop(stack: BenchStack, lines: int) -> float:
     """Seconds for one ``send_task`` per job (the same messages, no database)."""
-    specs = [
+    specs: list[dict[str, Any]] = [
         {
             "job_id": str(uuid.uuid4()),
             "model_version": VERSIONS[i % 2],

@@ -623,7 +623,8 @@ def sqlite_backend() -> Iterator[Backend]:
 
 
 def _rss_mb() -> float:
-    return psutil.Process().memory_info().rss / 2**20
+    rss_mb: float = psutil.Process().memory_info().rss / 2**20
+    return rss_mb
 
 
 def _peak_rss_mb() -> float:

@@ -42,7 +42,8 @@ from benchmarks.harness import (
     epoch,
     job_requests,
 )
-from tasks.pipelines import load_pipeline_from
+from storage.models import Job
+from tasks.pipelines import Pipeline, load_pipeline_from
 from tasks.tiny_model import make_tiny_model
 
 VERSION = "bench-tiny"
@@ -52,13 +53,15 @@ TARGET = 0.95
 QUICK: dict[str, Any] = {"jobs": 4, "rounds": 1, "steps": 2}
 
 
-def bare_loop(pipeline: object, requests: list[dict], out_dir: Path, device: str) -> float:
+def bare_loop(
+    pipeline: Pipeline, requests: list[dict[str, Any]], out_dir: Path, device: str
+) -> float:
     """Seconds to render and save every request in a plain loop."""
     out_dir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     for index, request in enumerate(requests):
         generator = torch.Generator(device=device).manual_seed(request["seed"])
-        image = pipeline(  # type: ignore[operator]
+        image = pipeline(
             prompt=request["prompt"],
             num_inference_steps=request["steps"],
             guidance_scale=request["guidance"],
@@ -73,7 +76,7 @@ def bare_loop(pipeline: object, requests: list[dict], out_dir: Path, device: str
 
 
 def bare_loop_process(
-    folder: Path, requests: list[dict], out_dir: Path, device: str, threads: int
+    folder: Path, requests: list[dict[str, Any]], out_dir: Path, device: str, threads: int
 ) -> float:
     """:func:`bare_loop` in a fresh interpreter holding nothing but the pipeline (as a
     user's script would), after one warm-up call; returns its timed seconds."""
@@ -100,7 +103,9 @@ def _bare_main(job_file: Path) -> int:
     return 0
 
 
-def system_run(stack: BenchStack, requests: list[dict], batch_id: str) -> tuple[float, list]:
+def system_run(
+    stack: BenchStack, requests: list[dict[str, Any]], batch_id: str
+) -> tuple[float, list[Job]]:
     """Seconds from submission to the last job's record, and the job rows."""
     started = time.time()
     stack.submit(requests, batch_id)

@@ -313,7 +313,7 @@ def serve(backend: Backend, home: Path, workers: int) -> Iterator[str]:
             print(f"uvicorn log (end):\n{log_tail}", file=sys.stderr)
 
 
-def _stop(server: subprocess.Popen) -> None:
+def _stop(server: subprocess.Popen[bytes]) -> None:
     server.terminate()
     try:
         server.wait(timeout=30)
@@ -322,7 +322,7 @@ def _stop(server: subprocess.Popen) -> None:
         server.wait()
 
 
-def _wait_ready(base: str, server: subprocess.Popen, log: Path) -> None:
+def _wait_ready(base: str, server: subprocess.Popen[bytes], log: Path) -> None:
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if server.poll() is not None:

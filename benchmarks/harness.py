@@ -218,7 +218,7 @@ class BenchStack:
         self.engine = get_engine(database_url)
         init_db(self.engine)
         self.app = make_app(self.settings)
-        self.workers: list[subprocess.Popen] = []
+        self.workers: list[subprocess.Popen[bytes]] = []
         self._gateway: Gateway | None = None
 
     @property
@@ -228,7 +228,9 @@ class BenchStack:
         return self._gateway
 
     # --- workers -------------------------------------------------------------------
-    def start_worker(self, version: str, device: str = "cpu", **env: str) -> subprocess.Popen:
+    def start_worker(
+        self, version: str, device: str = "cpu", **env: str
+    ) -> subprocess.Popen[bytes]:
         """``canary worker`` for ``version``; returns once its pool process has the model."""
         name = f"{version}-{len(self.workers)}"
         log = (self.log_dir / f"{name}.log").open("ab")
@@ -255,14 +257,14 @@ class BenchStack:
                 return process
         raise RuntimeError(f"worker {name} did not answer within 180 s: {self.log(name)}")
 
-    def pool_child(self, worker: subprocess.Popen) -> psutil.Process:
+    def pool_child(self, worker: subprocess.Popen[bytes]) -> psutil.Process:
         """The worker's pool process (the one that renders)."""
         children = psutil.Process(worker.pid).children()
         if len(children) != 1:
             raise RuntimeError(f"expected one pool process, found {children}")
         return children[0]
 
-    def stop_worker(self, worker: subprocess.Popen) -> None:
+    def stop_worker(self, worker: subprocess.Popen[bytes]) -> None:
         """Warm shutdown (SIGTERM to the main process), as an operator stops a worker."""
         if worker.poll() is None:
             worker.send_signal(signal.SIGTERM)

@@ -15,25 +15,19 @@ sample-ratio check would fire). A rollback sends everyone to the baseline.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
-from sqlalchemy import func, or_, select, update
 from sqlalchemy.engine import Engine
 
 from gateway.experiments import Experiment, ExperimentConfig
 from gateway.hashing import NUM_BUCKETS, bucket, bucket_ranges, growthbook_hash
 from gateway.segments import SEGMENTS, SegmentRules, UserAttributes, segment_of
-from storage.db import dialect_insert
-from storage.models import Arm, Assignment, Job, UserProfile, utcnow
-
-CHUNK = 500  # users per IN (...) list
-
-
-def _chunks(items: Sequence[str]) -> Iterator[Sequence[str]]:
-    for start in range(0, len(items), CHUNK):
-        yield items[start : start + CHUNK]
+from storage import assignments
+from storage import users as user_records
+from storage.models import Arm, utcnow
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,44 +135,15 @@ class AttributeSource:
     def load_many(self, user_ids: Sequence[str], now: datetime) -> dict[str, UserAttributes]:
         """:meth:`load` for many users: three grouped queries per chunk of users."""
         since = now - timedelta(days=self.rules.high_frequency_window_days)
-        style = or_(
-            *(func.lower(Job.prompt).contains(tag.lower()) for tag in self.rules.style_tags)
-        )
-        live = Job.source != "golden"
-        signed: dict[str, datetime | None] = {}
-        recent: dict[str, int] = {}
-        styled: dict[str, int] = {}
-        with self.engine.connect() as connection:
-            for chunk in _chunks(user_ids):
-                signed.update(
-                    connection.execute(
-                        select(UserProfile.user_id, UserProfile.signed_up_at).where(
-                            UserProfile.user_id.in_(chunk)  # type: ignore[attr-defined]
-                        )
-                    ).all()
-                )
-                per_user = select(Job.user_id, func.count()).where(
-                    Job.user_id.in_(chunk),  # type: ignore[union-attr]
-                    live,
-                )
-                recent.update(
-                    connection.execute(
-                        per_user.where(Job.created_at >= since).group_by(Job.user_id)
-                    ).all()
-                )
-                styled.update(connection.execute(per_user.where(style).group_by(Job.user_id)).all())
+        found = user_records.activity(self.engine, user_ids, since, self.rules.style_tags)
+        signed, recent, styled = found.signed_up_at, found.recent_jobs, found.styled_jobs
         return {
             user: UserAttributes(signed.get(user), recent.get(user, 0), styled.get(user, 0))
             for user in user_ids
         }
 
     def remember_signups(self, signups: dict[str, datetime]) -> None:
-        if not signups:
-            return
-        statement = dialect_insert(self.engine)(UserProfile).on_conflict_do_nothing()
-        rows = [{"user_id": u, "signed_up_at": when} for u, when in signups.items()]
-        with self.engine.begin() as connection:
-            connection.execute(statement, rows)
+        user_records.remember_signups(self.engine, signups)
 
     def remember_signup(self, user_id: str, signed_up_at: datetime) -> None:
         self.remember_signups({user_id: signed_up_at})
@@ -273,19 +238,10 @@ class StickyAssigner:
                 self._enroll(compiled[name], new, now)
 
     def _load_stored(self, experiment: str, user_ids: Sequence[str]) -> None:
-        with self.engine.connect() as connection:
-            for chunk in _chunks(user_ids):
-                rows = connection.execute(
-                    select(
-                        Assignment.user_id, Assignment.arm, Assignment.segment, Assignment.last_seen
-                    ).where(
-                        Assignment.experiment == experiment,
-                        Assignment.user_id.in_(chunk),  # type: ignore[attr-defined]
-                    )
-                )
-                for row in rows:
-                    self._cache((experiment, row.user_id), _Sticky(row.arm, row.segment,
-                                                                   row.last_seen))  # fmt: skip
+        for user_id, arm, segment, last_seen in assignments.stored_many(
+            self.engine, experiment, user_ids
+        ):
+            self._cache((experiment, user_id), _Sticky(arm, segment, last_seen))
 
     def _enroll(
         self,
@@ -301,7 +257,7 @@ class StickyAssigner:
             loaded = self.attributes.load_many(lookup, now)
             for user in lookup:
                 attributes[user] = attributes[user].merged(loaded[user])
-        rows = []
+        rows: list[dict[str, Any]] = []
         for user, attrs in attributes.items():
             segment = segment_of(attrs, self.assigner.rules, now)
             decision = self.assigner.decide_in(experiment, user, segment)
@@ -313,9 +269,7 @@ class StickyAssigner:
                  "stage": experiment.stage, "first_seen": now, "last_seen": now}
             )  # fmt: skip
         if rows:
-            statement = dialect_insert(self.engine)(Assignment).on_conflict_do_nothing()
-            with self.engine.begin() as connection:
-                connection.execute(statement, rows)
+            assignments.record_first_many(self.engine, rows)
             self._load_stored(experiment.name, [row["user_id"] for row in rows])
 
     # --- storage ---------------------------------------------------------------------
@@ -325,12 +279,7 @@ class StickyAssigner:
         if cached is not None:
             self.cache.move_to_end(key)
             return cached
-        with self.engine.connect() as connection:
-            row = connection.execute(
-                select(Assignment.arm, Assignment.segment, Assignment.last_seen).where(
-                    Assignment.experiment == experiment, Assignment.user_id == user_id
-                )
-            ).first()
+        row = assignments.stored(self.engine, experiment, user_id)
         if row is None:
             return None
         return self._cache(key, _Sticky(row.arm, row.segment, row.last_seen))
@@ -345,18 +294,16 @@ class StickyAssigner:
         self, experiment: CompiledExperiment, user_id: str, decision: Decision, now: datetime
     ) -> Decision:
         assert decision.arm is not None and decision.segment is not None
-        statement = dialect_insert(self.engine)(Assignment).values(
+        assignments.record_first(
+            self.engine,
             experiment=experiment.name,
             user_id=user_id,
             arm=decision.arm,
             variant=decision.variant,
             segment=decision.segment,
             stage=experiment.stage,
-            first_seen=now,
-            last_seen=now,
+            now=now,
         )
-        with self.engine.begin() as connection:
-            connection.execute(statement.on_conflict_do_nothing())
         # Another process may have enrolled the user first: its record wins.
         self.cache.pop((experiment.name, user_id), None)
         stored = self._stored(experiment.name, user_id)
@@ -373,31 +320,18 @@ class StickyAssigner:
         if now - last < self.touch_interval:
             return
         sticky.touched = now
-        with self.engine.begin() as connection:
-            connection.execute(
-                update(Assignment)
-                .where(Assignment.experiment == experiment, Assignment.user_id == user_id)
-                .values(last_seen=now)
-            )
+        assignments.touch(self.engine, experiment, user_id, now)
 
     def _promote(
         self, experiment: CompiledExperiment, user_id: str, sticky: _Sticky, now: datetime
     ) -> None:
-        with self.engine.begin() as connection:
-            connection.execute(
-                update(Assignment)
-                .where(
-                    Assignment.experiment == experiment.name,
-                    Assignment.user_id == user_id,
-                    Assignment.arm == Arm.BASELINE,
-                )
-                .values(
-                    arm=Arm.CANDIDATE,
-                    variant=experiment.candidate,
-                    stage=experiment.stage,
-                    promoted_at=now,
-                    last_seen=now,
-                )
-            )
+        assignments.promote(
+            self.engine,
+            experiment.name,
+            user_id,
+            variant=experiment.candidate,
+            stage=experiment.stage,
+            now=now,
+        )
         sticky.arm = Arm.CANDIDATE
         sticky.touched = now

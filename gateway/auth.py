@@ -7,11 +7,10 @@ import secrets
 import uuid
 from dataclasses import dataclass
 
-from sqlalchemy import select, update
 from sqlalchemy.engine import Engine
-from sqlmodel import Session
 
-from storage.models import ApiKey, ApiKeyRole, utcnow
+from storage import api_keys
+from storage.models import ApiKey, ApiKeyRole
 
 TOKEN_PREFIX = "cr_"
 
@@ -38,25 +37,16 @@ def create_key(engine: Engine, name: str, role: ApiKeyRole) -> tuple[ApiKey, str
     key = ApiKey(
         id=str(uuid.uuid4()), name=name, role=role, key_hash=digest(token), prefix=token[:10]
     )
-    with Session(engine, expire_on_commit=False) as session:
-        session.add(key)
-        session.commit()
+    api_keys.add_key(engine, key)
     return key, token
 
 
 def list_keys(engine: Engine) -> list[ApiKey]:
-    with Session(engine) as session:
-        return list(session.scalars(select(ApiKey).order_by(ApiKey.created_at)))
+    return api_keys.list_keys(engine)
 
 
 def revoke_key(engine: Engine, key_id: str) -> bool:
-    with engine.begin() as connection:
-        result = connection.execute(
-            update(ApiKey)
-            .where(ApiKey.id == key_id, ApiKey.revoked_at.is_(None))  # type: ignore[union-attr]
-            .values(revoked_at=utcnow())
-        )
-        return result.rowcount == 1
+    return api_keys.revoke_key(engine, key_id)
 
 
 class KeyVerifier:
@@ -71,11 +61,5 @@ class KeyVerifier:
         self.engine = engine
 
     def verify(self, token: str) -> Principal | None:
-        with self.engine.connect() as connection:
-            row = connection.execute(
-                select(ApiKey.id, ApiKey.name, ApiKey.role).where(
-                    ApiKey.key_hash == digest(token),
-                    ApiKey.revoked_at.is_(None),  # type: ignore[union-attr]
-                )
-            ).first()
+        row = api_keys.active_key(self.engine, digest(token))
         return Principal(row.id, row.name, ApiKeyRole(row.role)) if row else None

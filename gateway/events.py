@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from operator import attrgetter
 from typing import Any, Literal
 
 from pydantic import (
@@ -23,35 +22,17 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from sqlalchemy import String, any_, bindparam, select, text
-from sqlalchemy.dialects.postgresql import ARRAY
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine import Engine
 
 from canary.settings import Settings
-from gateway.job_requests import _format_pydantic
+from gateway.job_requests import format_pydantic
 from gateway.text import StorableStr, printable
-from storage.db import dialect_insert
-from storage.models import JOB_EVENTS, Event, EventType, Job, utcnow
+from storage.events import EventStore, Owners
+from storage.models import JOB_EVENTS, EventType, utcnow
 
 MAX_DWELL_MS = 6 * 3600 * 1000
 FeedbackReason = Literal["poor_quality", "style_mismatch", "other"]
 PRINTABLE_ID = r"^[\x21-\x7e]{1,100}$"
-# PostgreSQL: a batch as one array per column, so the statement text is the same for every
-# batch (psycopg and SQLAlchemy parse it once) and the server gets one short query. Rows are
-# inserted in array order (ORDER BY the ordinality), which the caller makes the id order.
-_UNNEST_INSERT = text(
-    "INSERT INTO events"
-    " (id, type, user_id, job_id, occurred_at, dwell_ms, reason, received_at, api_key_id)"
-    " SELECT e.id, e.type, e.user_id, e.job_id, e.occurred_at, e.dwell_ms, e.reason,"
-    " CAST(:received_at AS TIMESTAMPTZ), CAST(:api_key_id AS VARCHAR)"
-    " FROM unnest(CAST(:id AS VARCHAR[]), CAST(:type AS VARCHAR[]),"
-    " CAST(:user_id AS VARCHAR[]), CAST(:job_id AS VARCHAR[]),"
-    " CAST(:occurred_at AS TIMESTAMPTZ[]), CAST(:dwell_ms AS BIGINT[]),"
-    " CAST(:reason AS VARCHAR[]))"
-    " WITH ORDINALITY AS e(id, type, user_id, job_id, occurred_at, dwell_ms, reason, n)"
-    " ORDER BY e.n"
-    " ON CONFLICT DO NOTHING RETURNING id"
-)
 
 
 class EventIn(BaseModel):
@@ -109,7 +90,7 @@ def _parse(index: int, item: Any) -> EventIn | Rejected:
     try:
         return EventIn.model_validate(item)
     except ValidationError as exc:
-        messages = [printable(m.replace("Value error, ", "")) for m in _format_pydantic(exc)]
+        messages = [printable(m.replace("Value error, ", "")) for m in format_pydantic(exc)]
         return Rejected(index, event_id, messages)
 
 
@@ -117,19 +98,7 @@ class EventIngestor:
     def __init__(self, settings: Settings, engine: Engine) -> None:
         self.settings = settings
         self.engine = engine
-        self._postgres = engine.dialect.name == "postgresql"
-        # built once, so SQLAlchemy compiles each statement once and caches it
-        self._owners_statement = select(Job.id, Job.user_id).where(
-            Job.id == any_(bindparam("ids", type_=ARRAY(String)))
-            if self._postgres
-            else Job.id.in_(bindparam("ids", expanding=True))  # type: ignore[attr-defined]
-        )
-        table = Event.__table__  # type: ignore[attr-defined]
-        self._insert_statement = (
-            _UNNEST_INSERT
-            if self._postgres
-            else dialect_insert(engine)(table).on_conflict_do_nothing().returning(table.c.id)
-        )
+        self.store = EventStore(engine)
 
     def ingest(
         self, items: list[Any], *, api_key_id: str | None = None, now: datetime | None = None
@@ -156,10 +125,18 @@ class EventIngestor:
                 )
             else:
                 parsed.append((index, result))
-        with self.engine.begin() as connection:  # one connection for the whole batch
-            owners = self._job_owners(connection, {e.job_id for _, e in parsed if e.job_id})
-            events = self._owned(parsed, owners, outcome)
-            inserted = self._insert(connection, list(events.values()), now, api_key_id)
+        events: dict[str, EventIn] = {}
+
+        def accept(owners: Owners) -> list[Any]:
+            events.update(self._owned(parsed, owners, outcome))
+            return list(events.values())
+
+        inserted = self.store.insert(  # one connection and one query each for the batch
+            {e.job_id for _, e in parsed if e.job_id},
+            accept,
+            received_at=now,
+            api_key_id=api_key_id,
+        )
         outcome.accepted = inserted
         outcome.duplicates += len(events) - inserted
         return outcome
@@ -167,7 +144,7 @@ class EventIngestor:
     @staticmethod
     def _owned(
         parsed: list[tuple[int, EventIn]],
-        owners: dict[str, str | None],
+        owners: Owners,
         outcome: IngestOutcome,
     ) -> dict[str, EventIn]:
         """The events naming no job or one of their user's, once per id; rejects the rest."""
@@ -190,57 +167,3 @@ class EventIngestor:
                 continue
             events[event.event_id] = event
         return events
-
-    def _job_owners(self, connection: Connection, job_ids: set[str]) -> dict[str, str | None]:
-        """Who owns each named job that exists, in one query for the whole batch."""
-        if not job_ids:
-            return {}
-        rows = connection.execute(self._owners_statement, {"ids": sorted(job_ids)})
-        return {job_id: user_id for job_id, user_id in rows}
-
-    def _insert(
-        self,
-        connection: Connection,
-        events: list[EventIn],
-        now: datetime,
-        api_key_id: str | None,
-    ) -> int:
-        """Store the events whose id is new; return how many were stored.
-
-        One statement per batch whose text never changes (so it is compiled once): on
-        PostgreSQL an INSERT ... SELECT FROM unnest() of one array per column, elsewhere an
-        executemany that SQLAlchemy sends as multi-row INSERT pages; both ON CONFLICT DO
-        NOTHING RETURNING id. Rows go in id order, so concurrent batches sharing ids take
-        their locks in the same order and cannot deadlock.
-        """
-        if not events:
-            return 0
-        events.sort(key=attrgetter("event_id"))
-        if self._postgres:
-            parameters: Any = {
-                "id": [e.event_id for e in events],
-                "type": [e.type.value for e in events],
-                "user_id": [e.user_id for e in events],
-                "job_id": [e.job_id for e in events],
-                "occurred_at": [e.occurred_at for e in events],
-                "dwell_ms": [e.dwell_ms for e in events],
-                "reason": [e.reason for e in events],
-                "received_at": now,
-                "api_key_id": api_key_id,
-            }
-        else:
-            parameters = [
-                {
-                    "id": e.event_id,
-                    "type": e.type.value,
-                    "user_id": e.user_id,
-                    "job_id": e.job_id,
-                    "occurred_at": e.occurred_at,
-                    "received_at": now,
-                    "dwell_ms": e.dwell_ms,
-                    "reason": e.reason,
-                    "api_key_id": api_key_id,
-                }
-                for e in events
-            ]
-        return len(connection.execute(self._insert_statement, parameters).all())

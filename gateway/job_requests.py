@@ -63,7 +63,8 @@ class InvalidJob(ValueError):
         self.errors = errors
 
 
-def _format_pydantic(error: ValidationError) -> list[str]:
+def format_pydantic(error: ValidationError) -> list[str]:
+    """A validation error as "field: message" lines, one per problem."""
     messages = []
     for item in error.errors():
         where = ".".join(str(part) for part in item["loc"]) or "request"
@@ -85,7 +86,7 @@ def validate_request(data: Any, settings: Settings) -> JobRequest:
         try:
             request = JobRequest.model_validate(data)
         except ValidationError as exc:
-            raise InvalidJob(_format_pydantic(exc)) from None
+            raise InvalidJob(format_pydantic(exc)) from None
     errors = []
     if len(request.prompt) > settings.max_prompt_chars:
         errors.append(f"prompt: longer than {settings.max_prompt_chars} characters")

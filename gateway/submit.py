@@ -21,18 +21,15 @@ from pydantic_core import PydanticUndefined
 from redis.exceptions import RedisError
 from sqlalchemy.engine import Engine
 
-from canary.contracts import RENDER_TASK, queue_for
 from canary.settings import Settings
 from gateway.job_requests import JobRequest
 from storage import jobs
 from storage.models import Job, JobStatus, utcnow
-from tasks.publish import render_spec
+from tasks.publish import PUBLISH_BATCH, publish_chunks
 
 log = logging.getLogger(__name__)
 
 JOB_ID_NAMESPACE = uuid.UUID("6f1c3c1e-5a55-4a8e-9b59-0c6b1b8b7a10")
-# Jobs per pipelined round trip to the broker when publishing.
-PUBLISH_BATCH = 500
 # Column defaults of a new job row (the factories, e.g. created_at, are filled per row).
 NEW_JOB: dict[str, Any] = {
     name: None if field.default is PydanticUndefined else field.default
@@ -169,31 +166,10 @@ class Producer:
         # its message can reach a worker, so its queue wait is never negative
         sent: list[tuple[datetime, list[str]]] = []
         try:
-            # kombu pipelines a batch's Redis writes (the messages and their task-sent
-            # events): one round trip per PUBLISH_BATCH jobs instead of two per job. Jobs
-            # count as sent once their chunk is flushed.
-            with (
-                self.app.producer_or_acquire() as producer,
-                producer.batch(max_size=4 * PUBLISH_BATCH) as batch,
-            ):
-                for start in range(0, len(rows), PUBLISH_BATCH):
-                    chunk = rows[start : start + PUBLISH_BATCH]
-                    sending_at = utcnow()
-                    for row in chunk:
-                        args = (row.id, render_spec(row))
-                        self.app.send_task(
-                            RENDER_TASK,
-                            args=args,
-                            # what Flower shows; Celery's own saferepr costs more than the rest
-                            argsrepr=repr(args),
-                            kwargsrepr="{}",
-                            queue=queue_for(row.model_version),
-                            task_id=row.id,
-                            producer=producer,
-                            ignore_result=True,  # as render.apply_async: no result to wait on
-                        )
-                    batch.flush()
-                    sent.append((sending_at, [row.id for row in chunk]))
+            # pipelined: one broker round trip per PUBLISH_BATCH jobs instead of two per job
+            # (tasks/publish.py); jobs count as sent once their chunk is flushed
+            for chunk in publish_chunks(self.app, rows, PUBLISH_BATCH):
+                sent.append(chunk)
         # BatchPublishError: a broker that went away mid-batch leaves delivery uncertain; the
         # chunk stays unsent, and a message that did arrive meets the claim guard, which
         # never renders a job twice.

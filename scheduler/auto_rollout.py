@@ -48,7 +48,7 @@ def run_auto(
     return steps
 
 
-@app.task(name=AUTO_ROLLOUT_TASK)
+@app.task(name=AUTO_ROLLOUT_TASK)  # type: ignore[untyped-decorator]  # Celery ships no type hints
 def auto_rollout_task() -> dict[str, str]:
     settings = get_settings()
     engine = get_engine(settings.resolved_database_url)

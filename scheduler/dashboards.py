@@ -35,7 +35,8 @@ def dashboard_paths(settings: Settings, experiment: str, day: date | None) -> tu
 
 def _previous_verdict(path: Path) -> str | None:
     try:
-        return json.loads(path.read_text(encoding="utf-8"))["gates"]["verdict"]
+        verdict: str | None = json.loads(path.read_text(encoding="utf-8"))["gates"]["verdict"]
+        return verdict
     except (OSError, ValueError, KeyError, TypeError):
         return None
 
@@ -73,7 +74,7 @@ def write_dashboards(
     return written
 
 
-@app.task(name=DASHBOARD_TASK)
+@app.task(name=DASHBOARD_TASK)  # type: ignore[untyped-decorator]  # Celery ships no type hints
 def dashboards_task() -> list[str]:
     settings = get_settings()
     yesterday = (utcnow() - timedelta(days=1)).date()

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from sqlmodel import Session, select
-
 from canary.settings import get_settings
 from gateway.submit import Producer
+from storage import jobs
 from storage.db import get_engine
-from storage.models import Job, JobStatus, utcnow
+from storage.models import utcnow
 from tasks.app import app
 
 REPUBLISH_TASK = "canary.scheduler.republish_unsent"
@@ -18,22 +17,11 @@ REPUBLISH_TASK = "canary.scheduler.republish_unsent"
 def republish_unsent(producer: Producer, older_than: timedelta, limit: int = 1000) -> int:
     """Publish jobs that were recorded but never enqueued (the producer died in between)."""
     cutoff = utcnow() - older_than
-    with Session(producer.engine) as session:
-        orphans = list(
-            session.exec(
-                select(Job)
-                .where(
-                    Job.status == JobStatus.QUEUED,
-                    Job.enqueued_at.is_(None),  # type: ignore[union-attr]
-                    Job.created_at < cutoff,
-                )
-                .limit(limit)
-            )
-        )
+    orphans = jobs.unsent_created_before(producer.engine, cutoff, limit)
     return len(orphans) - len(producer.publish(orphans))
 
 
-@app.task(name=REPUBLISH_TASK)
+@app.task(name=REPUBLISH_TASK)  # type: ignore[untyped-decorator]  # Celery ships no type hints
 def republish_unsent_task(older_than_s: float = 60.0) -> int:
     settings = get_settings()
     producer = Producer(settings, get_engine(settings.resolved_database_url), app)

@@ -49,7 +49,7 @@ def purge_retired(settings: Settings, store: ObjectStore) -> dict[str, int]:
     return purged
 
 
-@app.task(name=PURGE_TASK)
+@app.task(name=PURGE_TASK)  # type: ignore[untyped-decorator]  # Celery ships no type hints
 def purge_retired_task() -> dict[str, int]:
     settings = get_settings()
     return purge_retired(settings, store_from_settings(settings))

@@ -15,7 +15,7 @@ from celery import Celery
 from sqlalchemy import update
 from sqlalchemy.engine import Engine
 
-from canary.contracts import RENDER_TASK, queue_for
+from canary.contracts import queue_for
 from canary.settings import Settings
 from scheduler.hotfix_rollout import online_workers
 from scheduler.notify import Notice, Notifier
@@ -23,6 +23,7 @@ from scheduler.retirement_export import export_logs
 from storage import versions
 from storage.models import Job, JobStatus
 from storage.objects import ObjectStore, store_from_settings
+from tasks.publish import publish
 from tasks.queues import queue_depth
 
 
@@ -54,12 +55,7 @@ def reroute_queued(app: Celery, engine: Engine, settings: Settings, version: str
                     .where(Job.id == job_id, Job.status == JobStatus.QUEUED)
                     .values(model_version=to)
                 )
-            app.send_task(
-                RENDER_TASK,
-                args=(job_id, {**spec, "model_version": to}),
-                queue=queue_for(to),
-                task_id=job_id,
-            )
+            publish(app, job_id, {**spec, "model_version": to})  # on render.<to>
             message.ack()  # only after the copy is on its new queue: nothing is lost
             moved += 1
     return moved

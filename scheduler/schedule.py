@@ -1,18 +1,27 @@
-"""The beat schedule (read by celeryconfig)."""
+"""The beat schedule: given to the beat process only (:func:`configure_beat`, called where
+beat starts); workers, producers and Flower do not get it."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from celery.schedules import crontab, schedule
 
 from canary.schedule_expressions import parse_schedule
 from canary.settings import Settings
 
+if TYPE_CHECKING:
+    from celery import Celery
+
 NIGHTLY_GOLDEN_TASK = "canary.golden.nightly"
 CHECK_GOLDEN_TASK = "canary.golden.check"
 DASHBOARD_TASK = "canary.scheduler.dashboards"
 AUTO_ROLLOUT_TASK = "canary.scheduler.auto_rollout"
+
+
+def configure_beat(app: Celery, settings: Settings) -> None:
+    """Give ``app`` the periodic jobs: call it in the beat process, before beat starts."""
+    app.conf.beat_schedule = beat_schedule(settings)
 
 
 def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:

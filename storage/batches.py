@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from sqlalchemy import func, select
 from sqlalchemy.engine import Engine
-from sqlmodel import Session
+from sqlmodel import Session, col
 
 from storage.db import dialect_insert
 from storage.models import Batch, BatchLine, Job, JobStatus
@@ -59,11 +59,11 @@ def rejected_lines(batch: Batch) -> list[dict[str, object]]:
 def count_by_status(engine: Engine, batch_id: str) -> dict[str, int]:
     """Jobs of the batch's lines by status (a resubmitted line counts its earlier job)."""
     statement = (
-        select(Job.status, func.count())
+        select(col(Job.status), func.count())
         .select_from(BatchLine)
-        .join(Job, Job.id == BatchLine.job_id)
-        .where(BatchLine.batch_id == batch_id)
-        .group_by(Job.status)
+        .join(Job, col(Job.id) == BatchLine.job_id)
+        .where(col(BatchLine.batch_id) == batch_id)
+        .group_by(col(Job.status))
     )
     with engine.connect() as connection:
         return {status: count for status, count in connection.execute(statement)}
@@ -75,20 +75,20 @@ def line_jobs(
     """The batch's lines in order with their jobs, optionally only those in ``status``."""
     statement = (
         select(
-            BatchLine.line,
-            Job.id,
-            Job.status,
-            Job.model_version,
-            Job.failure_kind,
-            Job.failure_message,
-            Job.image_key,
+            col(BatchLine.line),
+            col(Job.id),
+            col(Job.status),
+            col(Job.model_version),
+            col(Job.failure_kind),
+            col(Job.failure_message),
+            col(Job.image_key),
         )
-        .join(Job, Job.id == BatchLine.job_id)
-        .where(BatchLine.batch_id == batch_id)
-        .order_by(BatchLine.line)
+        .join(Job, col(Job.id) == BatchLine.job_id)
+        .where(col(BatchLine.batch_id) == batch_id)
+        .order_by(col(BatchLine.line))
         .limit(limit)
     )
     if status is not None:
-        statement = statement.where(Job.status == status)
+        statement = statement.where(col(Job.status) == status)
     with engine.connect() as connection:
         return [LineJob(*row) for row in connection.execute(statement)]

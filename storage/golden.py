@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from datetime import timedelta
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import func, or_, update
 from sqlalchemy.engine import Engine
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from storage.db import dialect_insert
 from storage.models import (
@@ -47,7 +47,7 @@ def get_run(engine: Engine, run_id: str) -> GoldenRun | None:
 
 def list_runs(engine: Engine, limit: int = 20) -> list[GoldenRun]:
     with Session(engine) as session:
-        query = select(GoldenRun).order_by(GoldenRun.created_at.desc()).limit(limit)  # type: ignore[union-attr]
+        query = select(GoldenRun).order_by(col(GoldenRun.created_at).desc()).limit(limit)
         return list(session.exec(query))
 
 
@@ -62,12 +62,12 @@ def acquire_lease(engine: Engine, run_id: str, owner: str, lease_s: float) -> bo
     statement = (
         update(GoldenRun)
         .where(
-            GoldenRun.id == run_id,
-            GoldenRun.status == GoldenRunStatus.SUBMITTING,
+            col(GoldenRun.id) == run_id,
+            col(GoldenRun.status) == GoldenRunStatus.SUBMITTING,
             or_(
-                GoldenRun.lease_until.is_(None),  # type: ignore[union-attr]
-                GoldenRun.lease_until < now,  # type: ignore[operator]
-                GoldenRun.lease_owner == owner,
+                col(GoldenRun.lease_until).is_(None),
+                col(GoldenRun.lease_until) < now,
+                col(GoldenRun.lease_owner) == owner,
             ),
         )
         .values(lease_owner=owner, lease_until=now + timedelta(seconds=lease_s))
@@ -80,9 +80,9 @@ def finish_submission(engine: Engine, run_id: str, owner: str) -> bool:
     statement = (
         update(GoldenRun)
         .where(
-            GoldenRun.id == run_id,
-            GoldenRun.status == GoldenRunStatus.SUBMITTING,
-            GoldenRun.lease_owner == owner,
+            col(GoldenRun.id) == run_id,
+            col(GoldenRun.status) == GoldenRunStatus.SUBMITTING,
+            col(GoldenRun.lease_owner) == owner,
         )
         .values(
             status=GoldenRunStatus.RUNNING,
@@ -118,7 +118,7 @@ def results_with_jobs(engine: Engine, run_id: str) -> list[tuple[GoldenResult, J
     with Session(engine) as session:
         query = (
             select(GoldenResult, Job)
-            .join(Job, Job.id == GoldenResult.job_id)  # type: ignore[arg-type]
+            .join(Job, col(Job.id) == GoldenResult.job_id)
             .where(GoldenResult.run_id == run_id)
             .order_by(GoldenResult.case_id, GoldenResult.version)
         )
@@ -130,11 +130,11 @@ def unchecked_finished(engine: Engine, run_id: str) -> list[tuple[GoldenResult, 
     with Session(engine) as session:
         query = (
             select(GoldenResult, Job)
-            .join(Job, Job.id == GoldenResult.job_id)  # type: ignore[arg-type]
+            .join(Job, col(Job.id) == GoldenResult.job_id)
             .where(
                 GoldenResult.run_id == run_id,
-                GoldenResult.checked_at.is_(None),  # type: ignore[union-attr]
-                Job.status.in_(TERMINAL_STATUSES),  # type: ignore[attr-defined]
+                col(GoldenResult.checked_at).is_(None),
+                col(Job.status).in_(TERMINAL_STATUSES),
             )
             .order_by(GoldenResult.case_id, GoldenResult.version)
         )
@@ -145,9 +145,9 @@ def save_check(engine: Engine, result: GoldenResult, **fields: Any) -> None:
     statement = (
         update(GoldenResult)
         .where(
-            GoldenResult.run_id == result.run_id,
-            GoldenResult.case_id == result.case_id,
-            GoldenResult.version == result.version,
+            col(GoldenResult.run_id) == result.run_id,
+            col(GoldenResult.case_id) == result.case_id,
+            col(GoldenResult.version) == result.version,
         )
         .values(checked_at=utcnow(), **fields)
     )
@@ -160,12 +160,16 @@ def complete_if_checked(engine: Engine, run_id: str) -> bool:
     unchecked = (
         select(func.count())
         .select_from(GoldenResult)
-        .where(GoldenResult.run_id == run_id, GoldenResult.checked_at.is_(None))  # type: ignore[union-attr]
+        .where(GoldenResult.run_id == run_id, col(GoldenResult.checked_at).is_(None))
         .scalar_subquery()
     )
     statement = (
         update(GoldenRun)
-        .where(GoldenRun.id == run_id, GoldenRun.status == GoldenRunStatus.RUNNING, unchecked == 0)
+        .where(
+            col(GoldenRun.id) == run_id,
+            col(GoldenRun.status) == GoldenRunStatus.RUNNING,
+            unchecked == 0,
+        )
         .values(status=GoldenRunStatus.COMPLETE, completed_at=utcnow())
     )
     with engine.begin() as connection:
@@ -183,17 +187,20 @@ def previous_images(
     versions = sorted({version for _, version in wanted})
     with Session(engine) as session:
         query = (
-            select(GoldenResult.case_id, GoldenResult.version, GoldenRun.id, Job.image_key)
-            .join(GoldenRun, GoldenRun.id == GoldenResult.run_id)  # type: ignore[arg-type]
-            .join(Job, Job.id == GoldenResult.job_id)  # type: ignore[arg-type]
-            .where(
-                GoldenRun.created_at < run.created_at,  # type: ignore[operator]
-                GoldenResult.case_id.in_(case_ids),  # type: ignore[attr-defined]
-                GoldenResult.version.in_(versions),  # type: ignore[attr-defined]
-                Job.status == JobStatus.SUCCEEDED,
-                Job.image_key.is_not(None),  # type: ignore[union-attr]
+            # image_key typed non-null: is_not(None) below
+            select(
+                GoldenResult.case_id, GoldenResult.version, GoldenRun.id, cast(str, Job.image_key)
             )
-            .order_by(GoldenRun.created_at)  # latest last, so it wins below
+            .join(GoldenRun, col(GoldenRun.id) == GoldenResult.run_id)
+            .join(Job, col(Job.id) == GoldenResult.job_id)
+            .where(
+                col(GoldenRun.created_at) < run.created_at,
+                col(GoldenResult.case_id).in_(case_ids),
+                col(GoldenResult.version).in_(versions),
+                Job.status == JobStatus.SUCCEEDED,
+                col(Job.image_key).is_not(None),
+            )
+            .order_by(col(GoldenRun.created_at))  # latest last, so it wins below
         )
         found: dict[tuple[str, str], tuple[str, str]] = {}
         for case_id, version, run_id, image_key in session.exec(query):
@@ -235,7 +242,7 @@ def latest_run(engine: Engine, status: GoldenRunStatus | None = None) -> GoldenR
         query = select(GoldenRun)
         if status is not None:
             query = query.where(GoldenRun.status == status)
-        query = query.order_by(GoldenRun.created_at.desc()).limit(1)  # type: ignore[union-attr]
+        query = query.order_by(col(GoldenRun.created_at).desc()).limit(1)
         return session.exec(query).first()
 
 
@@ -244,7 +251,7 @@ def run_progress(engine: Engine, run_id: str) -> dict[str, int]:
     with Session(engine) as session:
         by_status = session.exec(
             select(Job.status, func.count())
-            .join(GoldenResult, GoldenResult.job_id == Job.id)  # type: ignore[arg-type]
+            .join(GoldenResult, col(GoldenResult.job_id) == Job.id)
             .where(GoldenResult.run_id == run_id)
             .group_by(Job.status)
         )
@@ -252,7 +259,7 @@ def run_progress(engine: Engine, run_id: str) -> dict[str, int]:
         checked = session.exec(
             select(func.count())
             .select_from(GoldenResult)
-            .where(GoldenResult.run_id == run_id, GoldenResult.checked_at.is_not(None))  # type: ignore[union-attr]
+            .where(GoldenResult.run_id == run_id, col(GoldenResult.checked_at).is_not(None))
         ).one()
     counts["checked"] = int(checked)
     return counts

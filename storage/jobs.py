@@ -13,13 +13,15 @@ from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import and_, bindparam, func, or_, update
+from sqlalchemy import ColumnElement, Table, and_, bindparam, func, or_, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Engine
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from storage.models import TERMINAL_STATUSES, Job, JobAttempt, JobStatus, utcnow
+
+_JOBS: Table = Job.__table__  # type: ignore[attr-defined]  # SQLModel leaves __table__ undeclared
 
 
 def insert_new_jobs(engine: Engine, jobs: Sequence[Job | Mapping[str, Any]]) -> set[str]:
@@ -41,7 +43,7 @@ def insert_new_jobs(engine: Engine, jobs: Sequence[Job | Mapping[str, Any]]) -> 
 @lru_cache(maxsize=4)
 def _insert_new_statement(dialect: str) -> Any:
     insert = pg_insert if dialect == "postgresql" else sqlite_insert
-    return insert(Job).on_conflict_do_nothing().returning(Job.id)
+    return insert(Job).on_conflict_do_nothing().returning(col(Job.id))
 
 
 def mark_enqueued(engine: Engine, job_ids: Iterable[str], when: datetime | None = None) -> None:
@@ -50,7 +52,7 @@ def mark_enqueued(engine: Engine, job_ids: Iterable[str], when: datetime | None 
         return
     with engine.begin() as connection:
         connection.execute(
-            update(Job).where(Job.id.in_(ids)).values(enqueued_at=when or utcnow())  # type: ignore[attr-defined]
+            update(Job).where(col(Job.id).in_(ids)).values(enqueued_at=when or utcnow())
         )
 
 
@@ -67,12 +69,12 @@ def claim_sends(engine: Engine, job_ids: Iterable[str], when: datetime | None = 
         result = connection.execute(
             update(Job)
             .where(
-                Job.id.in_(ids),  # type: ignore[attr-defined]
-                Job.status == JobStatus.QUEUED,
-                Job.enqueued_at.is_(None),  # type: ignore[union-attr]
+                col(Job.id).in_(ids),
+                col(Job.status) == JobStatus.QUEUED,
+                col(Job.enqueued_at).is_(None),
             )
             .values(enqueued_at=when or utcnow())
-            .returning(Job.id)
+            .returning(col(Job.id))
         )
         return {row[0] for row in result}
 
@@ -86,7 +88,7 @@ def unclaim_sends(engine: Engine, job_ids: Iterable[str]) -> None:
     with engine.begin() as connection:
         connection.execute(
             update(Job)
-            .where(Job.id.in_(ids), Job.status == JobStatus.QUEUED)  # type: ignore[attr-defined]
+            .where(col(Job.id).in_(ids), col(Job.status) == JobStatus.QUEUED)
             .values(enqueued_at=None)
         )
 
@@ -98,7 +100,32 @@ def get_job(engine: Engine, job_id: str) -> Job | None:
 
 def get_jobs(engine: Engine, job_ids: Sequence[str]) -> list[Job]:
     with Session(engine) as session:
-        return list(session.exec(select(Job).where(Job.id.in_(job_ids))))  # type: ignore[attr-defined]
+        return list(session.exec(select(Job).where(col(Job.id).in_(job_ids))))
+
+
+def unsent_created_before(engine: Engine, created_before: datetime, limit: int) -> list[Job]:
+    """QUEUED jobs recorded before ``created_before`` whose message was never sent
+    (``enqueued_at`` unset: the producer died in between, or the broker refused it)."""
+    with Session(engine) as session:
+        return list(
+            session.exec(
+                select(Job)
+                .where(
+                    Job.status == JobStatus.QUEUED,
+                    col(Job.enqueued_at).is_(None),
+                    Job.created_at < created_before,
+                )
+                .limit(limit)
+            )
+        )
+
+
+def any_idempotency_key_starting(engine: Engine, prefix: str) -> bool:
+    """Whether some job's idempotency key starts with ``prefix`` (a LIKE pattern: ``%``
+    and ``_`` in it match as wildcards)."""
+    query = select(Job.id).where(col(Job.idempotency_key).like(f"{prefix}%")).limit(1)
+    with engine.connect() as connection:
+        return connection.execute(query).first() is not None
 
 
 # claim_job's default cutoff: every RUNNING job counts as stale
@@ -150,23 +177,26 @@ def _claim_statement(fields: tuple[str, ...]) -> Any:
     """Built once per set of worker fields: a worker claims on its critical path, and
     building the statement costs twice what executing it on SQLite does."""
     running_unheld = and_(
-        Job.status == JobStatus.RUNNING,
+        col(Job.status) == JobStatus.RUNNING,
         or_(
-            Job.worker_host.is_(None),  # type: ignore[union-attr]
-            Job.worker_host == bindparam("claim_owner"),
-            Job.started_at < bindparam("claim_stale_before"),  # type: ignore[operator]
+            col(Job.worker_host).is_(None),
+            col(Job.worker_host) == bindparam("claim_owner"),
+            col(Job.started_at) < bindparam("claim_stale_before"),
         ),
     )
     return (
         update(Job)
-        .where(Job.id == bindparam("claim_id"), or_(Job.status == JobStatus.QUEUED, running_unheld))
+        .where(
+            col(Job.id) == bindparam("claim_id"),
+            or_(col(Job.status) == JobStatus.QUEUED, running_unheld),
+        )
         .values(
             status=JobStatus.RUNNING,
             attempts=Job.attempts + 1,
             started_at=bindparam("claim_started_at"),
             **{name: bindparam(f"claim_{name}") for name in fields},
         )
-        .returning(Job.id, Job.attempts, Job.created_at, Job.enqueued_at)
+        .returning(col(Job.id), col(Job.attempts), col(Job.created_at), col(Job.enqueued_at))
     )
 
 
@@ -213,11 +243,11 @@ def claim_compatible(
     )
     statement = (
         update(Job)
-        .where(Job.id.in_(candidates), Job.status == JobStatus.QUEUED)  # type: ignore[attr-defined]
+        .where(col(Job.id).in_(candidates), col(Job.status) == JobStatus.QUEUED)
         .values(
             status=JobStatus.RUNNING, attempts=Job.attempts + 1, started_at=started_at, **worker
         )
-        .returning(*Job.__table__.columns)  # type: ignore[attr-defined]
+        .returning(*_JOBS.columns)
     )
     with engine.begin() as connection:
         return [Job.model_validate(dict(row._mapping)) for row in connection.execute(statement)]
@@ -233,12 +263,12 @@ def release(engine: Engine, job_ids: Iterable[str]) -> list[Job]:
     with engine.begin() as connection:
         result = connection.execute(
             update(Job)
-            .where(Job.id.in_(ids), Job.status == JobStatus.RUNNING)  # type: ignore[attr-defined]
+            .where(col(Job.id).in_(ids), col(Job.status) == JobStatus.RUNNING)
             .values(
                 status=JobStatus.QUEUED, attempts=Job.attempts - 1, started_at=None,
                 worker_host=None,
             )
-            .returning(*Job.__table__.columns)  # type: ignore[attr-defined]
+            .returning(*_JOBS.columns)
         )  # fmt: skip
         return [Job.model_validate(dict(row._mapping)) for row in result]
 
@@ -262,19 +292,21 @@ def take_stranded(
     ``cause``, each taken attempt is recorded as lost with it (unless the worker's main
     process recorded how its pool process died, see :func:`record_process_loss`)."""
     assert (worker_host is None) != (started_before is None)
-    where = [Job.model_version == model_version, Job.status == JobStatus.RUNNING]
+    where = [col(Job.model_version) == model_version, col(Job.status) == JobStatus.RUNNING]
     if worker_host is not None:
-        where.append(Job.worker_host == worker_host)
+        where.append(col(Job.worker_host) == worker_host)
     else:
-        where.append(Job.started_at < started_before)  # type: ignore[operator]
+        where.append(col(Job.started_at) < started_before)
     statement = (
         update(Job)
         .where(*where)
         .values(status=JobStatus.QUEUED, started_at=None, worker_host=None, enqueued_at=utcnow())
-        .returning(*Job.__table__.columns)  # type: ignore[attr-defined]
+        .returning(*_JOBS.columns)
     )
     with engine.begin() as connection:
-        holders = dict(connection.execute(select(Job.id, Job.worker_host).where(*where)).all())
+        holders: dict[str, str | None] = dict(
+            connection.execute(select(Job.id, Job.worker_host).where(*where)).all()
+        )
         taken = [Job.model_validate(dict(row._mapping)) for row in connection.execute(statement)]
         if cause is not None:
             # each attempt's loss, unless the worker's main process recorded how it died
@@ -321,8 +353,8 @@ def record_process_loss(
         rows = connection.execute(
             select(Job.id, Job.attempts, Job.status, Job.worker_host).where(
                 or_(
-                    Job.id == job_id,
-                    and_(Job.worker_host == node, Job.status == JobStatus.RUNNING),
+                    col(Job.id) == job_id,
+                    and_(col(Job.worker_host) == node, col(Job.status) == JobStatus.RUNNING),
                 )
             )
         ).all()
@@ -350,7 +382,7 @@ def lost_attempts(engine: Engine, job_id: str) -> list[JobAttempt]:
     """The job's attempts whose worker was lost, in order."""
     with Session(engine) as session:
         statement = select(JobAttempt).where(JobAttempt.job_id == job_id)
-        return list(session.exec(statement.order_by(JobAttempt.attempt)))  # type: ignore[arg-type]
+        return list(session.exec(statement.order_by(col(JobAttempt.attempt))))
 
 
 def describe_lost_attempts(attempts: Sequence[JobAttempt], count: int | None = None) -> str:
@@ -385,9 +417,9 @@ def queued_sent_before(
                 .where(
                     Job.model_version == model_version,
                     Job.status == JobStatus.QUEUED,
-                    Job.enqueued_at < sent_before,  # type: ignore[operator]
+                    col(Job.enqueued_at) < sent_before,
                 )
-                .order_by(Job.enqueued_at)  # type: ignore[arg-type]
+                .order_by(col(Job.enqueued_at))
                 .limit(limit)
             )
         )
@@ -403,12 +435,12 @@ def take_lost(engine: Engine, job_ids: Iterable[str], sent_before: datetime) -> 
     statement = (
         update(Job)
         .where(
-            Job.id.in_(ids),  # type: ignore[attr-defined]
-            Job.status == JobStatus.QUEUED,
-            Job.enqueued_at < sent_before,  # type: ignore[operator]
+            col(Job.id).in_(ids),
+            col(Job.status) == JobStatus.QUEUED,
+            col(Job.enqueued_at) < sent_before,
         )
         .values(enqueued_at=utcnow())
-        .returning(*Job.__table__.columns)  # type: ignore[attr-defined]
+        .returning(*_JOBS.columns)
     )
     with engine.begin() as connection:
         return [Job.model_validate(dict(row._mapping)) for row in connection.execute(statement)]
@@ -420,14 +452,16 @@ def running_holders(engine: Engine, model_version: str) -> set[str]:
         statement = select(Job.worker_host).where(
             Job.model_version == model_version,
             Job.status == JobStatus.RUNNING,
-            Job.worker_host.is_not(None),  # type: ignore[union-attr]
+            col(Job.worker_host).is_not(None),
         )
         return {host for host in session.exec(statement.distinct()) if host}
 
 
 def count_misroute(engine: Engine, job_id: str) -> None:
     with engine.begin() as connection:
-        connection.execute(update(Job).where(Job.id == job_id).values(misroutes=Job.misroutes + 1))
+        connection.execute(
+            update(Job).where(col(Job.id) == job_id).values(misroutes=Job.misroutes + 1)
+        )
 
 
 def finish(engine: Engine, job_id: str, status: JobStatus, **fields: Any) -> bool:
@@ -435,11 +469,45 @@ def finish(engine: Engine, job_id: str, status: JobStatus, **fields: Any) -> boo
     assert status in TERMINAL_STATUSES
     statement = (
         update(Job)
-        .where(Job.id == job_id, Job.status == JobStatus.RUNNING)
+        .where(col(Job.id) == job_id, col(Job.status) == JobStatus.RUNNING)
         .values(status=status, finished_at=fields.pop("finished_at", None) or utcnow(), **fields)
     )
     with engine.begin() as connection:
         return connection.execute(statement).rowcount == 1
+
+
+# what :func:`claim_and_finish_many` sets from each outcome; bound as ``b_<column>``: an
+# UPDATE reserves bind names equal to its table's columns
+_OUTCOME_COLUMNS = (
+    "status", "started_at", "finished_at", "worker_host", "worker_version", "image_key",
+    "failure_kind", "failure_message", "queue_wait_ms", "inference_ms", "upload_ms",
+    "end_to_end_ms", "peak_vram_bytes",
+)  # fmt: skip
+_CLAIM_AND_FINISH = (
+    update(Job)
+    .where(
+        col(Job.id) == bindparam("b_id"),
+        # claim (QUEUED/RUNNING) then finish; no IN list: executemany cannot expand one
+        or_(col(Job.status) == JobStatus.QUEUED, col(Job.status) == JobStatus.RUNNING),
+    )
+    .values(
+        attempts=Job.attempts + 1,
+        device="cuda:0",
+        **{column: bindparam(f"b_{column}") for column in _OUTCOME_COLUMNS},
+    )
+)
+
+
+def claim_and_finish_many(engine: Engine, outcomes: Sequence[Mapping[str, Any]]) -> None:
+    """What a worker records over a job's life (claim, then finish on ``cuda:0``), for many
+    unfinished jobs in one executemany: each outcome maps ``id`` and every column of
+    ``_OUTCOME_COLUMNS`` to its value. Finished jobs are left alone. (The simulator records
+    a simulated day's outcomes this way instead of two guarded UPDATEs per job.)"""
+    if not outcomes:
+        return
+    parameters = [{f"b_{key}": value for key, value in outcome.items()} for outcome in outcomes]
+    with engine.begin() as connection:
+        connection.execute(_CLAIM_AND_FINISH, parameters)
 
 
 def fail_unstarted(engine: Engine, job_ids: Iterable[str], kind: str, message: str) -> None:
@@ -450,7 +518,7 @@ def fail_unstarted(engine: Engine, job_ids: Iterable[str], kind: str, message: s
     with engine.begin() as connection:
         connection.execute(
             update(Job)
-            .where(Job.id.in_(ids), Job.status == JobStatus.QUEUED)  # type: ignore[attr-defined]
+            .where(col(Job.id).in_(ids), col(Job.status) == JobStatus.QUEUED)
             .values(
                 status=JobStatus.FAILED,
                 failure_kind=kind,
@@ -485,14 +553,14 @@ def hold_running(
         return set()
     take = list(take_from)
     owners = [worker_host, *(h for h in take if h is not None)]
-    holder = Job.worker_host.in_(owners)  # type: ignore[union-attr]
+    holder: ColumnElement[bool] = col(Job.worker_host).in_(owners)
     if None in take:
-        holder = or_(holder, Job.worker_host.is_(None))  # type: ignore[union-attr]
+        holder = or_(holder, col(Job.worker_host).is_(None))
     statement = (
         update(Job)
-        .where(Job.id.in_(ids), Job.status == JobStatus.RUNNING, holder)  # type: ignore[attr-defined]
+        .where(col(Job.id).in_(ids), col(Job.status) == JobStatus.RUNNING, holder)
         .values(worker_host=worker_host, started_at=started_at or utcnow())
-        .returning(Job.id)
+        .returning(col(Job.id))
     )
     with engine.begin() as connection:
         return {row[0] for row in connection.execute(statement)}

@@ -82,7 +82,8 @@ def schema_differences(connection: Connection) -> list[object]:
             ),
         },
     )
-    return compare_metadata(context, SQLModel.metadata)
+    diffs: list[object] = compare_metadata(context, SQLModel.metadata)
+    return diffs
 
 
 def _pre_alembic_revision(tables: set[str]) -> str:

@@ -38,7 +38,7 @@ class FailureKind(StrEnum):
     ERROR = "error"
 
 
-def _utc_column(*, nullable: bool = True, index: bool = False) -> Column:
+def _utc_column(*, nullable: bool = True, index: bool = False) -> Column[datetime]:
     return Column(DateTime(timezone=True), nullable=nullable, index=index)
 
 

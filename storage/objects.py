@@ -321,7 +321,8 @@ class S3Store:
             if _error_code(exc) in _NOT_FOUND_CODES:
                 raise ObjectNotFound(key) from None
             raise
-        return response["Body"].read()
+        body: bytes = response["Body"].read()
+        return body
 
     def exists(self, key: str) -> bool:
         """Whether the object exists (HEAD cannot tell a missing bucket from a missing key)."""
@@ -350,11 +351,12 @@ class S3Store:
 
     def url(self, key: str, expires_s: int) -> str:
         """A presigned GET URL valid for ``expires_s`` seconds (at most seven days)."""
-        return self.client.generate_presigned_url(
+        url: str = self.client.generate_presigned_url(
             "get_object",
             Params={"Bucket": self.bucket, "Key": self._key(key)},
             ExpiresIn=_check_expiry(expires_s),
         )
+        return url
 
     def describe(self) -> str:
         from canary.settings import mask_url

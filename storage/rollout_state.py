@@ -8,7 +8,7 @@ from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.engine import Engine
-from sqlmodel import Session
+from sqlmodel import Session, col
 
 from storage.models import ExperimentState, RolloutEvent, utcnow
 
@@ -75,8 +75,8 @@ def audit_log(engine: Engine, experiment: str, limit: int = 50) -> list[RolloutE
     with Session(engine) as session:
         query = (
             select(RolloutEvent)
-            .where(RolloutEvent.experiment == experiment)
-            .order_by(RolloutEvent.at.desc(), RolloutEvent.id.desc())  # type: ignore[union-attr]
+            .where(col(RolloutEvent.experiment) == experiment)
+            .order_by(col(RolloutEvent.at).desc(), col(RolloutEvent.id).desc())
             .limit(limit)
         )
         return list(session.scalars(query))

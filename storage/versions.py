@@ -10,7 +10,7 @@ from typing import Literal
 
 from sqlalchemy import or_, select
 from sqlalchemy.engine import Engine
-from sqlmodel import Session
+from sqlmodel import Session, col
 
 from storage.models import Job, VersionState, utcnow
 
@@ -32,9 +32,7 @@ def retire(
 def retired_states(engine: Engine) -> list[VersionState]:
     with Session(engine) as session:
         return list(
-            session.scalars(
-                select(VersionState).where(VersionState.retired_at.is_not(None))  # type: ignore[union-attr]
-            )
+            session.scalars(select(VersionState).where(col(VersionState.retired_at).is_not(None)))
         )
 
 
@@ -113,7 +111,7 @@ def jobs_served_by(engine: Engine, version: str) -> list[Job]:
     with Session(engine) as session:
         query = (
             select(Job)
-            .where(or_(Job.model_version == version, Job.worker_version == version))
-            .order_by(Job.created_at)  # type: ignore[arg-type]
+            .where(or_(col(Job.model_version) == version, col(Job.worker_version) == version))
+            .order_by(col(Job.created_at))
         )
         return list(session.scalars(query))

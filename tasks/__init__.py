@@ -1,5 +1,3 @@
-"""Everything that runs inside a render worker. ``celery -A tasks`` finds ``app`` here."""
-
-from tasks.app import app
-
-__all__ = ["app"]
+"""Everything that runs inside a render worker. Importing the package runs nothing: the
+Celery app is ``tasks.app:app`` (``celery -A tasks.app``), the worker's wiring
+``tasks.worker``."""

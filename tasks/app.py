@@ -1,4 +1,9 @@
-"""The Celery application shared by producers, workers, beat and Flower."""
+"""The Celery application shared by producers, workers, beat and Flower
+(``celery -A tasks.app``, ``from tasks.app import app``).
+
+A worker imports the ``include`` modules before its pool forks: among them the render
+task and tasks.worker, which wires the worker context (tasks/worker_state.py). Importing
+this module does not import them."""
 
 from celery import Celery
 
@@ -14,6 +19,7 @@ def make_app(settings: Settings | None = None) -> Celery:
         amqp="tasks.message_privacy:PrivateAMQP",  # prompts masked in what Flower shows
         include=[
             "tasks.render",
+            "tasks.worker",
             "tasks.hotfix",
             "scheduler.maintenance",
             "scheduler.lost_messages",

@@ -19,6 +19,7 @@ from __future__ import annotations
 import re
 import time
 from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -58,7 +59,10 @@ class Faults:
         return cls(**found) if found else NO_FAULTS
 
 
-def batch_step_callback(faults: list[Faults], attempt: int):  # type: ignore[no-untyped-def]
+StepCallback = Callable[[Any, int, Any, dict[str, Any]], dict[str, Any]]
+
+
+def batch_step_callback(faults: list[Faults], attempt: int) -> StepCallback | None:
     """The step callback of one pipeline call rendering ``faults[i]``'s job as image ``i``:
     ``nan`` spoils only that image's latents; the other faults hit the whole call."""
     slow_s = max(f.slow_s for f in faults)
@@ -68,7 +72,7 @@ def batch_step_callback(faults: list[Faults], attempt: int):  # type: ignore[no-
     if not (nan_rows or oom_now or slow_s or hang_s):
         return None
 
-    def inject(pipeline: Any, step: int, timestep: Any, kwargs: dict) -> dict:
+    def inject(pipeline: Any, step: int, timestep: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
         if slow_s:
             time.sleep(slow_s)
         if hang_s and step == 0:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import logging
 
+from typing import Any
+
 from celery.worker.control import control_command, ok
 
 from tasks.pipelines import load_pipeline_from
@@ -45,13 +47,16 @@ def reload_in_child(source: str, revision: str) -> str:
     return revision
 
 
-@control_command(
+@control_command(  # type: ignore[untyped-decorator]  # Celery ships no type hints
     args=[("version", str), ("source", str), ("revision", str)],
     signature="<version> <source> <revision>",
 )
-def canary_reload(state, version: str, source: str, revision: str, **_) -> dict:  # type: ignore[no-untyped-def]
+def canary_reload(state: Any, version: str, source: str, revision: str, **_: Any) -> dict[str, Any]:
     """Schedule a reload of ``version``'s weights on this worker, if it serves that version."""
+    reply: dict[str, Any]
     if context().version != version:
-        return ok(f"skipped: this worker serves {context().version}")
+        reply = ok(f"skipped: this worker serves {context().version}")
+        return reply
     state.consumer.pool.apply_async(reload_in_child, args=(source, revision))
-    return ok(f"reload of {version} to {revision} scheduled")
+    reply = ok(f"reload of {version} to {revision} scheduled")
+    return reply

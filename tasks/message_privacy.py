@@ -53,10 +53,18 @@ def _shown(value: Any, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-class PrivateAMQP(AMQP):
+class PrivateAMQP(AMQP):  # type: ignore[misc]  # Celery ships no type hints
     """Celery's AMQP class, with prompts masked in the argument text of every message."""
 
-    def as_task_v2(self, task_id, name, args=None, kwargs=None, *rest, **options):  # type: ignore[no-untyped-def]
+    def as_task_v2(
+        self,
+        task_id: str,
+        name: str,
+        args: Any = None,
+        kwargs: Any = None,
+        *rest: Any,
+        **options: Any,
+    ) -> Any:
         message = super().as_task_v2(task_id, name, args, kwargs, *rest, **options)
         if self.app.conf.get(HIDE_SETTING, True):
             hide_prompts(message.headers, message.sent_event, args, kwargs, self.argsrepr_maxsize)

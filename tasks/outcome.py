@@ -40,6 +40,7 @@ from celery.worker.request import Request
 
 from storage import jobs
 from storage.models import FailureKind
+from tasks.worker_state import context
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +71,7 @@ class JobFailed(Exception):
         return cls(f"{kind}: {message}")
 
 
-class RenderRequest(Request):
+class RenderRequest(Request):  # type: ignore[misc]  # Celery ships no type hints
     """The render task's request in the worker's main process (``Task.Request``)."""
 
     _cause: BaseException | None = None
@@ -87,7 +88,9 @@ class RenderRequest(Request):
                               job_itself=False)  # fmt: skip
         super().on_timeout(soft, timeout)
 
-    def on_failure(self, exc_info: Any, send_failed_event: bool = True, return_ok: bool = False):  # type: ignore[no-untyped-def]
+    def on_failure(
+        self, exc_info: Any, send_failed_event: bool = True, return_ok: bool = False
+    ) -> Any:
         # billiard hands exceptions over wrapped (ExceptionWithTraceback), and Celery puts
         # the wrapper's empty repr in the task-failed event: keep the real one for it.
         exception = exc_info.exception
@@ -105,8 +108,6 @@ class RenderRequest(Request):
 
     def _record_loss(self, cause: str, *, job_itself: bool = True) -> None:
         """Record how the pool process running this job died, for every job it held."""
-        from tasks.worker_state import context  # (worker_state imports this module)
-
         try:
             ctx = context()
             lost = jobs.record_process_loss(
@@ -148,7 +149,8 @@ def _failure_repr(cause: BaseException) -> str:
         # the hard limit killed the pool process; the job row says `timeout` (render.py)
         hard = f"hard time limit exceeded ({cause.args[0] if cause.args else '?'} s)"
         return repr(JobFailed.of(FailureKind.TIMEOUT.value, hard))
-    return saferepr(cause)
+    shown: str = saferepr(cause)
+    return shown
 
 
 class OutcomeEvents:

@@ -6,6 +6,7 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 
@@ -14,7 +15,20 @@ from tasks.postprocess import PostProcessor
 from tasks.registry import require_version_dir, weights_revision
 from tasks.version_config import VersionConfig, load_version_config
 
+if TYPE_CHECKING:
+    from diffusers.pipelines.pipeline_utils import DiffusionPipeline
+
 log = logging.getLogger(__name__)
+
+
+class Pipeline(Protocol):
+    """What the worker calls on a loaded pipeline (diffusers', or a benchmark stub)."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any: ...
+
+    def enable_attention_slicing(self) -> None: ...
+
+    def disable_attention_slicing(self) -> None: ...
 
 
 @dataclass
@@ -22,7 +36,7 @@ class LoadedModel:
     version: str
     revision: str
     device: str
-    pipeline: object
+    pipeline: Pipeline
     load_ms: float
     attention: str
     config: VersionConfig
@@ -37,8 +51,8 @@ def quiet_model_libraries() -> None:
     not installed") and progress bars would otherwise fill every worker log."""
     from transformers.utils import logging as transformers_logging
 
-    transformers_logging.set_verbosity_error()
-    transformers_logging.disable_progress_bar()
+    transformers_logging.set_verbosity_error()  # type: ignore[no-untyped-call]  # unannotated in transformers
+    transformers_logging.disable_progress_bar()  # type: ignore[no-untyped-call]  # unannotated in transformers
     from diffusers.utils import logging as diffusers_logging
 
     diffusers_logging.set_verbosity_error()
@@ -49,13 +63,13 @@ def _dtype_for(device: str) -> torch.dtype:
     return torch.float16 if device.startswith("cuda") else torch.float32
 
 
-def _enable_fast_attention(pipeline: object, device: str) -> str:
+def _enable_fast_attention(pipeline: DiffusionPipeline, device: str) -> str:
     """xformers on CUDA when installed, else PyTorch SDPA (diffusers' default)."""
     if device.startswith("cuda"):
         try:
             import xformers  # noqa: F401
 
-            pipeline.enable_xformers_memory_efficient_attention()  # type: ignore[attr-defined]
+            pipeline.enable_xformers_memory_efficient_attention()
             return "xformers"
         except Exception as exc:  # xformers is optional; SDPA is a fine fallback
             log.info("xformers unavailable (%s); using SDPA attention", exc)
@@ -89,7 +103,8 @@ def load_pipeline_from(
     :mod:`tasks.stub_pipelines`).
     """
     quiet_model_libraries()
-    from diffusers import DiffusionPipeline
+    # the defining module: mypy reads `diffusers.DiffusionPipeline` as its placeholder class
+    from diffusers.pipelines.pipeline_utils import DiffusionPipeline
 
     if torch_threads:
         torch.set_num_threads(torch_threads)
@@ -104,15 +119,16 @@ def load_pipeline_from(
             )
         log.warning("version %s is a BENCHMARK STUB pipeline (%s): it renders no model",
                     version, folder)  # fmt: skip
-        pipeline: object = stub_pipelines.load_stub(folder)
+        pipeline: Pipeline = stub_pipelines.load_stub(folder)
         attention = "benchmark-stub"
     else:
-        pipeline = DiffusionPipeline.from_pretrained(
+        diffusers_pipeline = DiffusionPipeline.from_pretrained(
             folder, local_files_only=True, use_safetensors=True, dtype=_dtype_for(device)
         )
-        pipeline = pipeline.to(device)
-        pipeline.set_progress_bar_config(disable=True)
-        attention = _enable_fast_attention(pipeline, device)
+        diffusers_pipeline = diffusers_pipeline.to(device)
+        diffusers_pipeline.set_progress_bar_config(disable=True)  # type: ignore[no-untyped-call]  # unannotated in diffusers
+        attention = _enable_fast_attention(diffusers_pipeline, device)
+        pipeline = diffusers_pipeline
     load_ms = (time.perf_counter() - started) * 1000
     log.info(
         "loaded %s revision %s on %s in %.0f ms (%s)", version, revision, device, load_ms, attention

@@ -46,7 +46,7 @@ from celery.concurrency.asynpool import AsynPool
 from celery.concurrency.prefork import TaskPool
 
 
-class RenderAsynPool(AsynPool):
+class RenderAsynPool(AsynPool):  # type: ignore[misc]  # Celery ships no type hints
     def flush(self) -> None:
         """Celery's flush, except that jobs written to a live pool process's pipe stay."""
         in_pipe = [
@@ -73,7 +73,7 @@ def _writer_of(job: Any) -> Any:
     return ref() if ref is not None else None
 
 
-class RenderPool(TaskPool):
+class RenderPool(TaskPool):  # type: ignore[misc]  # Celery ships no type hints
     Pool = RenderAsynPool
 
     # Read by the worker's Pool component: without it, messages go to the pool only as

@@ -1,13 +1,39 @@
-"""Building render messages from recorded jobs."""
+"""Sending render messages: the only code that publishes ``canary.contracts.RENDER_TASK``.
+
+Every sender goes through :func:`publish` (the gateway's submissions and the outbox,
+recovery's re-sends, a worker re-routing another version's job, `canary retire`'s
+re-route), so every render message is built with the same options:
+
+- the queue is the version's (``queue_for(spec["model_version"])``);
+- the task id is the job id (a re-route keeps the id of the delivery it passes on, which is
+  the job id for every message sent here), so Flower follows a job across re-sends;
+- ``ignore_result``: the render stores no result (``task_ignore_result``), so no sender
+  subscribes to one;
+- ``argsrepr``/``kwargsrepr`` built here (``repr``: Celery's own saferepr costs more than
+  the rest of the message); with prompts hidden (the default) the app's AMQP class
+  replaces the argument text anyway (tasks/message_privacy.py).
+
+:func:`publish_jobs` sends recorded jobs over one producer connection (recovery);
+:func:`publish_chunks` pipelines a bulk submission's messages, one broker round trip per
+``PUBLISH_BATCH`` jobs (the gateway).
+"""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Iterable, Iterator, Sequence
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
 
-from canary.contracts import RenderSpec
+from canary.contracts import RENDER_TASK, RenderSpec, queue_for
+from storage.models import utcnow
 
 if TYPE_CHECKING:
+    from celery import Celery
+
     from storage.models import Job
+
+# Jobs per pipelined round trip to the broker when publishing in bulk.
+PUBLISH_BATCH = 500
 
 
 def render_spec(job: Job) -> RenderSpec:
@@ -23,3 +49,61 @@ def render_spec(job: Job) -> RenderSpec:
         width=job.width,
         height=job.height,
     )
+
+
+def publish(
+    app: Celery,
+    job_id: str,
+    spec: RenderSpec | dict[str, Any],
+    *,
+    producer: Any = None,
+    task_id: str | None = None,
+) -> None:
+    """Send one render message to the queue of ``spec["model_version"]``.
+
+    ``producer``: a producer to send over (one connection for many messages), else one is
+    taken from the app's pool. ``task_id``: only for passing a delivery on under its own id
+    (a re-route); otherwise the job id.
+    """
+    args = (job_id, spec)
+    app.send_task(
+        RENDER_TASK,
+        args=args,
+        argsrepr=repr(args),
+        kwargsrepr="{}",
+        queue=queue_for(spec["model_version"]),
+        task_id=task_id or job_id,
+        producer=producer,
+        ignore_result=True,  # as render.apply_async: no result to wait on
+    )
+
+
+def publish_jobs(app: Celery, jobs: Iterable[Job]) -> None:
+    """Send recorded jobs, one message each, over one producer connection."""
+    with app.producer_or_acquire() as producer:
+        for job in jobs:
+            publish(app, job.id, render_spec(job), producer=producer)
+
+
+def publish_chunks(
+    app: Celery, jobs: Sequence[Any], chunk_size: int = PUBLISH_BATCH
+) -> Iterator[tuple[datetime, list[str]]]:
+    """Send recorded jobs (rows with a job's columns) over one producer, pipelined: kombu
+    buffers a chunk's Redis writes (the messages and their task-sent events) and sends them
+    in one round trip instead of two per job.
+
+    Yields, for each chunk once it is flushed, when its sending began and its job ids: a
+    job counts as sent only then. A broker error propagates (``BatchPublishError`` when it
+    went away mid-chunk); the chunks yielded before it were sent.
+    """
+    with (
+        app.producer_or_acquire() as producer,
+        producer.batch(max_size=4 * chunk_size) as batch,
+    ):
+        for start in range(0, len(jobs), chunk_size):
+            chunk = jobs[start : start + chunk_size]
+            sending_at = utcnow()
+            for job in chunk:
+                publish(app, job.id, render_spec(job), producer=producer)
+            batch.flush()
+            yield sending_at, [job.id for job in chunk]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Collection, Iterable, Iterator
+from typing import Any
 
 from celery import Celery
 
@@ -20,7 +21,8 @@ def queue_depth(app: Celery, queue: str) -> int:
             declared = connection.default_channel.queue_declare(queue=queue, passive=True)
         except connection.channel_errors:  # Redis drops the key of an empty queue
             return 0
-        return declared.message_count
+        count: int = declared.message_count
+        return count
 
 
 def consumers(
@@ -83,7 +85,7 @@ def job_ids_in_broker(app: Celery, queues: Iterable[str]) -> set[str]:
         return found
 
 
-def _task_ids(messages: Iterable[bytes | str | dict]) -> Iterator[str]:
+def _task_ids(messages: Iterable[bytes | str | dict[str, Any]]) -> Iterator[str]:
     for message in messages:
         envelope = json.loads(message) if isinstance(message, bytes | str) else message
         task_id = (envelope.get("headers") or {}).get("id")

@@ -36,7 +36,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from typing import Generic, Protocol, TypeVar
+from typing import Generic, Protocol, TypeVar, cast
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +64,7 @@ class Recorder(Generic[Item]):
         record: Callable[[Item], None],
         capacity: int,
         *,
-        periodic: Callable[[], None] | None = None,
+        periodic: Callable[[], object] | None = None,
         period_s: float = 60.0,
         hold_s: float = 0.02,
     ) -> None:
@@ -138,7 +138,7 @@ class Recorder(Generic[Item]):
             if item is _STOP:
                 return
             if item is not None:
-                entry, renders = item  # type: ignore[misc]
+                entry, renders = cast("tuple[Item, int]", item)  # what submit() queues
                 with self._idle:  # let the next render start first
                     self._idle.wait_for(
                         lambda r=renders: self._renders > r or self._closing, self._hold_s

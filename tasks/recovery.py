@@ -24,33 +24,25 @@ import logging
 from datetime import timedelta
 
 from celery import Celery
+from sqlalchemy.engine import Engine
 
-from canary.contracts import RENDER_TASK, queue_for
 from canary.settings import Settings
 from storage import jobs
 from storage.models import Job, utcnow
 from tasks import node_locks
-from tasks.publish import render_spec
+from tasks.publish import publish_jobs
 
 log = logging.getLogger(__name__)
 
 
 def resend(app: Celery, settings: Settings, rows: list[Job]) -> None:
+    """Send the jobs' render messages again (over one producer connection)."""
     if not rows:
         return
-    with app.producer_or_acquire() as producer:
-        for job in rows:
-            app.send_task(
-                RENDER_TASK,
-                args=(job.id, render_spec(job)),
-                queue=queue_for(job.model_version),
-                task_id=job.id,
-                producer=producer,
-                ignore_result=True,
-            )
+    publish_jobs(app, rows)
 
 
-def recover_node(app: Celery, settings: Settings, engine, version: str, node: str) -> int:  # type: ignore[no-untyped-def]
+def recover_node(app: Celery, settings: Settings, engine: Engine, version: str, node: str) -> int:
     """Re-send what this node's previous pool process left RUNNING; returns the count."""
     rows = jobs.take_stranded(
         engine, model_version=version, worker_host=node, detected_by="restart",
@@ -64,8 +56,8 @@ def recover_node(app: Celery, settings: Settings, engine, version: str, node: st
 
 
 def recover_dead_neighbours(
-    app: Celery, settings: Settings, engine, version: str, node: str
-) -> int:  # type: ignore[no-untyped-def]
+    app: Celery, settings: Settings, engine: Engine, version: str, node: str
+) -> int:
     """Re-send what dead workers of this version on this host left RUNNING (a restarted
     worker's predecessor: node names are unique per worker, see tasks/node_locks.py)."""
     host = node.rpartition("@")[2]
@@ -86,7 +78,7 @@ def recover_dead_neighbours(
     return count
 
 
-def sweep(app: Celery, settings: Settings, engine, version: str) -> int:  # type: ignore[no-untyped-def]
+def sweep(app: Celery, settings: Settings, engine: Engine, version: str) -> int:
     """Re-send the version's jobs RUNNING for longer than the visibility timeout."""
     cutoff = utcnow() - timedelta(seconds=settings.visibility_timeout_s)
     rows = jobs.take_stranded(

@@ -15,27 +15,28 @@ import logging
 import os
 import time
 from collections.abc import Iterator, Sequence
+from typing import Any, cast
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 import numpy as np
 import torch
-from celery import Celery
+from celery import Celery, Task
 from celery.exceptions import Reject, SoftTimeLimitExceeded, TimeLimitExceeded
 from celery.signals import task_failure
 from PIL import Image
 from tenacity import retry, stop_after_attempt, wait_exponential
 
-from canary.contracts import RENDER_TASK, SPEC_FIELDS, RenderSpec, image_key, queue_for
+from canary.contracts import RENDER_TASK, SPEC_FIELDS, RenderSpec, image_key
 from storage import jobs
 from storage.models import FailureKind, JobStatus, utcnow
 from tasks.app import app
 from tasks.checks import classify_output
 from tasks.faults import NO_FAULTS, Faults, batch_step_callback
 from tasks.outcome import ALREADY_FINISHED, HELD, RENDERED, REROUTED, JobFailed, skip_duplicate
-from tasks.pipelines import LoadedModel
-from tasks.publish import render_spec
+from tasks.pipelines import LoadedModel, Pipeline
+from tasks.publish import publish, render_spec
 from tasks.recovery import resend
 from tasks.worker_state import WorkerContext, context
 
@@ -89,7 +90,7 @@ def render_batch(
         started = time.perf_counter()
         try:
             with _low_memory(model.pipeline, enabled=attempt > 0):
-                output = model.pipeline(  # type: ignore[operator]
+                output = model.pipeline(
                     prompt=first["prompt"] if single else [s["prompt"] for s in specs],
                     negative_prompt=(first["negative_prompt"] or None)
                     if single
@@ -136,18 +137,18 @@ def render_image(model: LoadedModel, spec: RenderSpec, faults: Faults = NO_FAULT
 
 
 @contextmanager
-def _low_memory(pipeline: object, enabled: bool) -> Iterator[None]:
+def _low_memory(pipeline: Pipeline, enabled: bool) -> Iterator[None]:
     if not enabled:
         yield
         return
     vae = getattr(pipeline, "vae", None)
-    pipeline.enable_attention_slicing()  # type: ignore[attr-defined]
+    pipeline.enable_attention_slicing()
     if vae is not None:
         vae.enable_slicing()
     try:
         yield
     finally:
-        pipeline.disable_attention_slicing()  # type: ignore[attr-defined]
+        pipeline.disable_attention_slicing()
         if vae is not None:
             vae.disable_slicing()
 
@@ -203,11 +204,11 @@ def _ms_between(later: datetime, earlier: datetime | None) -> float | None:
     return (later - earlier).total_seconds() * 1000
 
 
-def _check_spec(spec: dict) -> RenderSpec:
+def _check_spec(spec: dict[str, Any]) -> RenderSpec:
     missing = [name for name in SPEC_FIELDS if name not in spec]
     if missing:
         raise RenderFailure(FailureKind.INVALID_JOB, f"job spec lacks {', '.join(missing)}")
-    return spec  # type: ignore[return-value]
+    return cast(RenderSpec, spec)  # every field is present (checked above)
 
 
 def _fail(ctx: WorkerContext, job_id: str, kind: FailureKind, message: str) -> bool:
@@ -293,7 +294,7 @@ def record(ctx: WorkerContext, item: Rendered) -> None:
         ctx.outcomes.succeeded(task_id, f"{JobStatus.SUCCEEDED.value} {key}", runtime_s)
 
 
-def _stored_fields(item: Rendered, key: str) -> dict:
+def _stored_fields(item: Rendered, key: str) -> dict[str, Any]:
     """The success record's fields known once the image is rendered (a spooled job's too)."""
     claimed = item.pending.claimed
     return {
@@ -357,8 +358,8 @@ def _render_pending(
         ctx.recorder.submit(Rendered(pending, model, output, claimed_at))
 
 
-@app.task(name=RENDER_TASK, bind=True, Request="tasks.outcome:RenderRequest", throws=(JobFailed,))
-def render(self, job_id: str, spec: dict) -> str:  # type: ignore[no-untyped-def]
+@app.task(name=RENDER_TASK, bind=True, Request="tasks.outcome:RenderRequest", throws=(JobFailed,))  # type: ignore[untyped-decorator]  # Celery ships no type hints
+def render(self: Task, job_id: str, spec: dict[str, Any]) -> str:
     """Render a job on this worker's version; returns RENDERED once its image is handed to
     the recorder (see tasks/recorder.py), another pass-on marker when the job is not this
     delivery's to finish, and raises JobFailed when it failed (tasks/outcome.py)."""
@@ -427,7 +428,12 @@ def render(self, job_id: str, spec: dict) -> str:  # type: ignore[no-untyped-def
 
 
 def _misrouted(
-    app: Celery, ctx: WorkerContext, job_id: str, spec: dict, tag: object, task_id: str | None
+    app: Celery,
+    ctx: WorkerContext,
+    job_id: str,
+    spec: dict[str, Any],
+    tag: object,
+    task_id: str | None,
 ) -> str:
     """Never render another version's job: send it to its own queue (same task id, so
     Flower follows it there), or fail it loudly."""
@@ -437,12 +443,18 @@ def _misrouted(
         return _fail_task(ctx, job_id, FailureKind.INVALID_JOB, f"unknown model version {tag!r}")
     log.error("job %s tagged %r reached the %r worker; re-routing", job_id, tag, ctx.version)
     jobs.count_misroute(ctx.engine, job_id)
-    app.send_task(RENDER_TASK, args=(job_id, spec), queue=queue_for(tag), task_id=task_id)
+    publish(app, job_id, spec, task_id=task_id)  # on render.<tag>
     return REROUTED
 
 
-@task_failure.connect(sender=render)
-def _record_hard_timeout(sender=None, task_id=None, exception=None, args=None, **_):  # type: ignore[no-untyped-def]
+@task_failure.connect(sender=render)  # type: ignore[untyped-decorator]  # Celery ships no type hints
+def _record_hard_timeout(
+    sender: Any = None,
+    task_id: str | None = None,
+    exception: BaseException | None = None,
+    args: Any = None,
+    **_: Any,
+) -> None:
     """The hard time limit kills the pool child; the parent records the job as timed out."""
     if isinstance(exception, TimeLimitExceeded) and args:
         _fail(context(), args[0], FailureKind.TIMEOUT, f"hard time limit exceeded ({exception})")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from sqlalchemy import select
 from sqlalchemy.engine import Engine
-from sqlmodel import Session
+from sqlmodel import Session, col
 
 from canary.settings import Settings
 from storage.models import ModelRevision, WorkerRecord, utcnow
@@ -69,8 +69,8 @@ def current(engine: Engine, version: str) -> ModelRevision | None:
     with Session(engine) as session:
         return session.scalars(
             select(ModelRevision)
-            .where(ModelRevision.version == version)
-            .order_by(ModelRevision.id.desc())  # type: ignore[union-attr]
+            .where(col(ModelRevision.version) == version)
+            .order_by(col(ModelRevision.id).desc())
             .limit(1)
         ).first()
 
@@ -96,5 +96,5 @@ def report(
 
 def worker_records(engine: Engine, version: str) -> dict[str, WorkerRecord]:
     with Session(engine) as session:
-        rows = session.scalars(select(WorkerRecord).where(WorkerRecord.version == version))
+        rows = session.scalars(select(WorkerRecord).where(col(WorkerRecord.version) == version))
         return {row.node: row for row in rows}

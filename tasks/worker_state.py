@@ -1,44 +1,84 @@
 """Per-process worker state: the bound version/device, its loaded model, storage, DB, the
 background recorder and the storage guard (spool and breaker, tasks/spool.py).
 
-The model is loaded in the pool child (``worker_process_init``), never in the parent,
-so the parent process never initialises CUDA. The same hook re-sends what a previous
-pool process of this node left unfinished, and ``worker_process_shutdown`` (warm
-shutdown) drains the recorder before the process exits.
+This module sits low in tasks/: it imports nothing that renders, records or publishes
+outcomes. What it needs from above (the Celery app, the recorder's record function, the
+storage guard and the outcome events) it is handed by the worker's wiring,
+:mod:`tasks.worker`, through :func:`install` (a :class:`Wiring`).
+
+The model is loaded in the pool child (:func:`start_process`, on ``worker_process_init``),
+never in the parent, so the parent process never initialises CUDA. The same hook re-sends
+what a previous pool process of this node left unfinished, and :func:`stop_process`
+(``worker_process_shutdown``, warm shutdown) drains the recorder before the process exits.
 """
 
 from __future__ import annotations
 
 import logging
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
-from celery.signals import worker_process_init, worker_process_shutdown
 from sqlalchemy.engine import Engine
 
 from canary.settings import Settings, get_settings
 from storage.db import get_engine
 from storage.objects import ObjectStore, store_from_settings
 from tasks import recovery, revisions
-from tasks.outcome import OutcomeEvents
 from tasks.pipelines import LoadedModel, load_pipeline_from
 from tasks.recorder import Recorder
 from tasks.registry import require_version_dir
 
 if TYPE_CHECKING:
-    from tasks.render import Rendered
-    from tasks.spool import StorageGuard
+    from celery import Celery
 
 log = logging.getLogger(__name__)
 # How long a warm shutdown waits for the recorder; what is left is re-sent on restart.
 DRAIN_TIMEOUT_S = 120.0
 
 
+class StorageGuardLike(Protocol):
+    """What the context and the render task use of a storage guard (tasks/spool.py)."""
+
+    @property
+    def is_open(self) -> bool: ...
+
+    def keep(
+        self, item: Any, key: str, png: bytes, fields: dict[str, Any], upload_ms: float
+    ) -> bool: ...
+
+    def adopt(self, *, starting: bool = False) -> set[str]: ...
+
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+
+class OutcomeReporter(Protocol):
+    """What the recorder uses to report a job's outcome (tasks/outcome.py)."""
+
+    def succeeded(self, task_id: str, result: str, runtime_s: float) -> None: ...
+
+    def failed(self, task_id: str, kind: str, message: str) -> None: ...
+
+
+@dataclass(frozen=True)
+class Wiring:
+    """What a worker process's context is handed by the modules above this one (built in
+    one place, tasks/worker.py)."""
+
+    app: Celery  # the process-wide Celery app (tasks.app)
+    record: Callable[[WorkerContext, Any], None]  # the recorder's work (tasks.render.record)
+    storage_guard: Callable[[WorkerContext], StorageGuardLike]  # tasks.spool.StorageGuard
+    outcome_events: Callable[[Celery, str], OutcomeReporter]  # tasks.outcome.OutcomeEvents
+
+
 @dataclass
 class WorkerContext:
     settings: Settings
+    wiring: Wiring
     model: LoadedModel | None = None
     load_error: str | None = None
 
@@ -79,11 +119,10 @@ class WorkerContext:
         }
 
     @cached_property
-    def recorder(self) -> Recorder[Rendered]:
-        from tasks.render import record
-
+    def recorder(self) -> Recorder[Any]:
         assert self.version is not None
         version = self.version
+        record = self.wiring.record
         return Recorder(
             lambda item: record(self, item),
             capacity=self.settings.record_queue_size * self.settings.micro_batch,
@@ -92,23 +131,19 @@ class WorkerContext:
         )
 
     @cached_property
-    def storage_guard(self) -> StorageGuard:
+    def storage_guard(self) -> StorageGuardLike:
         """The spool of images waiting for the object store, and the breaker."""
-        from tasks.spool import StorageGuard
-
-        return StorageGuard(self)
+        return self.wiring.storage_guard(self)
 
     @cached_property
-    def outcomes(self) -> OutcomeEvents:
+    def outcomes(self) -> OutcomeReporter:
         """Task events for outcomes the recorder decides (used on its thread only)."""
-        return OutcomeEvents(self.app, self.node)
+        return self.wiring.outcome_events(self.app, self.node)
 
     @property
-    def app(self):  # type: ignore[no-untyped-def]
-        """The process-wide Celery app (imported late: tasks.app imports this module)."""
-        from tasks.app import app
-
-        return app
+    def app(self) -> Celery:
+        """The process-wide Celery app."""
+        return self.wiring.app
 
     def ensure_model(self) -> LoadedModel:
         """The loaded model, loading it now if the process has none yet.
@@ -151,18 +186,30 @@ class WorkerContext:
         revisions.report(self.engine, self.node, self.version, self.device, revision, error)
 
 
+_wiring: Wiring | None = None
 _context: WorkerContext | None = None
+
+
+def install(wiring: Wiring) -> None:
+    """Hand this process's context what it needs from above (tasks/worker.py, imported by
+    every worker through the app's ``include``). Nothing is built yet: the context is made
+    on first use, the model in the pool child."""
+    global _wiring
+    _wiring = wiring
 
 
 def context() -> WorkerContext:
     global _context
     if _context is None:
-        _context = WorkerContext(get_settings())
+        if _wiring is None:
+            raise RuntimeError("this process has no worker wiring (tasks.worker installs it)")
+        _context = WorkerContext(get_settings(), _wiring)
     return _context
 
 
-@worker_process_init.connect
-def _load_model_in_child(**_: object) -> None:
+def start_process() -> None:
+    """In a new pool child (``worker_process_init``): load the model, take over what a
+    previous process of this node left, start the recorder and the storage guard."""
     ctx = context()
     if ctx.version is None:
         return
@@ -181,8 +228,8 @@ def _load_model_in_child(**_: object) -> None:
     ctx.storage_guard.start()  # drains the spool; the breaker (tasks/spool.py)
 
 
-@worker_process_shutdown.connect
-def _drain_recorder(**_: object) -> None:
+def stop_process() -> None:
+    """A pool child's warm shutdown (``worker_process_shutdown``): drain the recorder."""
     ctx = _context
     if ctx is None or "recorder" not in ctx.__dict__:
         return

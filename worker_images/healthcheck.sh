@@ -7,4 +7,4 @@ set -eu
 [ -n "${MODEL_VERSION:-}" ] || exit 0
 prefix="render-${MODEL_VERSION}-$(printf '%s' "${DEVICE}" | tr -d :)"
 host="$(hostname)"
-celery -A tasks inspect ping --timeout 5 | grep -Eq -- "-> +${prefix}(-[^@ ]+)?@${host}: OK"
+celery -A tasks.app inspect ping --timeout 5 | grep -Eq -- "-> +${prefix}(-[^@ ]+)?@${host}: OK"

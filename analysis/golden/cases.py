@@ -250,10 +250,10 @@ def parse_golden_set(
     try:
         parsed = GoldenSetIn.model_validate(raw)
     except ValidationError as exc:
-        errors = [f"{_where(item['loc'], raw)}: {item['msg']}" for item in exc.errors()]
+        errors: list[str] = [f"{_where(item['loc'], raw)}: {item['msg']}" for item in exc.errors()]
         raise GoldenSetError(source, errors) from None
 
-    errors: list[str] = []
+    errors = []
     seen: dict[str, int] = {}
     cases: list[GoldenCase] = []
     for index, case_in in enumerate(parsed.cases):

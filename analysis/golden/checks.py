@@ -106,7 +106,7 @@ class ElementScorer:
 
         quiet_model_libraries()
         self.device = device
-        self.model = CLIPModel.from_pretrained(folder, local_files_only=True).to(device).eval()
+        self.model = CLIPModel.from_pretrained(folder, local_files_only=True).to(device).eval()  # type: ignore[arg-type]  # transformers mistypes PreTrainedModel.to
         self.processor = CLIPProcessor.from_pretrained(folder, local_files_only=True)
 
     def score(self, image: Image.Image, elements: tuple[str, ...]) -> dict[str, float]:

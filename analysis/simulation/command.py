@@ -9,18 +9,23 @@ from __future__ import annotations
 
 from datetime import date, timedelta
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
-from sqlalchemy import select
 from sqlalchemy.engine import Engine
 
 from analysis.simulation.generate import Simulator
 from analysis.simulation.model import SimulationSpec
-from analysis.simulation.pipeline import EXPERIMENT, PipelineDriver, write_experiment_file
+from analysis.simulation.pipeline import (
+    EXPERIMENT,
+    IngestTotals,
+    PipelineDriver,
+    write_experiment_file,
+)
 from canary.settings import Settings
-from storage.models import Job
+from storage import jobs as job_records
 
 console = Console()
 SHOWN = (
@@ -64,9 +69,7 @@ def experiment_path(settings: Settings) -> Path:
 
 
 def _already_simulated(engine: Engine, run_id: str) -> bool:
-    query = select(Job.id).where(Job.idempotency_key.like(f"{run_id}-%")).limit(1)  # type: ignore[union-attr]
-    with engine.connect() as connection:
-        return connection.execute(query).first() is not None
+    return job_records.any_idempotency_key_starting(engine, f"{run_id}-")
 
 
 def run_simulation(
@@ -116,7 +119,9 @@ def run_simulation(
     )
 
 
-def _print_summary(spec: SimulationSpec, jobs: int, events, report: dict) -> None:  # type: ignore[no-untyped-def]
+def _print_summary(
+    spec: SimulationSpec, jobs: int, events: IngestTotals, report: dict[str, Any]
+) -> None:
     users = report["users"]
     console.print(
         f"{jobs:,} jobs, {events.accepted:,} events stored ({events.duplicates:,} duplicates "

@@ -49,7 +49,8 @@ MAX_PROMPTS = 10
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-x))
+    p: np.ndarray = 1.0 / (1.0 + np.exp(-x))
+    return p
 
 
 class Columns:
@@ -89,11 +90,13 @@ class Jobs(Columns):
 
     @property
     def started(self) -> np.ndarray:
-        return self.t + self.queue_us
+        started: np.ndarray = self.t + self.queue_us
+        return started
 
     @property
     def finished(self) -> np.ndarray:
-        return self.started + self.run_us + self.upload_us
+        finished: np.ndarray = self.started + self.run_us + self.upload_us
+        return finished
 
 
 @dataclass
@@ -313,7 +316,8 @@ class Simulator:
         fraction = np.array([self.spec.lost_fraction(int(s)) for s in self.segments[users]])
         lost_arm = np.where(fraction > 0, CANDIDATE, BASELINE)
         draw = self.population.drop_draw[users]
-        return (arm == lost_arm) & (draw < np.abs(fraction))
+        lost: np.ndarray = (arm == lost_arm) & (draw < np.abs(fraction))
+        return lost
 
     # ------------------------------------------------------------ segments
     def expected_segments(self, history: Jobs) -> np.ndarray:
@@ -350,7 +354,8 @@ class Simulator:
 
     def _scaled(self, p: np.ndarray, arm: np.ndarray, effect: str, cap: float = 0.99) -> np.ndarray:
         scale = np.where(arm == CANDIDATE, 1.0 + getattr(self.spec.effects, effect), 1.0)
-        return np.minimum(p * scale, cap)
+        scaled: np.ndarray = np.minimum(p * scale, cap)
+        return scaled
 
     def _sessions(
         self, today: int, users: np.ndarray, first: np.ndarray
@@ -482,7 +487,8 @@ class Simulator:
             rng.random(n) < self._scaled(pop.p_feedback[user], arm, "negative_feedback")
         )
         reason = rng.integers(0, len(FEEDBACK_REASONS), n)
-        parts = [
+        # (mask, time, kind, dwell_ms, reason): scalars broadcast
+        parts: list[tuple[np.ndarray, np.ndarray, int, np.ndarray | int, np.ndarray | int]] = [
             (viewed, seen1, VIEW, dwell1, -1),
             (views == 2, seen2, VIEW, dwell2, -1),
             (download, download_at, DOWNLOAD, -1, -1),

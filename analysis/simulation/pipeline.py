@@ -30,7 +30,6 @@ from typing import Any
 import numpy as np
 import yaml
 from celery import Celery
-from sqlalchemy import bindparam, or_, update
 from sqlalchemy.engine import Engine
 
 from analysis.simulation.generate import Events, Jobs, Simulation, Simulator
@@ -40,7 +39,6 @@ from analysis.simulation.model import (
     FAILURE_KINDS,
     FEEDBACK_REASONS,
     SEGMENT_INDEX,
-    SEGMENTS,
     SimulationSpec,
     prompt_text,
 )
@@ -49,6 +47,7 @@ from canary.settings import Settings
 from gateway.assignment import Assigner
 from gateway.events import EventIngestor
 from gateway.experiment_source import ExperimentSource
+from gateway.segments import SEGMENTS
 from gateway.service import Gateway
 from gateway.submit import PreparedJob, Producer
 from storage import jobs as job_records
@@ -315,9 +314,7 @@ class PipelineDriver:
             outcomes = [
                 self._outcome(jobs, index, row) for index, row in chunk if row.id in inserted
             ]
-            if outcomes:
-                with self.engine.begin() as connection:
-                    connection.execute(_FINISH, outcomes)
+            job_records.claim_and_finish_many(self.engine, outcomes)
             self.recorded += len(inserted)
 
     def _outcome(self, jobs: Jobs, index: int, row: Job) -> dict[str, Any]:
@@ -327,20 +324,20 @@ class PipelineDriver:
         failed = bool(jobs.failed[index])
         kind = FAILURE_KINDS[int(jobs.failure[index])] if failed else None
         return {
-            "b_id": row.id,
-            "b_status": JobStatus.FAILED if failed else JobStatus.SUCCEEDED,
-            "b_started": self.clock.when(started),
-            "b_finished": self.clock.when(finished),
-            "b_host": f"sim-{row.model_version}",
-            "b_version": row.model_version,
-            "b_image": None if failed else image_key(row.id),
-            "b_kind": kind,
-            "b_message": f"simulated {kind}" if failed else None,
-            "b_queue": None if failed else int(jobs.queue_us[index]) / 1000,
-            "b_inference": None if failed else int(jobs.run_us[index]) / 1000,
-            "b_upload": None if failed else int(jobs.upload_us[index]) / 1000,
-            "b_total": None if failed else (finished - created) / 1000,
-            "b_vram": None if failed else int(jobs.vram_bytes[index]),
+            "id": row.id,
+            "status": JobStatus.FAILED if failed else JobStatus.SUCCEEDED,
+            "started_at": self.clock.when(started),
+            "finished_at": self.clock.when(finished),
+            "worker_host": f"sim-{row.model_version}",
+            "worker_version": row.model_version,
+            "image_key": None if failed else image_key(row.id),
+            "failure_kind": kind,
+            "failure_message": f"simulated {kind}" if failed else None,
+            "queue_wait_ms": None if failed else int(jobs.queue_us[index]) / 1000,
+            "inference_ms": None if failed else int(jobs.run_us[index]) / 1000,
+            "upload_ms": None if failed else int(jobs.upload_us[index]) / 1000,
+            "end_to_end_ms": None if failed else (finished - created) / 1000,
+            "peak_vram_bytes": None if failed else int(jobs.vram_bytes[index]),
         }
 
     # ------------------------------------------------------------ events
@@ -422,30 +419,3 @@ class PipelineDriver:
             "user_id": self.user_id(0),
             "occurred_at": too_old.isoformat(),
         }
-
-
-_FINISH = (
-    update(Job)
-    .where(
-        Job.id == bindparam("b_id"),
-        # claim (QUEUED/RUNNING) then finish; no IN list: executemany cannot expand one
-        or_(Job.status == JobStatus.QUEUED, Job.status == JobStatus.RUNNING),
-    )
-    .values(
-        status=bindparam("b_status"),
-        attempts=Job.attempts + 1,
-        started_at=bindparam("b_started"),
-        finished_at=bindparam("b_finished"),
-        worker_host=bindparam("b_host"),
-        worker_version=bindparam("b_version"),
-        device="cuda:0",
-        image_key=bindparam("b_image"),
-        failure_kind=bindparam("b_kind"),
-        failure_message=bindparam("b_message"),
-        queue_wait_ms=bindparam("b_queue"),
-        inference_ms=bindparam("b_inference"),
-        upload_ms=bindparam("b_upload"),
-        end_to_end_ms=bindparam("b_total"),
-        peak_vram_bytes=bindparam("b_vram"),
-    )
-)

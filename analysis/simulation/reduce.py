@@ -22,10 +22,10 @@ from analysis.simulation.model import (
     LOGIN,
     PAID,
     SECOND,
-    SEGMENTS,
     TRIAL,
     VIEW,
 )
+from gateway.segments import SEGMENTS
 
 ARMS = ("baseline", "candidate")
 TIME_BITS = 42  # µs since the origin stay below 2**42 (50 days); user ids sit above
@@ -53,7 +53,8 @@ def _count_between(
 ) -> np.ndarray:
     """Per user: how many sorted (user, time) keys fall in [low, high)."""
     base = user.astype(np.int64) << TIME_BITS
-    return np.searchsorted(keys, base + high) - np.searchsorted(keys, base + low)
+    counts: np.ndarray = np.searchsorted(keys, base + high) - np.searchsorted(keys, base + low)
+    return counts
 
 
 class Reducer:
@@ -152,7 +153,8 @@ class Reducer:
         low, high = seen + DAY, seen + (RETENTION_DAYS + 1) * DAY
         jobs = _count_between(self.job_keys, users, low, high)
         logins = _count_between(self.login_keys, users, low, high)
-        return ((jobs + logins) > 0).astype(float)
+        retained: np.ndarray = ((jobs + logins) > 0).astype(float)
+        return retained
 
     def retention_7d(self) -> Units:
         users = self.exposed(RETENTION_DAYS + 1)
@@ -225,7 +227,9 @@ class Reducer:
             )
         return list(zip(looks[0], looks[1], strict=True))
 
-    def percentile(self, q: float, *, by_day: bool) -> dict[tuple[str, date | None], dict]:
+    def percentile(
+        self, q: float, *, by_day: bool
+    ) -> dict[tuple[str, date | None], dict[str, float | int]]:
         """Nearest-rank quantile of end-to-end latency (ms) of live successful jobs."""
         jobs = self.jobs
         keep = self.live & ~jobs.failed

@@ -1,11 +1,17 @@
-"""`canary report EXPERIMENT`: the A/B report as terminal tables."""
+"""`canary report EXPERIMENT`: the A/B report as terminal tables (and its JSON and
+dashboard files); `canary simulate`: a simulated experiment to try the report on."""
 
 from __future__ import annotations
 
-from typing import Any
+from pathlib import Path
+from typing import Annotated, Any
 
+import typer
 from rich.console import Console
 from rich.table import Table
+
+from canary.cli.common import db_engine, fail, print_json, usage_error, write_file
+from canary.settings import get_settings
 
 console = Console()
 VERDICT_STYLE = {"advance": "bold green", "hold": "bold yellow", "rollback": "bold red"}
@@ -74,3 +80,110 @@ def print_ab_report(report: dict[str, Any]) -> None:
     console.print(f"gate verdict: [{style}]{gates['verdict'].upper()}[/]")
     for reason in gates["reasons"]:
         console.print(f"  - {reason}")
+
+
+def report(
+    experiment: str,
+    day: Annotated[
+        str | None, typer.Option("--date", help="Last day of the report (UTC, YYYY-MM-DD)")
+    ] = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the JSON report instead of the tables")
+    ] = False,
+    json_out: Annotated[
+        Path | None, typer.Option("--json-out", dir_okay=False, help="Write the JSON here")
+    ] = None,
+    html_out: Annotated[
+        Path | None, typer.Option("--html", dir_okay=False, help="Write the dashboard here")
+    ] = None,
+) -> None:
+    """The A/B report of an experiment: three metric layers, statistics, SRM, gates."""
+    import json
+    from datetime import date
+
+    from analysis.dashboard import render_dashboard
+    from analysis.experiment_report import report_for_experiment
+    from analysis.gates import GatePolicyError, load_policy
+    from gateway.experiment_source import ExperimentSource
+    from storage.models import utcnow
+
+    settings = get_settings()
+    try:
+        last = date.fromisoformat(day) if day else utcnow().date()
+    except ValueError:
+        raise usage_error(f"--date {day!r} is not YYYY-MM-DD") from None
+    config = ExperimentSource.from_settings(settings, db_engine()).config
+    if experiment not in {e.name for e in config.experiments}:
+        known = ", ".join(e.name for e in config.experiments) or "none (no experiment file)"
+        raise fail(f"no experiment {experiment!r}; configured: {known}")
+    try:
+        result = report_for_experiment(settings, db_engine(), config, experiment, last)
+        policy = load_policy(settings.gate_policy_file)
+    except GatePolicyError as exc:
+        raise fail(f"gate policy: {exc}") from None
+    if as_json:
+        print_json(result)
+    else:
+        print_ab_report(result)
+    write_file(json_out, lambda: json.dumps(result, indent=1, default=str), "JSON report")
+    write_file(
+        html_out,
+        lambda: render_dashboard(result, policy.guardrails.p95_latency_max_ms),
+        "dashboard",
+    )
+
+
+Effect = Annotated[float, typer.Option(min=-0.99, help="Relative change for the candidate")]
+
+
+def simulate(
+    users: Annotated[int, typer.Option(min=10, max=1_000_000)] = 1000,
+    days: Annotated[int, typer.Option(min=1, max=60, help="Experiment days")] = 10,
+    seed: Annotated[int, typer.Option(help="The same seed simulates the same traffic")] = 1,
+    last: Annotated[str | None, typer.Option(help="Last day (default yesterday, UTC)")] = None,
+    share: Annotated[float, typer.Option(min=0, max=1, help="Candidate's share")] = 0.5,
+    broken_split: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="FRACTION of candidate users lost in every segment, or SEGMENT=FRACTION for "
+            "one segment (repeatable; a negative FRACTION loses baseline users instead)",
+        ),
+    ] = None,
+    dwell_effect: Effect = 0.0,
+    retry_effect: Effect = 0.0,
+    download_effect: Effect = 0.0,
+    feedback_effect: Effect = 0.0,
+    retention_effect: Effect = 0.0,
+    generation_effect: Effect = 0.0,
+    conversion_effect: Effect = 0.0,
+    failure_effect: Annotated[float, typer.Option(min=-0.99)] = 0.0,
+) -> None:
+    """Fill the database with a simulated experiment (fake users, jobs, events) to try the
+    report and the dashboard; effects are relative changes of the candidate's behaviour."""
+    from datetime import date, timedelta
+
+    from analysis.simulation.command import SimulationRefused, parse_broken_split, run_simulation
+    from analysis.simulation.model import Effects, SimulationSpec
+    from storage.models import utcnow
+
+    try:
+        end = date.fromisoformat(last) if last else utcnow().date() - timedelta(days=1)
+    except ValueError:
+        raise usage_error(f"--last {last!r} is not YYYY-MM-DD") from None
+    effects = Effects(
+        dwell=dwell_effect, quick_retry=retry_effect, download=download_effect,
+        negative_feedback=feedback_effect, retention=retention_effect,
+        generation_rate=generation_effect, conversion=conversion_effect, failure=failure_effect,
+    )  # fmt: skip
+    try:
+        everywhere, by_segment = parse_broken_split(broken_split or [])
+        spec = SimulationSpec(
+            users=users, days=days, effects=effects, shares={"default": share},
+            broken_split=everywhere, broken_segments=by_segment,
+        )  # fmt: skip
+    except ValueError as exc:
+        raise usage_error(f"--broken-split: {exc}") from None
+    try:
+        run_simulation(get_settings(), spec, seed=seed, last=end, run_id=f"sim{seed}")
+    except SimulationRefused as exc:
+        raise fail(str(exc)) from None

@@ -16,10 +16,12 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Annotated
 
+import typer
 from rich.console import Console
 
-from canary.cli.stack import broker_reachable, running_stack_pid
+from canary.cli.common import fail
 from canary.settings import Settings, get_settings, reset_settings_cache
 
 console = Console()
@@ -84,6 +86,8 @@ def ensure_models(settings: Settings) -> None:
 def background_stack(settings: Settings) -> Iterator[None]:
     """Run `canary up` as a child process group until the block ends (or use the local
     stack that is already running)."""
+    from canary.cli.stack import broker_reachable, running_stack_pid
+
     pid = running_stack_pid(settings)
     if pid is not None and broker_reachable(settings.broker_url):
         console.print(f"using the local stack that is already running (pid {pid})")
@@ -113,7 +117,7 @@ def background_stack(settings: Settings) -> Iterator[None]:
 
 
 def wait_for_workers(
-    settings: Settings, process: subprocess.Popen, log_path: Path, timeout: float = 120.0
+    settings: Settings, process: subprocess.Popen[bytes], log_path: Path, timeout: float = 120.0
 ) -> None:
     from tasks.app import make_app
 
@@ -193,3 +197,13 @@ def _render_batch(settings: Settings, n_jobs: int) -> None:
         f"  canary rollout status {experiment}     # the demo experiment's stage and audit log\n"
         "  canary up                              # the local stack again, in the foreground"
     )
+
+
+def demo(
+    jobs: Annotated[int, typer.Option(min=2, max=10_000, help="Jobs to render")] = 40,
+) -> None:
+    """The whole loop on this machine: tiny models, local stack, a batch over two versions."""
+    try:
+        run_demo(get_settings(), jobs)
+    except DemoError as exc:
+        raise fail(str(exc)) from None

@@ -1,27 +1,125 @@
 """`canary golden ...`: start or resume a golden run by hand, wait for it, print its report.
 
-The submission and checking machinery is imported where it is used, so that listing runs
-(and `canary status`, which shows the last one) stays quick.
+The submission and checking machinery (and the database) is imported where it is used, so
+that the CLI starts quickly and listing runs (and `canary status`, which shows the last
+one) stays quick.
 """
 
 from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
+import typer
 from rich.console import Console
 from rich.table import Table
-from sqlalchemy.engine import Engine
 
-from canary.settings import Settings
-from storage import golden
+from canary.cli.common import db_engine, fail, print_json, write_file
+from canary.settings import Settings, get_settings
 from storage.models import GoldenRun, GoldenRunStatus, utcnow
 
 if TYPE_CHECKING:
+    from sqlalchemy.engine import Engine
+
     from scheduler.golden_replay import ReplayOutcome
 
+golden_app = typer.Typer(
+    help="The golden set: nightly replay through both versions, grading, reports.",
+    no_args_is_help=True,
+)
 console = Console()
+
+
+@golden_app.command("run")
+def golden_run(
+    run_id: Annotated[str | None, typer.Option(help="Run id (default: manual-<time>)")] = None,
+    resume: Annotated[
+        str | None, typer.Option(help="Resume this run's submission instead of starting one")
+    ] = None,
+    set_file: Annotated[Path | None, typer.Option(help="Golden set file")] = None,
+    baseline: Annotated[str | None, typer.Option(help="Default: the experiment's")] = None,
+    candidate: Annotated[str | None, typer.Option(help="Default: the experiment's")] = None,
+    wait: Annotated[bool, typer.Option(help="Wait for the images and check them")] = False,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait at most")] = 3600.0,
+) -> None:
+    """Replay the golden set through the baseline and the candidate now."""
+    from analysis.golden.cases import GoldenSetError
+    from scheduler.golden_replay import GoldenRunRefused
+
+    settings = get_settings()
+    try:
+        if resume:
+            outcome = resume_run(settings, resume)
+        else:
+            outcome = start_run(
+                settings, run_id=run_id, set_file=set_file, baseline=baseline, candidate=candidate
+            )
+    except GoldenSetError as exc:
+        raise fail("invalid golden set:\n  " + "\n  ".join(exc.errors)) from None
+    except GoldenRunRefused as exc:
+        raise fail(str(exc)) from None
+    console.print(
+        f"golden run {outcome.run_id}: {outcome.status}, {outcome.new_jobs} new jobs"
+        + ("" if outcome.created or resume else " (the run existed; nothing enqueued twice)")
+    )
+    if not wait:
+        return
+    if not wait_and_check(settings, outcome.run_id, timeout):
+        raise fail(f"golden run {outcome.run_id} not complete after {timeout:.0f} s")
+    from analysis.golden.report import report_for_run
+
+    report = report_for_run(db_engine(), outcome.run_id)
+    assert report is not None
+    print_report(report)
+
+
+@golden_app.command("report")
+def golden_report(
+    run_id: str,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the JSON report instead of the table")
+    ] = False,
+    json_out: Annotated[
+        Path | None, typer.Option("--json-out", dir_okay=False, help="Write the JSON here")
+    ] = None,
+    html_out: Annotated[
+        Path | None, typer.Option("--html", dir_okay=False, help="Write the HTML here")
+    ] = None,
+) -> None:
+    """Summary table of a golden run; or its JSON; optionally JSON and HTML files."""
+    import json
+
+    from analysis.golden.html import render_report_html
+    from analysis.golden.report import report_for_run
+
+    report = report_for_run(db_engine(), run_id)
+    if report is None:
+        raise fail(f"no golden run {run_id}")
+    if as_json:
+        print_json(report)
+    else:
+        print_report(report)
+    write_file(json_out, lambda: json.dumps(report, indent=2), "JSON report")
+    write_file(html_out, lambda: render_report_html(report), "HTML report")
+
+
+@golden_app.command("list")
+def golden_list(
+    limit: Annotated[int, typer.Option(min=1)] = 20,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print one JSON document (and nothing else)")
+    ] = False,
+) -> None:
+    """Recent golden runs."""
+    from storage import golden
+
+    engine = db_engine()
+    runs = [run_summary(engine, run) for run in golden.list_runs(engine, limit)]
+    if as_json:
+        print_json({"runs": runs})
+    else:
+        print_runs(runs)
 
 
 def start_run(
@@ -70,6 +168,7 @@ def wait_and_check(settings: Settings, run_id: str, timeout: float) -> bool:
     """Wait for every image of the run, checking each as it finishes; True when complete."""
     from analysis.golden.run_checks import check_run, scorer_from_settings
     from canary.cli.batch import progress_bar
+    from storage import golden
     from storage.db import get_engine
     from storage.objects import store_from_settings
 
@@ -96,6 +195,8 @@ def wait_and_check(settings: Settings, run_id: str, timeout: float) -> bool:
 
 def run_summary(engine: Engine, run: GoldenRun) -> dict[str, Any]:
     """One run as plain JSON data: who, when, and how many of its images are checked."""
+    from storage import golden
+
     return {
         "id": run.id,
         "trigger": run.trigger,

@@ -1,9 +1,8 @@
-"""Terminal output of jobs and per-version summaries, and the JSON of `--json` options."""
+"""Terminal output of jobs and per-version summaries (the JSON of `--json` options is
+canary.cli.common.print_json)."""
 
 from __future__ import annotations
 
-import json
-import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -19,11 +18,6 @@ console = Console()
 
 def _ms(value: float | None) -> str:
     return "-" if value is None else f"{value:,.0f} ms"
-
-
-def print_json(document: Any) -> None:
-    """The one JSON document of a `--json` command: plain stdout, no wrapping or markup."""
-    sys.stdout.write(json.dumps(document, indent=2, default=str) + "\n")
 
 
 def job_document(

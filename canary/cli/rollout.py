@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import getpass
 from datetime import timedelta
-from typing import TYPE_CHECKING, Annotated, Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
@@ -13,7 +14,9 @@ from rich.table import Table
 from canary.settings import get_settings
 
 if TYPE_CHECKING:
-    from scheduler.rollout import LiveState, Rollout
+    from scheduler.rollout import LiveState, QueuedPolicy, Rollout
+
+T = TypeVar("T")
 
 rollout_app = typer.Typer(
     help="Stages of an experiment: status (with the audit log), advance, hold, rollback, "
@@ -39,12 +42,12 @@ def _user() -> str:
 
 
 def _fail(message: str, code: int = 1) -> typer.Exit:
-    """Exit codes as in canary/cli/main.py: 1 the operation was refused or failed, 2 bad usage."""
+    """Exit codes as in canary/cli/common.py: 1 the operation was refused or failed, 2 bad usage."""
     err.print(f"[bold red]error:[/] {message}", soft_wrap=True, highlight=False)
     return typer.Exit(code)
 
 
-def _control():  # type: ignore[no-untyped-def]
+def _control() -> Rollout:
     from gateway.experiment_source import ExperimentSource
     from scheduler.rollout import Rollout
     from storage.db import get_engine
@@ -56,7 +59,7 @@ def _control():  # type: ignore[no-untyped-def]
     return Rollout(settings, engine, config, make_app(settings))
 
 
-def _evaluation(control, name: str) -> dict[str, Any]:  # type: ignore[no-untyped-def]
+def _evaluation(control: Rollout, name: str) -> dict[str, Any]:
     from analysis.experiment_report import report_for_experiment
     from storage.models import utcnow
 
@@ -64,10 +67,11 @@ def _evaluation(control, name: str) -> dict[str, Any]:  # type: ignore[no-untype
     report = report_for_experiment(
         control.settings, control.engine, control.config, name, yesterday
     )
-    return report["gates"]
+    gates: dict[str, Any] = report["gates"]
+    return gates
 
 
-def _run(action, control=None):  # type: ignore[no-untyped-def]
+def _run(action: Callable[[], T], control: Rollout | None = None) -> T:
     """Run a rollout action; refusals exit 1, failed notifications are only reported."""
     from scheduler.rollout import RolloutError
 
@@ -92,7 +96,7 @@ def status(
     state = _run(lambda: control.state(experiment))
     document = _status_document(control, experiment, state)
     if as_json:
-        from canary.cli.report import print_json
+        from canary.cli.common import print_json
 
         print_json(document)
     else:
@@ -211,10 +215,11 @@ def rollback(
     """Send all new traffic to the baseline at once."""
     if queued not in ("finish", "reroute"):
         raise _fail("--queued must be finish or reroute", 2)
+    policy: QueuedPolicy = "reroute" if queued == "reroute" else "finish"
     control = _control()
     evaluation = _evaluation(control, experiment)
     state, moved = _run(
-        lambda: control.rollback(experiment, actor or _user(), reason, evaluation, queued),  # type: ignore[arg-type]
+        lambda: control.rollback(experiment, actor or _user(), reason, evaluation, policy),
         control,
     )
     console.print(

@@ -27,7 +27,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
 
-from honcho.printer import Printer
+from honcho.printer import Message, Printer
 
 from canary.cli.flower_info import flower_lines, local_flower_password
 from canary.cli.supervisor import RestartPolicy, Supervisor
@@ -40,7 +40,7 @@ class StackError(RuntimeError):
     pass
 
 
-class TeePrinter(Printer):
+class TeePrinter(Printer):  # type: ignore[misc]  # honcho ships no type hints
     """Honcho's printer that also appends each process's lines to its own log file."""
 
     def __init__(self, output: IO[str], log_dir: Path) -> None:
@@ -48,7 +48,7 @@ class TeePrinter(Printer):
         self.log_dir = log_dir
         self._files: dict[str, IO[str]] = {}
 
-    def write(self, message) -> None:  # type: ignore[no-untyped-def]
+    def write(self, message: Message) -> None:
         super().write(message)
         name = message.name or "system"
         handle = self._files.get(name)
@@ -156,7 +156,8 @@ class LocalBroker:
         self.start()
 
     def alive(self) -> bool:
-        return self.server.is_running()
+        running: bool = self.server.is_running()
+        return running
 
     def stop(self) -> None:
         if self.server.is_running():

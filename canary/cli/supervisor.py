@@ -54,7 +54,8 @@ class RestartPolicy:
 
     def delay(self, streak: int) -> float:
         """Backoff before the next start; ``streak`` counts fast failures in a row."""
-        return min(self.backoff_s * 2 ** max(streak - 1, 0), self.backoff_max_s)
+        factor: int = 2 ** max(streak - 1, 0)  # typeshed types int ** int as Any
+        return min(self.backoff_s * factor, self.backoff_max_s)
 
 
 @dataclass
@@ -294,7 +295,7 @@ class Supervisor:
             name = signal.Signals(signum).name
             if self._stopping_since is None:
                 self.notice(f"{name} received; stopping everything")
-                self.returncode = SIGNAL_CODES.get(signum, 1)
+                self.returncode = SIGNAL_CODES.get(signal.Signals(signum), 1)
                 self.stop()
             elif not self._killed:
                 self._kill_all(f"second {name}")

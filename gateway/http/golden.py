@@ -126,13 +126,16 @@ def golden_router(settings: Settings, engine: Engine, store: ObjectStore) -> API
         cases = {c.id: c for c in stored_set(run).cases}
         mine = {(g.case_id, g.version): g.level for g in golden.grades(engine, run.id, caller.name)}
         rows: dict[str, dict[str, tuple[GoldenResult, Job]]] = {}
-        for result, job in golden.results_with_jobs(engine, run.id):
-            rows.setdefault(result.case_id, {})[result.version] = (result, job)
+        for stored_result, stored_job in golden.results_with_jobs(engine, run.id):
+            rows.setdefault(stored_result.case_id, {})[stored_result.version] = (
+                stored_result,
+                stored_job,
+            )
         items = []
         for case_id, case in cases.items():
             sides: dict[str, Any] = {}
             for side in ("left", "right"):
-                version = version_on(run, case_id, caller.name, side)  # type: ignore[arg-type]
+                version = version_on(run, case_id, caller.name, side)
                 result, job = rows.get(case_id, {}).get(version, (None, None))
                 has_image = job is not None and job.status == JobStatus.SUCCEEDED
                 sides[side] = {

@@ -45,7 +45,7 @@ from gateway.http.auth import require_role
 from gateway.http.broker_probe import BrokerProbe, BrokerReading, broker_reader
 from gateway.http.lifecycle_metrics import lifecycle_metrics
 from storage import overview
-from storage.models import TERMINAL_STATUSES, ApiKeyRole, Job
+from storage.models import TERMINAL_STATUSES, ApiKeyRole
 
 LATENCY_BUCKETS_S = (0.1, 0.25, 0.5, 1, 2, 4, 6, 8.5, 12, 20, 30, 60, 120, 300)
 # A scrape answers within Prometheus's default 10 s timeout and the 2 s operators set;
@@ -132,13 +132,14 @@ class CanaryCollector(Collector):
         yield from (unfinished, finished, failures)
 
     def _latency(self) -> Iterator[Metric]:
-        for name, column, help_text in (
-            ("canary_render_seconds", Job.inference_ms, "Pipeline time of successful jobs"),
-            ("canary_end_to_end_seconds", Job.end_to_end_ms, "Submission to result"),
-        ):
+        latencies: tuple[tuple[str, overview.Duration, str], ...] = (
+            ("canary_render_seconds", "inference_ms", "Pipeline time of successful jobs"),
+            ("canary_end_to_end_seconds", "end_to_end_ms", "Submission to result"),
+        )
+        for name, duration, help_text in latencies:
             family = HistogramMetricFamily(name, help_text, labels=["version"])
             for version, h in sorted(
-                overview.latency_histograms(self.engine, column, LATENCY_BUCKETS_S).items()
+                overview.latency_histograms(self.engine, duration, LATENCY_BUCKETS_S).items()
             ):
                 buckets = [(f"{bound:g}", count) for bound, count in h.buckets]
                 buckets.append(("+Inf", h.count))
@@ -186,7 +187,7 @@ class CanaryCollector(Collector):
                 spooled[state.version] += state.spooled
                 uploads[state.version] += state.uploads_total
                 requeued[state.version] += state.requeued_total
-        families = (
+        families: tuple[GaugeMetricFamily | CounterMetricFamily, ...] = (
             GaugeMetricFamily(
                 "canary_storage_breaker_open", "Render workers of the version whose object-"
                 "store breaker is open (storage down: they take no jobs and spool images)",

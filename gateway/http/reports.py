@@ -45,7 +45,8 @@ def reports_router(settings: Settings, engine: Engine, experiments: ExperimentSo
         day = day or utcnow().date()
         _, stored = dashboard_paths(settings, name, day)
         if stored.exists() and day < utcnow().date():
-            return json.loads(stored.read_text(encoding="utf-8"))
+            report: dict[str, Any] = json.loads(stored.read_text(encoding="utf-8"))
+            return report
         return live(name, day)
 
     @router.get("/v1/experiments/{name}/dashboard.html", response_class=HTMLResponse)

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import redis
 from celery import Celery
 
 from canary.contracts import RENDER_TASK
@@ -22,11 +23,16 @@ from tests.integration.conftest import Stack, local_stack
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture
-def stack(tmp_path: Path, clean_redis: str, model_dir: Path) -> Iterator[Stack]:
+@pytest.fixture(scope="module")
+def stack(
+    tmp_path_factory: pytest.TempPathFactory, redis_url: str, model_dir: Path
+) -> Iterator[Stack]:
+    """One worker per version for the whole module: every test submits its own jobs and
+    reads only their rows, so they share the workers' start-up (most of this file's time)."""
+    redis.Redis.from_url(redis_url).flushdb()
     stack = local_stack(
-        tmp_path,
-        clean_redis,
+        tmp_path_factory.mktemp("failures"),
+        redis_url,
         model_dir,
         CANARY_FAULT_INJECTION="true",
         CANARY_UPLOAD_BACKOFF_S="0.05",
@@ -114,23 +120,3 @@ def test_unknown_version_tag_fails_loudly(stack: Stack) -> None:
     row = stack.wait_finished(["bad-tag"])["bad-tag"]
     assert (row.status, row.failure_kind) == (JobStatus.FAILED, FailureKind.INVALID_JOB)
     assert "'v9'" in (row.failure_message or "")
-
-
-def test_a_version_whose_weights_do_not_load_fails_its_jobs_as_model_load(
-    tmp_path: Path, clean_redis: str, model_dir: Path
-) -> None:
-    import shutil
-
-    registry = tmp_path / "registry"
-    shutil.copytree(model_dir, registry)
-    weights = registry / "v2" / "unet" / "diffusion_pytorch_model.safetensors"
-    weights.write_bytes(b"not safetensors")
-    stack = local_stack(tmp_path, clean_redis, registry)
-    stack.start_worker("v2")
-    try:
-        job_id = submit(stack, "a tree", version="v2")
-        row = stack.wait_finished([job_id])[job_id]
-        assert (row.status, row.failure_kind) == (JobStatus.FAILED, FailureKind.MODEL_LOAD)
-        assert "safetensors" in (row.failure_message or "").lower()
-    finally:
-        stack.stop_workers()
