@@ -14,14 +14,16 @@ demo: setup
 lint: setup
 	.venv/bin/ruff check .
 	.venv/bin/ruff format --check .
+	.venv/bin/lint-imports
+	.venv/bin/mypy
 	bash scripts/lock.sh --check
 
 # Rewrite requirements-dev.lock after changing dependencies in pyproject.toml.
 lock: setup
 	bash scripts/lock.sh
 
-# The inner loop: lint and the unit tests without the statistical simulations (no
-# services needed).
+# The inner loop: lint (ruff, the layer contract, mypy) and the unit tests without the
+# statistical simulations (no services needed).
 test-fast: lint
 	.venv/bin/python -m pytest -q -m "not integration and not slow" tests/unit
 

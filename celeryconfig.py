@@ -14,7 +14,7 @@ beat starts (``scheduler.schedule.configure_beat``).
 
 from typing import Any
 
-from kombu import Exchange, Queue
+from kombu.entity import Exchange, Queue  # `kombu` re-exports them only implicitly
 
 from canary.contracts import queue_for
 from canary.settings import Settings, get_settings
@@ -26,11 +26,12 @@ BEAT_LOCK_TIMEOUT_S = 30
 
 
 def build(settings: Settings) -> dict[str, Any]:
-    render_exchange = Exchange("render", type="direct")
+    render_exchange = Exchange("render", type="direct")  # type: ignore[no-untyped-call]  # unannotated in kombu
     queues = [
-        Queue(queue_for(v), render_exchange, routing_key=queue_for(v)) for v in settings.versions
+        Queue(queue_for(v), render_exchange, routing_key=queue_for(v))  # type: ignore[no-untyped-call]  # unannotated in kombu
+        for v in settings.versions
     ]
-    queues.append(Queue(DEFAULT_QUEUE, routing_key=DEFAULT_QUEUE))
+    queues.append(Queue(DEFAULT_QUEUE, routing_key=DEFAULT_QUEUE))  # type: ignore[no-untyped-call]  # unannotated in kombu
     visibility = {"visibility_timeout": settings.visibility_timeout_s}
     # kombu sweeps for unacked messages of dead workers every 10 s but scans Redis only on
     # every 10th sweep by default: 100 s on top of the visibility timeout before a crashed

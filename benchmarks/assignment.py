@@ -23,7 +23,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from gateway.assignment import Assigner, StickyAssigner
+from gateway.assignment import Assigner, Decision, StickyAssigner
 from gateway.experiments import ExperimentConfig, parse_config
 from gateway.hashing import bucket
 from gateway.segments import UserAttributes, segment_of
@@ -89,7 +89,9 @@ def best_rate(run: Callable[[], int], repeat: int) -> float:
     return items / best
 
 
-def bench_pure(config: ExperimentConfig, users: list[tuple[str, UserAttributes]], repeat: int):  # type: ignore[no-untyped-def]
+def bench_pure(
+    config: ExperimentConfig, users: list[tuple[str, UserAttributes]], repeat: int
+) -> tuple[float, list[Decision]]:
     assigner = Assigner(config)
     rules = assigner.rules
     decide = assigner.decide
@@ -172,7 +174,8 @@ def main(argv: list[str] | None = None) -> int:
     )
 
     rate, decisions = bench_pure(config, users, args.repeat)
-    segments = Counter(d.segment for d in decisions)
+    # CONFIG's namespace spans every user: every decision has a segment
+    segments = Counter(d.segment for d in decisions if d.segment is not None)
     candidates = Counter(d.segment for d in decisions if d.variant == "v2")
     mix = ", ".join(
         f"{s} {segments[s] / len(decisions):.1%} (candidate {candidates[s] / segments[s]:.1%})"

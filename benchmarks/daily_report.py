@@ -400,7 +400,7 @@ def events_sql(d: Dialect, sizes: Sizes) -> list[str]:
 
 
 def _secondary_indexes() -> list[Any]:
-    tables = (Job.__table__, Event.__table__)  # type: ignore[attr-defined]
+    tables = (Job.__table__, Event.__table__)  # type: ignore[attr-defined]  # SQLModel leaves __table__ undeclared
     return [index for table in tables for index in table.indexes]
 
 
@@ -635,10 +635,10 @@ def machine() -> str:
     memory = psutil.virtual_memory().total / 2**30
     with psycopg.connect(POSTGRES_URL) as conn:
         settings = {
-            name: conn.execute(f"SHOW {name}").fetchone()[0]  # type: ignore[index]
+            name: _show(conn, name)
             for name in ("shared_buffers", "work_mem", "max_parallel_workers_per_gather")
         }
-        version = conn.execute("SHOW server_version").fetchone()[0].split()[0]  # type: ignore[index]
+        version = _show(conn, "server_version").split()[0]
     tuning = ", ".join(f"{k} {v}" for k, v in sorted(settings.items()))
     return (
         f"{os.cpu_count()} cores, {memory:.1f} GiB RAM, PostgreSQL {version} ({tuning}), "
@@ -646,12 +646,21 @@ def machine() -> str:
     )
 
 
+def _show(conn: psycopg.Connection[Any], name: str) -> str:
+    row = conn.execute(f"SHOW {name}").fetchone()
+    if row is None:  # not reached: SHOW answers with one row
+        raise RuntimeError(f"SHOW {name} returned no row")
+    value: str = row[0]
+    return value
+
+
 def _counts(engine: Engine) -> tuple[int, int, int]:
     with engine.connect() as connection:
-        return tuple(  # type: ignore[return-value]
-            int(connection.execute(text(f"SELECT count(*) FROM {table}")).scalar_one())
-            for table in ("assignments", "jobs", "events")
-        )
+
+        def count(table: str) -> int:
+            return int(connection.execute(text(f"SELECT count(*) FROM {table}")).scalar_one())
+
+        return count("assignments"), count("jobs"), count("events")
 
 
 def _size(engine: Engine) -> str:

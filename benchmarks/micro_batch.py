@@ -17,7 +17,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -32,6 +32,7 @@ from benchmarks.harness import (
     epoch,
     job_requests,
 )
+from canary.contracts import RenderSpec
 from storage.objects import open_store
 from tasks.faults import NO_FAULTS
 from tasks.pipelines import LoadedModel, load_pipeline_from
@@ -48,14 +49,19 @@ QUICK: dict[str, Any] = {"jobs": 4, "sizes": [1, 2], "steps": 2}
 
 def pipeline_rate(model: LoadedModel, size: int, steps: int, n: int, calls: int) -> float:
     """Images/s of ``render_batch`` with ``n`` jobs per call, in this process."""
-    specs = [
-        {**request, "job_id": str(i), "negative_prompt": ""}
-        for i, request in enumerate(job_requests(VERSION, n, width=size, height=size, steps=steps))
-    ]
-    render_batch(model, specs, [NO_FAULTS] * n)  # type: ignore[arg-type]
+    specs = cast(
+        "list[RenderSpec]",  # job_requests gives every other field of a spec
+        [
+            {**request, "job_id": str(i), "negative_prompt": ""}
+            for i, request in enumerate(
+                job_requests(VERSION, n, width=size, height=size, steps=steps)
+            )
+        ],
+    )
+    render_batch(model, specs, [NO_FAULTS] * n)
     started = time.perf_counter()
     for _ in range(calls):
-        render_batch(model, specs, [NO_FAULTS] * n)  # type: ignore[arg-type]
+        render_batch(model, specs, [NO_FAULTS] * n)
     return n * calls / (time.perf_counter() - started)
 
 

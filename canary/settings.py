@@ -7,11 +7,13 @@ object directory and model folders under ``CANARY_HOME`` (``./.canary``).
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
 
+from celery.schedules import crontab, schedule
 from pydantic import (
     AliasChoices,
     Field,
@@ -22,9 +24,27 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from canary.schedule_expressions import parse_schedule
-
 VERSION_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+
+# Schedule expressions of the periodic jobs (validated here, used by scheduler/schedule.py).
+_EVERY = re.compile(r"^every\s+(\d+(?:\.\d+)?)\s*s?$")
+
+
+def parse_schedule(expression: str) -> crontab | schedule:
+    """A 5-field crontab (minute hour day-of-month month day-of-week) or 'every N' seconds."""
+    text = expression.strip()
+    interval = _EVERY.match(text)
+    if interval:
+        seconds = float(interval.group(1))
+        if seconds <= 0:
+            raise ValueError(f"{expression!r}: the interval must be positive")
+        return schedule(run_every=seconds)
+    try:
+        return crontab.from_string(text)
+    except (ValueError, TypeError) as exc:
+        raise ValueError(
+            f"{expression!r} is neither a crontab ('30 2 * * *') nor 'every N': {exc}"
+        ) from None
 
 
 class Settings(BaseSettings):
@@ -423,7 +443,7 @@ def parse_webhooks(text: str) -> list[Webhook]:
             continue
         fmt, sep, url = item.partition("=")
         if sep and fmt in ("slack", "json"):
-            hooks.append(Webhook(url.strip(), fmt))  # type: ignore[arg-type]
+            hooks.append(Webhook(url.strip(), "slack" if fmt == "slack" else "json"))
         else:
             hooks.append(Webhook(item))
     for hook in hooks:

@@ -104,9 +104,13 @@ class Gateway:
     ) -> list[PreparedJob | InvalidJob]:
         """:meth:`prepare` for validated requests, with the sticky assignments of all their
         users read (and first exposures recorded) in a few queries (bulk submission)."""
-        unpinned = [r for r in requests if r.model_version is None and r.user_id is not None]
+        unpinned = [
+            (r.user_id, _attributes(r))
+            for r in requests
+            if r.model_version is None and r.user_id is not None
+        ]
         if unpinned:
-            self.sticky.prefetch([(r.user_id, _attributes(r)) for r in unpinned])  # type: ignore[misc]
+            self.sticky.prefetch(unpinned)
         prepared: list[PreparedJob | InvalidJob] = []
         for request in requests:
             try:

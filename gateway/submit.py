@@ -63,6 +63,36 @@ def job_id_for(request: JobRequest) -> str:
     return str(uuid.uuid4())
 
 
+def new_job_row(
+    job: PreparedJob, source: str, batch_id: str | None, api_key_id: str | None
+) -> dict[str, Any]:
+    """A prepared job's column values as a new, unsent ``jobs`` row (a plain dict: building
+    a ``Job`` per row would cost more than inserting it)."""
+    request = job.request
+    assert request.seed is not None, "validate_request assigns a seed"
+    return {
+        **NEW_JOB,
+        "id": job_id_for(request),
+        "idempotency_key": request.idempotency_key,
+        "user_id": request.user_id,
+        "source": source,
+        "batch_id": batch_id,
+        "api_key_id": api_key_id,
+        "experiment": job.experiment,
+        "arm": job.arm,
+        "segment": job.segment,
+        "model_version": job.model_version,
+        "prompt": request.prompt,
+        "negative_prompt": request.negative_prompt,
+        "seed": request.seed,
+        "steps": request.steps,
+        "guidance": request.guidance,
+        "width": request.width,
+        "height": request.height,
+        "created_at": utcnow(),
+    }
+
+
 class Producer:
     """Submits jobs for one settings/engine/app triple; cheap to keep for a process."""
 
@@ -80,7 +110,7 @@ class Producer:
         api_key_id: str | None = None,
     ) -> list[Submitted]:
         """Record and enqueue prepared jobs, in order."""
-        rows = [self._row(job, source, batch_id, api_key_id) for job in jobs_in]
+        rows = [new_job_row(job, source, batch_id, api_key_id) for job in jobs_in]
         for row in rows:
             # The INSERT claims the send (see storage.jobs.claim_sends): a concurrent replay
             # of the same key finds the job claimed and sends nothing; only this caller
@@ -111,36 +141,6 @@ class Producer:
             )
             for row in rows
         ]
-
-    @staticmethod
-    def _row(
-        job: PreparedJob, source: str, batch_id: str | None, api_key_id: str | None
-    ) -> dict[str, Any]:
-        """The new job's column values (a plain dict: building a ``Job`` per row would cost
-        more than inserting it)."""
-        request = job.request
-        assert request.seed is not None, "validate_request assigns a seed"
-        return {
-            **NEW_JOB,
-            "id": job_id_for(request),
-            "idempotency_key": request.idempotency_key,
-            "user_id": request.user_id,
-            "source": source,
-            "batch_id": batch_id,
-            "api_key_id": api_key_id,
-            "experiment": job.experiment,
-            "arm": job.arm,
-            "segment": job.segment,
-            "model_version": job.model_version,
-            "prompt": request.prompt,
-            "negative_prompt": request.negative_prompt,
-            "seed": request.seed,
-            "steps": request.steps,
-            "guidance": request.guidance,
-            "width": request.width,
-            "height": request.height,
-            "created_at": utcnow(),
-        }
 
     def publish(self, rows: Sequence[Any]) -> set[str]:
         """Send recorded, never-sent jobs to their version queues over one producer

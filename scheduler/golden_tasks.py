@@ -69,7 +69,7 @@ def _gateway() -> Gateway:
     return Gateway(settings, get_engine(settings.resolved_database_url), app)
 
 
-@app.task(name=NIGHTLY_GOLDEN_TASK)
+@app.task(name=NIGHTLY_GOLDEN_TASK)  # type: ignore[untyped-decorator]  # Celery ships no type hints
 def nightly_task() -> dict[str, object]:
     settings = get_settings()
     try:
@@ -81,7 +81,7 @@ def nightly_task() -> dict[str, object]:
     return asdict(outcome)
 
 
-@app.task(name=CHECK_GOLDEN_TASK)
+@app.task(name=CHECK_GOLDEN_TASK)  # type: ignore[untyped-decorator]  # Celery ships no type hints
 def check_task() -> dict[str, int]:
     settings = get_settings()
     gateway = _gateway()

@@ -60,7 +60,7 @@ def reconcile(
     return counts
 
 
-@app.task(name=RECONCILE_TASK)
+@app.task(name=RECONCILE_TASK)  # type: ignore[untyped-decorator]  # Celery ships no type hints
 def reconcile_task(older_than_s: float = 60.0) -> dict[str, int]:
     settings = get_settings()
     engine = get_engine(settings.resolved_database_url)

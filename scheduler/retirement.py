@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from celery import Celery
 from sqlalchemy import update
 from sqlalchemy.engine import Engine
+from sqlmodel import col
 
 from canary.contracts import queue_for
 from canary.settings import Settings
@@ -52,7 +53,7 @@ def reroute_queued(app: Celery, engine: Engine, settings: Settings, version: str
             with engine.begin() as db:
                 db.execute(
                     update(Job)
-                    .where(Job.id == job_id, Job.status == JobStatus.QUEUED)
+                    .where(col(Job.id) == job_id, col(Job.status) == JobStatus.QUEUED)
                     .values(model_version=to)
                 )
             publish(app, job_id, {**spec, "model_version": to})  # on render.<to>

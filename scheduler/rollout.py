@@ -24,7 +24,7 @@ from sqlalchemy.engine import Engine
 
 from canary.settings import Settings
 from gateway.experiments import Experiment, ExperimentConfig
-from scheduler.notify import Notice, Notifier
+from scheduler.notify import Kind, Notice, Notifier
 from storage import rollout_state as rollout
 from storage.models import ExperimentState, RolloutEvent, utcnow
 
@@ -159,7 +159,7 @@ class Rollout:
     def _announce(
         self,
         name: str,
-        action: str,
+        action: Kind,
         actor: str,
         reason: str,
         before: LiveState,
@@ -168,7 +168,7 @@ class Rollout:
     ) -> None:
         self.notifier.send(
             Notice(
-                kind=action,  # type: ignore[arg-type]
+                kind=action,
                 subject=name,
                 actor=actor,
                 reason=reason,

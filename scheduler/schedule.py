@@ -7,8 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from celery.schedules import crontab, schedule
 
-from canary.schedule_expressions import parse_schedule
-from canary.settings import Settings
+from canary.settings import Settings, parse_schedule
 
 if TYPE_CHECKING:
     from celery import Celery

@@ -9,7 +9,6 @@ the old one and records the error.
 from __future__ import annotations
 
 import logging
-
 from typing import Any
 
 from celery.worker.control import control_command, ok

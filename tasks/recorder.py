@@ -139,10 +139,12 @@ class Recorder(Generic[Item]):
                 return
             if item is not None:
                 entry, renders = cast("tuple[Item, int]", item)  # what submit() queues
+
+                def next_render_began(r: int = renders) -> bool:
+                    return self._renders > r or self._closing
+
                 with self._idle:  # let the next render start first
-                    self._idle.wait_for(
-                        lambda r=renders: self._renders > r or self._closing, self._hold_s
-                    )
+                    self._idle.wait_for(next_render_began, self._hold_s)
                 self._apply(entry)
             if self._periodic is not None and time.monotonic() >= next_periodic:
                 try:

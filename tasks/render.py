@@ -15,10 +15,10 @@ import logging
 import os
 import time
 from collections.abc import Iterator, Sequence
-from typing import Any, cast
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any, cast
 
 import numpy as np
 import torch

@@ -19,7 +19,9 @@ from tasks.pipelines import quiet_model_libraries
 from tasks.version_config import CONFIG_FILE
 
 if TYPE_CHECKING:
-    from diffusers import StableDiffusionPipeline
+    from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import (
+        StableDiffusionPipeline,
+    )
     from transformers import CLIPTokenizer
 
 TEXT_DIM = 32
@@ -42,12 +44,13 @@ def build_tokenizer() -> CLIPTokenizer:
 def build_tiny_pipeline(seed: int) -> StableDiffusionPipeline:
     """A Stable Diffusion pipeline a few hundred kB in size with seeded random weights."""
     quiet_model_libraries()
-    from diffusers import (
-        AutoencoderKL,
-        DDIMScheduler,
+    # the defining modules: mypy reads the names `diffusers` exports as placeholder classes
+    from diffusers.models.autoencoders.autoencoder_kl import AutoencoderKL
+    from diffusers.models.unets.unet_2d_condition import UNet2DConditionModel
+    from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import (
         StableDiffusionPipeline,
-        UNet2DConditionModel,
     )
+    from diffusers.schedulers.scheduling_ddim import DDIMScheduler
     from transformers import CLIPTextConfig, CLIPTextModel
 
     tokenizer = build_tokenizer()
@@ -103,8 +106,8 @@ def build_tiny_pipeline(seed: int) -> StableDiffusionPipeline:
         text_encoder=text_encoder,
         tokenizer=tokenizer,
         scheduler=scheduler,
-        safety_checker=None,
-        feature_extractor=None,
+        safety_checker=None,  # type: ignore[arg-type]  # diffusers accepts None but types it without
+        feature_extractor=None,  # type: ignore[arg-type]  # diffusers accepts None but types it without
         requires_safety_checker=False,
     )
 
@@ -184,7 +187,7 @@ def make_tiny_scorer(target: Path, seed: int = 0) -> Path:
         },
         projection_dim=TEXT_DIM,
     )
-    processor = CLIPProcessor(
+    processor = CLIPProcessor(  # type: ignore[no-untyped-call]  # unannotated in transformers
         image_processor=CLIPImageProcessor(
             size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}
         ),

@@ -12,9 +12,9 @@ the chance of coming back, so dwell correlates with retention as the seed expect
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, fields, replace
+from dataclasses import Field, dataclass, fields, replace
 from datetime import date, timedelta
-from typing import Self
+from typing import Any, ClassVar, Self
 
 import numpy as np
 
@@ -56,23 +56,25 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
 class Columns:
     """A table as equally long numpy columns: the fields of a dataclass subclass."""
 
+    __dataclass_fields__: ClassVar[dict[str, Field[Any]]]  # what @dataclass gives a subclass
+
     def __len__(self) -> int:
-        return len(getattr(self, fields(self)[0].name))  # type: ignore[arg-type]
+        return len(getattr(self, fields(self)[0].name))
 
     def take(self, index: np.ndarray) -> Self:
-        columns = {f.name: getattr(self, f.name)[index] for f in fields(self)}  # type: ignore[arg-type]
-        return replace(self, **columns)  # type: ignore[type-var]
+        columns = {f.name: getattr(self, f.name)[index] for f in fields(self)}
+        return replace(self, **columns)
 
     @classmethod
     def concat(cls, parts: list[Self]) -> Self:
         if not parts:
             return cls.empty()
-        names = [f.name for f in fields(cls)]  # type: ignore[arg-type]
+        names = [f.name for f in fields(cls)]
         return cls(*(np.concatenate([getattr(p, name) for p in parts]) for name in names))
 
     @classmethod
     def empty(cls) -> Self:
-        return cls(*(np.zeros(0, dtype=np.int64) for _ in fields(cls)))  # type: ignore[arg-type]
+        return cls(*(np.zeros(0, dtype=np.int64) for _ in fields(cls)))
 
 
 @dataclass

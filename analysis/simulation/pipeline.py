@@ -3,9 +3,10 @@
 - Assignment: every generation is a request to the real ``Gateway.prepare`` (validation,
   sticky assignment with segments from the database, exposure records). The arm the
   gateway returns at a user's first request decides how the user behaves from then on.
-- Jobs: the producer's own rows (``Producer._row``) recorded with ``insert_new_jobs``,
-  batched per day. Nothing is published: no worker must render simulated jobs, and
-  nothing reads the broker afterwards. ``enqueued_at`` is set as publishing would.
+- Jobs: the producer's own rows (``gateway.submit.new_job_row``) recorded with
+  ``insert_new_jobs``, batched per day. Nothing is published: no worker must render
+  simulated jobs, and nothing reads the broker afterwards. ``enqueued_at`` is set as
+  publishing would.
 - Outcomes: what a worker records (claim + finish: status, attempts, times, timings,
   failure kind, VRAM), as one guarded bulk UPDATE per day instead of two per job.
 - Events: client batches through ``EventIngestor.ingest`` (validation, ownership,
@@ -49,7 +50,7 @@ from gateway.events import EventIngestor
 from gateway.experiment_source import ExperimentSource
 from gateway.segments import SEGMENTS
 from gateway.service import Gateway
-from gateway.submit import PreparedJob, Producer
+from gateway.submit import PreparedJob, new_job_row
 from storage import jobs as job_records
 from storage.models import EventType, Job, JobStatus
 
@@ -289,7 +290,7 @@ class PipelineDriver:
             prepared = self._prepare(user, t, int(jobs.prompt[index]), day)
             self._check_arm(prepared, int(jobs.arm[index]), user)
             # the producer's row (created_at: the simulated now), as a Job to annotate
-            row = Job(**Producer._row(prepared, SOURCE, None, None))
+            row = Job(**new_job_row(prepared, SOURCE, None, None))
             row.enqueued_at = self.clock.when(t + ENQUEUE_US)
             rows.append((index, row))
             self.job_ids[offset + index] = row.id

@@ -12,7 +12,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from analysis.simulation.generate import Simulator
+from analysis.simulation.generate import Assign, Simulator
 from analysis.simulation.model import BASELINE, CANDIDATE, SimulationSpec
 from analysis.simulation.reduce import Reducer, totals
 from analysis.stats import Estimate, ratio_estimate
@@ -33,7 +33,7 @@ class TrueValue:
         return self.candidate / self.baseline - 1
 
 
-def everyone_in(arm: int):  # type: ignore[no-untyped-def]
+def everyone_in(arm: int) -> Assign:
     def assign(users: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return np.full(len(users), arm), np.zeros(len(users), dtype=bool)
 

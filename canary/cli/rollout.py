@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import getpass
-from datetime import timedelta
 from collections.abc import Callable
+from datetime import timedelta
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer

@@ -346,7 +346,7 @@ def _customise_openapi(app: FastAPI, settings: Settings) -> None:
         _publish_job_limits(schema, settings)
         return schema
 
-    app.openapi = openapi  # type: ignore[method-assign]
+    app.openapi = openapi  # type: ignore[method-assign]  # FastAPI's documented way to customise it
 
 
 def _serve_docs(app: FastAPI) -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 FIRST_PARTY = {"analysis", "benchmarks", "canary", "celeryconfig", "gateway", "scheduler"}
 FIRST_PARTY |= {"storage", "tasks"}
-LAYER_ZERO = {"canary.settings", "canary.contracts", "canary.schedule_expressions"}
+LAYER_ZERO = {"canary.settings", "canary.contracts"}
 
 
 def imported_modules(path: Path) -> set[str]:
