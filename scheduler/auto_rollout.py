@@ -9,11 +9,11 @@ from celery import Celery
 from sqlalchemy.engine import Engine
 
 from analysis.experiment_report import report_for_experiment
-from canary.settings import Settings, get_settings
+from canary.settings import Settings
 from gateway.experiment_source import ExperimentSource
+from scheduler.context import context
 from scheduler.rollout import Rollout, Step
 from scheduler.schedule import AUTO_ROLLOUT_TASK
-from storage.db import get_engine
 from storage.models import utcnow
 from tasks.app import app
 
@@ -50,7 +50,6 @@ def run_auto(
 
 @app.task(name=AUTO_ROLLOUT_TASK)  # type: ignore[untyped-decorator]  # Celery ships no type hints
 def auto_rollout_task() -> dict[str, str]:
-    settings = get_settings()
-    engine = get_engine(settings.resolved_database_url)
-    steps = run_auto(settings, engine, celery=app)
+    ctx = context()
+    steps = run_auto(ctx.settings, ctx.engine, celery=app)
     return {name: f"{s.action}: {s.from_stage} -> {s.to_stage}" for name, s in steps.items()}

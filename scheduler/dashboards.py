@@ -16,11 +16,11 @@ from sqlalchemy.engine import Engine
 from analysis.dashboard import render_dashboard
 from analysis.experiment_report import report_for_experiment
 from analysis.gates import load_policy
-from canary.settings import Settings, get_settings
+from canary.settings import Settings
 from gateway.experiment_source import ExperimentSource
+from scheduler.context import context
 from scheduler.notify import Notice, Notifier
 from scheduler.schedule import DASHBOARD_TASK
-from storage.db import get_engine
 from storage.models import utcnow
 from tasks.app import app
 
@@ -76,7 +76,6 @@ def write_dashboards(
 
 @app.task(name=DASHBOARD_TASK)  # type: ignore[untyped-decorator]  # Celery ships no type hints
 def dashboards_task() -> list[str]:
-    settings = get_settings()
+    ctx = context()
     yesterday = (utcnow() - timedelta(days=1)).date()
-    engine = get_engine(settings.resolved_database_url)
-    return [str(path) for path in write_dashboards(settings, engine, yesterday)]
+    return [str(path) for path in write_dashboards(ctx.settings, ctx.engine, yesterday)]

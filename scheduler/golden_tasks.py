@@ -10,12 +10,12 @@ from __future__ import annotations
 import logging
 from dataclasses import asdict
 from datetime import datetime
-from functools import lru_cache
 
 from analysis.golden.cases import load_golden_set
 from analysis.golden.run_checks import check_open_runs, scorer_from_settings
-from canary.settings import Settings, get_settings
+from canary.settings import Settings
 from gateway.service import Gateway
+from scheduler.context import context
 from scheduler.golden_replay import (
     GoldenReplay,
     GoldenRunRefused,
@@ -25,9 +25,7 @@ from scheduler.golden_replay import (
 )
 from scheduler.schedule import CHECK_GOLDEN_TASK, NIGHTLY_GOLDEN_TASK
 from storage import golden
-from storage.db import get_engine
 from storage.models import GoldenRunStatus, utcnow
-from storage.objects import store_from_settings
 from tasks.app import app
 
 log = logging.getLogger(__name__)
@@ -63,17 +61,11 @@ def resume_abandoned(settings: Settings, gateway: Gateway) -> list[str]:
     return resumed
 
 
-@lru_cache(maxsize=1)
-def _gateway() -> Gateway:
-    settings = get_settings()
-    return Gateway(settings, get_engine(settings.resolved_database_url), app)
-
-
 @app.task(name=NIGHTLY_GOLDEN_TASK)  # type: ignore[untyped-decorator]  # Celery ships no type hints
 def nightly_task() -> dict[str, object]:
-    settings = get_settings()
+    ctx = context()
     try:
-        outcome = trigger_nightly(settings, _gateway())
+        outcome = trigger_nightly(ctx.settings, ctx.gateway)
     except GoldenRunRefused as exc:
         log.warning("nightly golden run skipped: %s", exc)
         return {"skipped": str(exc)}
@@ -83,12 +75,6 @@ def nightly_task() -> dict[str, object]:
 
 @app.task(name=CHECK_GOLDEN_TASK)  # type: ignore[untyped-decorator]  # Celery ships no type hints
 def check_task() -> dict[str, int]:
-    settings = get_settings()
-    gateway = _gateway()
-    resume_abandoned(settings, gateway)
-    return check_open_runs(
-        settings,
-        gateway.producer.engine,
-        store_from_settings(settings),
-        scorer_from_settings(settings),
-    )
+    ctx = context()
+    resume_abandoned(ctx.settings, ctx.gateway)
+    return check_open_runs(ctx.settings, ctx.engine, ctx.store, scorer_from_settings(ctx.settings))

@@ -10,9 +10,10 @@ from celery import Celery
 
 from canary.contracts import queue_for
 from canary.settings import Settings
+from storage import revisions
 from storage.db import get_engine
-from tasks import revisions
 from tasks.hotfix import RELOAD_COMMAND
+from tasks.revisions import publish
 
 
 @dataclass
@@ -41,7 +42,7 @@ def hotfix(
     settings: Settings, app: Celery, version: str, source: str, timeout: float = 900.0
 ) -> HotfixOutcome:
     engine = get_engine(settings.resolved_database_url)
-    published = revisions.publish(engine, settings, version, source)
+    published = publish(engine, settings, version, source)
     started = time.monotonic()
     workers = online_workers(app, queue_for(version))
     outcome = HotfixOutcome(version, published.revision, workers)

@@ -19,9 +19,9 @@ from celery import Celery
 from sqlalchemy.engine import Engine
 
 from canary.contracts import queue_for
-from canary.settings import Settings, get_settings
+from canary.settings import Settings
+from scheduler.context import context
 from storage import jobs
-from storage.db import get_engine
 from storage.models import utcnow
 from tasks.app import app
 from tasks.queues import count_resent, job_ids_in_broker
@@ -62,6 +62,5 @@ def reconcile(
 
 @app.task(name=RECONCILE_TASK)  # type: ignore[untyped-decorator]  # Celery ships no type hints
 def reconcile_task(older_than_s: float = 60.0) -> dict[str, int]:
-    settings = get_settings()
-    engine = get_engine(settings.resolved_database_url)
-    return reconcile(app, settings, engine, timedelta(seconds=older_than_s))
+    ctx = context()
+    return reconcile(app, ctx.settings, ctx.engine, timedelta(seconds=older_than_s))

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from canary.settings import get_settings
 from gateway.submit import Producer
+from scheduler.context import context
 from storage import jobs
-from storage.db import get_engine
 from storage.models import utcnow
 from tasks.app import app
 
@@ -23,6 +22,6 @@ def republish_unsent(producer: Producer, older_than: timedelta, limit: int = 100
 
 @app.task(name=REPUBLISH_TASK)  # type: ignore[untyped-decorator]  # Celery ships no type hints
 def republish_unsent_task(older_than_s: float = 60.0) -> int:
-    settings = get_settings()
-    producer = Producer(settings, get_engine(settings.resolved_database_url), app)
+    ctx = context()
+    producer = Producer(ctx.settings, ctx.engine, app)
     return republish_unsent(producer, timedelta(seconds=older_than_s))

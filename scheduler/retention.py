@@ -10,12 +10,13 @@ from __future__ import annotations
 import logging
 from datetime import timedelta
 
-from canary.settings import Settings, get_settings
+from canary.settings import Settings
+from scheduler.context import context
 from storage import versions
 from storage.db import get_engine
 from storage.images import legacy_prefix, version_images
 from storage.models import utcnow
-from storage.objects import ObjectStore, store_from_settings
+from storage.objects import ObjectStore
 from tasks.app import app
 
 log = logging.getLogger(__name__)
@@ -51,5 +52,5 @@ def purge_retired(settings: Settings, store: ObjectStore) -> dict[str, int]:
 
 @app.task(name=PURGE_TASK)  # type: ignore[untyped-decorator]  # Celery ships no type hints
 def purge_retired_task() -> dict[str, int]:
-    settings = get_settings()
-    return purge_retired(settings, store_from_settings(settings))
+    ctx = context()
+    return purge_retired(ctx.settings, ctx.store)

@@ -12,17 +12,14 @@ import time
 from dataclasses import dataclass, field
 
 from celery import Celery
-from sqlalchemy import update
 from sqlalchemy.engine import Engine
-from sqlmodel import col
 
 from canary.contracts import queue_for
 from canary.settings import Settings
 from scheduler.hotfix_rollout import online_workers
 from scheduler.notify import Notice, Notifier
 from scheduler.retirement_export import export_logs
-from storage import versions
-from storage.models import Job, JobStatus
+from storage import jobs, versions
 from storage.objects import ObjectStore, store_from_settings
 from tasks.publish import publish
 from tasks.queues import queue_depth
@@ -50,12 +47,7 @@ def reroute_queued(app: Celery, engine: Engine, settings: Settings, version: str
         while (message := channel.basic_get(queue=source, no_ack=False)) is not None:
             args, _kwargs, _embed = message.decode()
             job_id, spec = args
-            with engine.begin() as db:
-                db.execute(
-                    update(Job)
-                    .where(col(Job.id) == job_id, col(Job.status) == JobStatus.QUEUED)
-                    .values(model_version=to)
-                )
+            jobs.reroute_queued(engine, job_id, to)
             publish(app, job_id, {**spec, "model_version": to})  # on render.<to>
             message.ack()  # only after the copy is on its new queue: nothing is lost
             moved += 1

@@ -464,6 +464,17 @@ def count_misroute(engine: Engine, job_id: str) -> None:
         )
 
 
+def reroute_queued(engine: Engine, job_id: str, to_version: str) -> None:
+    """Route a job still QUEUED to ``to_version`` (`canary retire --reroute-to`); a job
+    that has started or finished keeps the version it was routed to."""
+    with engine.begin() as connection:
+        connection.execute(
+            update(Job)
+            .where(col(Job.id) == job_id, col(Job.status) == JobStatus.QUEUED)
+            .values(model_version=to_version)
+        )
+
+
 def finish(engine: Engine, job_id: str, status: JobStatus, **fields: Any) -> bool:
     """RUNNING -> SUCCEEDED/FAILED exactly once; returns False if another delivery won."""
     assert status in TERMINAL_STATUSES

@@ -11,12 +11,11 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from sqlalchemy import select
 from sqlalchemy.engine import Engine
-from sqlmodel import Session, col
 
 from canary.settings import Settings
-from storage.models import ModelRevision, WorkerRecord, utcnow
+from storage import revisions
+from storage.models import ModelRevision
 from storage.objects import open_store
 from tasks.registry import ModelNotFound, weights_revision
 
@@ -58,43 +57,6 @@ def fetch(source: str, settings: Settings, version: str) -> Path:
 def publish(engine: Engine, settings: Settings, version: str, source: str) -> ModelRevision:
     """Check the source and record it as the version's current revision."""
     folder = fetch(source, settings, version)
-    record = ModelRevision(version=version, revision=weights_revision(folder), source=source)
-    with Session(engine, expire_on_commit=False) as session:
-        session.add(record)
-        session.commit()
-    return record
-
-
-def current(engine: Engine, version: str) -> ModelRevision | None:
-    with Session(engine) as session:
-        return session.scalars(
-            select(ModelRevision)
-            .where(col(ModelRevision.version) == version)
-            .order_by(col(ModelRevision.id).desc())
-            .limit(1)
-        ).first()
-
-
-def report(
-    engine: Engine,
-    node: str,
-    version: str,
-    device: str,
-    revision: str | None,
-    error: str | None = None,
-) -> None:
-    """Record what a worker serves now (upsert by node name)."""
-    with Session(engine) as session:
-        record = session.get(WorkerRecord, node) or WorkerRecord(
-            node=node, version=version, device=device
-        )
-        record.version, record.device, record.revision = version, device, revision
-        record.error, record.updated_at = error, utcnow()
-        session.add(record)
-        session.commit()
-
-
-def worker_records(engine: Engine, version: str) -> dict[str, WorkerRecord]:
-    with Session(engine) as session:
-        rows = session.scalars(select(WorkerRecord).where(col(WorkerRecord.version) == version))
-        return {row.node: row for row in rows}
+    return revisions.add(
+        engine, ModelRevision(version=version, revision=weights_revision(folder), source=source)
+    )

@@ -11,13 +11,16 @@ function, the storage guard and the outcome events, and connects the pool-proces
 - ``worker_process_shutdown``: a warm shutdown drains the recorder
   (:func:`tasks.worker_state.stop_process`).
 
-Importing this module builds nothing: the context is made on first use.
+The worker process is an entry point: its settings are read here, once (tasks.app has
+read and cached them already), and handed down. Importing this module builds nothing
+else: the context is made on first use.
 """
 
 from __future__ import annotations
 
 from celery.signals import worker_process_init, worker_process_shutdown
 
+from canary.settings import get_settings
 from tasks import worker_state
 from tasks.app import app
 from tasks.outcome import OutcomeEvents
@@ -26,7 +29,11 @@ from tasks.spool import StorageGuard
 
 worker_state.install(
     worker_state.Wiring(
-        app=app, record=record, storage_guard=StorageGuard, outcome_events=OutcomeEvents
+        settings=get_settings(),  # the worker process is an entry point: read once, here
+        app=app,
+        record=record,
+        storage_guard=StorageGuard,
+        outcome_events=OutcomeEvents,
     )
 )
 

@@ -23,13 +23,15 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from sqlalchemy.engine import Engine
 
-from canary.settings import Settings, get_settings
+from canary.settings import Settings
+from storage import revisions
 from storage.db import get_engine
 from storage.objects import ObjectStore, store_from_settings
-from tasks import recovery, revisions
+from tasks import recovery
 from tasks.pipelines import LoadedModel, load_pipeline_from
 from tasks.recorder import Recorder
 from tasks.registry import require_version_dir
+from tasks.revisions import fetch
 
 if TYPE_CHECKING:
     from celery import Celery
@@ -69,6 +71,7 @@ class Wiring:
     """What a worker process's context is handed by the modules above this one (built in
     one place, tasks/worker.py)."""
 
+    settings: Settings  # read once, at the worker process's start (tasks/worker.py)
     app: Celery  # the process-wide Celery app (tasks.app)
     record: Callable[[WorkerContext, Any], None]  # the recorder's work (tasks.render.record)
     storage_guard: Callable[[WorkerContext], StorageGuardLike]  # tasks.spool.StorageGuard
@@ -159,7 +162,7 @@ class WorkerContext:
                 if published is None:
                     folder = require_version_dir(self.settings.resolved_model_dir, self.version)
                 else:
-                    folder = revisions.fetch(published.source, self.settings, self.version)
+                    folder = fetch(published.source, self.settings, self.version)
                 self.model = load_pipeline_from(
                     folder,
                     self.version,
@@ -203,7 +206,7 @@ def context() -> WorkerContext:
     if _context is None:
         if _wiring is None:
             raise RuntimeError("this process has no worker wiring (tasks.worker installs it)")
-        _context = WorkerContext(get_settings(), _wiring)
+        _context = WorkerContext(_wiring.settings, _wiring)
     return _context
 
 

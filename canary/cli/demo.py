@@ -16,13 +16,16 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 
 from canary.cli.common import fail
 from canary.settings import Settings, get_settings, reset_settings_cache
+
+if TYPE_CHECKING:
+    from celery import Celery
 
 console = Console()
 PROMPTS = [
@@ -83,7 +86,7 @@ def ensure_models(settings: Settings) -> None:
 
 
 @contextmanager
-def background_stack(settings: Settings) -> Iterator[None]:
+def background_stack(settings: Settings, app: Celery) -> Iterator[None]:
     """Run `canary up` as a child process group until the block ends (or use the local
     stack that is already running)."""
     from canary.cli.stack import broker_reachable, running_stack_pid
@@ -103,7 +106,7 @@ def background_stack(settings: Settings) -> Iterator[None]:
             start_new_session=True,
         )
     try:
-        wait_for_workers(settings, process, log_path)
+        wait_for_workers(settings, app, process, log_path)
         yield
     finally:
         if process.poll() is None:
@@ -117,11 +120,12 @@ def background_stack(settings: Settings) -> Iterator[None]:
 
 
 def wait_for_workers(
-    settings: Settings, process: subprocess.Popen[bytes], log_path: Path, timeout: float = 120.0
+    settings: Settings,
+    app: Celery,
+    process: subprocess.Popen[bytes],
+    log_path: Path,
+    timeout: float = 120.0,
 ) -> None:
-    from tasks.app import make_app
-
-    app = make_app(settings)
     deadline = time.monotonic() + timeout
     from tasks.nodes import node_prefix, serves
 
@@ -180,7 +184,7 @@ def _render_batch(settings: Settings, n_jobs: int) -> None:
         f"experiment file {settings.resolved_experiment_file}: the gateway assigns each demo "
         "user a version (sticky, deterministic)"
     )
-    with background_stack(settings):
+    with background_stack(settings, gateway.producer.app):
         batch = Batch(id=uuid.uuid4().hex, source="demo")
         submit_lines(gateway, lines, batch, chunk=100)
         counts = wait_for_batch(settings, batch.id, timeout=600)

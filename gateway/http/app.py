@@ -1,123 +1,36 @@
-"""The HTTP API: submit jobs, poll them, fetch images. A thin shell over the Gateway."""
+"""The HTTP API: submit jobs, poll them, fetch images. A thin shell over the Gateway.
+
+``create_app`` builds what the routes need once, puts it on ``app.state`` (read by the
+dependencies in dependencies.py) and includes each resource module's ``router``; here
+too: the body size limit, request checks, error answers, the OpenAPI schema and /docs.
+"""
 
 from __future__ import annotations
 
 import json
-import time
-import uuid
-from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request, Response
+from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.params import Form
-from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
+from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.routing import APIRoute
 from fastapi.staticfiles import StaticFiles
-from pydantic import BaseModel, Field, field_validator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from swagger_ui_bundle import swagger_ui_path
 
 from canary.settings import Settings, get_settings
-from gateway.auth import KeyVerifier, Principal
-from gateway.blinding import hide_versions, may_presign
-from gateway.http.auth import Caller, require_role
-from gateway.http.batches import batches_router
-from gateway.http.events import events_router
-from gateway.http.golden import golden_router
-from gateway.http.metrics import metrics_router
-from gateway.http.reports import reports_router
-from gateway.job_requests import InvalidJob, JobRequest
+from gateway.auth import KeyVerifier
+from gateway.events import EventIngestor
+from gateway.http import batches, events, golden, jobs, metrics, reports
+from gateway.http.errors import ErrorOut
+from gateway.job_requests import InvalidJob
 from gateway.service import Gateway
-from gateway.submit import Submitted
 from gateway.text import printable, unstorable_reason
-from storage import jobs
-from storage.batches import record_batch
 from storage.db import get_engine
-from storage.models import TERMINAL_STATUSES, ApiKeyRole, Batch, Job, JobStatus
-from storage.objects import ObjectNotFound, ObjectStore, store_from_settings
-
-MAX_WAIT_S = 60.0  # GET /v1/jobs/{id}?wait=: the longest a request may wait for a job
-WAIT_POLL_S = 0.2
-
-# ---------------------------------------------------------------- schemas
-
-
-class JobAccepted(BaseModel):
-    job_id: str
-    status: str
-    created: bool = Field(description="False when the idempotency key named an earlier job")
-    sent: bool = Field(
-        description="False when the job queue could not be reached: the job is kept and "
-        "sent automatically when the queue is back"
-    )
-
-
-class BatchIn(BaseModel):
-    jobs: list[JobRequest] = Field(min_length=1)
-
-
-class BatchAccepted(BaseModel):
-    batch_id: str = Field(description="For GET /v1/batches/{batch_id}")
-    jobs: list[JobAccepted]
-
-
-class LostAttemptOut(BaseModel):
-    """An attempt whose worker was lost: where, when and how its pool process died."""
-
-    attempt: int
-    node: str | None = None
-    lost_at: datetime
-    cause: str
-    detected_by: str
-    other_jobs: int = Field(description="Other jobs in the same worker process at the time")
-
-    @field_validator("lost_at")
-    @classmethod
-    def _in_utc(cls, moment: datetime) -> datetime:
-        return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment
-
-
-class JobOut(BaseModel):
-    job_id: str
-    status: str
-    created_at: datetime
-    started_at: datetime | None = None
-    finished_at: datetime | None = None
-    attempts: int
-    prompt: str
-    seed: int
-    steps: int
-    width: int
-    height: int
-    failure_kind: str | None = None
-    failure_message: str | None = None
-    queue_wait_ms: float | None = None
-    inference_ms: float | None = None
-    upload_ms: float | None = None
-    end_to_end_ms: float | None = None
-    image_url: str | None = None
-    model_version: str | None = Field(default=None, description="Hidden from client keys")
-    model_revision: str | None = None
-    experiment: str | None = None
-    arm: str | None = None
-    lost_attempts: list[LostAttemptOut] | None = Field(
-        default=None, description="Operator keys only: attempts whose worker was lost, and how"
-    )
-
-    @field_validator("created_at", "started_at", "finished_at")
-    @classmethod
-    def _in_utc(cls, moment: datetime | None) -> datetime | None:
-        """SQLite hands back naive datetimes; every stored time is UTC, so say so."""
-        return moment.replace(tzinfo=UTC) if moment and moment.tzinfo is None else moment
-
-
-class ErrorOut(BaseModel):
-    detail: str
-    errors: list[str] = Field(default_factory=list)
-
+from storage.objects import ObjectStore, store_from_settings
 
 # ---------------------------------------------------------------- body size limit
 
@@ -272,7 +185,7 @@ ERRORS = {
     415: f"Body not sent as {JSON}",
     422: "Invalid request",
 }
-# Operations of other modules' routers that answer 409 (their job has no result yet).
+# Operations of the golden router that answer 409 (their job has no result yet).
 CONFLICTING = {
     ("PUT", "/v1/golden/runs/{run_id}/grades"),
     ("GET", "/v1/golden/runs/{run_id}/cases/{case_id}/{side}/image"),
@@ -369,9 +282,6 @@ def _serve_docs(app: FastAPI) -> None:
 
 # ---------------------------------------------------------------- app
 
-ACCEPTED = "Accepted (`sent` is false for a job kept until the job queue is reachable)"
-Submitter = Annotated[Principal, Depends(require_role(ApiKeyRole.CLIENT, ApiKeyRole.OPERATOR))]
-
 
 def _install_error_handlers(app: FastAPI) -> None:
     """Every error answer is an ErrorOut: ``{"detail": ..., "errors": [...]}``."""
@@ -422,195 +332,24 @@ def create_app(
         redoc_url=None,
     )
     app.add_middleware(BodySizeLimit, limit=settings.api_max_body_bytes)
+    # built once, from these settings; the routers' dependencies (dependencies.py) read them
+    app.state.settings = settings
+    app.state.engine = engine
+    app.state.store = store
     app.state.gateway = gateway
+    app.state.experiments = gateway.experiments
     app.state.verifier = verifier
+    app.state.event_ingestor = EventIngestor(settings, engine)
+    app.state.metrics_registry = metrics.registry_for(
+        settings, engine, gateway.producer.app, gateway.experiments
+    )
     _install_error_handlers(app)
     _serve_docs(app)
     _customise_openapi(app, settings)
-
-    def load_job(job_id: str, caller: Principal) -> Job:
-        job = jobs.get_job(engine, job_id) if len(job_id) <= 36 else None
-        # Clients only see their own jobs; someone else's is reported as absent.
-        if job is None or (not caller.is_operator and job.api_key_id != caller.key_id):
-            raise HTTPException(404, f"no job {job_id}")
-        return job
-
-    def require_pin_rights(requests: list[JobRequest], caller: Principal) -> None:
-        if not caller.is_operator and any(r.model_version for r in requests):
-            raise HTTPException(403, "only operator keys may choose model_version")
-
-    def accepted(submitted: list[Submitted]) -> list[JobAccepted]:
-        """What the client learns of its jobs; a job the broker did not take yet is kept
-        unsent (``enqueued_at`` unset) and sent by the outbox when the broker is back."""
-        replays = [s.job_id for s in submitted if not s.created]
-        rows = {row.id: row for row in jobs.get_jobs(engine, replays)} if replays else {}
-        answers = []
-        for item in submitted:
-            row = rows.get(item.job_id)
-            # a replay reports where the earlier job is now
-            status = row.status if row is not None else JobStatus.QUEUED
-            answers.append(
-                JobAccepted(job_id=item.job_id, status=status, created=item.created, sent=item.sent)
-            )
-        return answers
-
-    @app.get("/healthz", include_in_schema=False)
-    def healthz() -> dict[str, str]:
-        return {"status": "ok"}
-
-    @app.post(
-        "/v1/jobs",
-        status_code=202,
-        response_model=JobAccepted,
-        responses={
-            200: {"model": JobAccepted, "description": "Idempotent replay"},
-            202: {"description": ACCEPTED},
-        },
-    )
-    def submit_job(
-        body: JobRequest,
-        caller: Submitter,
-        response: Response,
-        idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
-    ) -> JobAccepted:
-        """Queue one job. The experiment picks the version unless an operator pins it.
-
-        The job is never lost: when the job queue cannot be reached the answer is still
-        202 with the job id, with `sent: false`, and the job is sent when the queue is back.
-        """
-        if idempotency_key and not body.idempotency_key:
-            body = body.model_copy(update={"idempotency_key": idempotency_key})
-        require_pin_rights([body], caller)
-        body = _scope_key(body, caller)
-        submitted = gateway.submit(
-            body, source="api", api_key_id=caller.key_id, may_pin_version=caller.is_operator
-        )
-        if not submitted.created:
-            response.status_code = 200
-        return accepted([submitted])[0]
-
-    @app.post(
-        "/v1/jobs:batch",
-        status_code=202,
-        response_model=BatchAccepted,
-        responses={202: {"description": ACCEPTED}},
-    )
-    def submit_batch(body: BatchIn, caller: Submitter) -> BatchAccepted:
-        """Queue up to the configured number of jobs; nothing is queued if any is invalid.
-
-        As for one job, `sent: false` marks jobs kept for when the job queue is back.
-        """
-        if len(body.jobs) > settings.api_max_batch:
-            raise InvalidJob([f"jobs: at most {settings.api_max_batch} per batch"])
-        require_pin_rights(body.jobs, caller)
-        prepared = gateway.prepare_all(
-            [_scope_key(j, caller) for j in body.jobs], may_pin_version=caller.is_operator
-        )
-        batch = Batch(id=uuid.uuid4().hex, source="api", api_key_id=caller.key_id)
-        record_batch(batch, [], engine)
-        submitted = gateway.submit_many(
-            prepared, source="api", batch_id=batch.id, api_key_id=caller.key_id
-        )
-        batch.created = sum(s.created for s in submitted)
-        batch.duplicates = len(submitted) - batch.created
-        record_batch(batch, [(i, s.job_id) for i, s in enumerate(submitted)], engine)
-        return BatchAccepted(batch_id=batch.id, jobs=accepted(submitted))
-
-    @app.get("/v1/jobs/{job_id}", response_model=JobOut, responses={404: {"model": ErrorOut}})
-    def get_job(
-        job_id: str,
-        caller: Caller,
-        request: Request,
-        wait: Annotated[
-            float,
-            Query(ge=0, le=MAX_WAIT_S, description="Seconds to wait for the job to finish"),
-        ] = 0,
-    ) -> JobOut:
-        job = load_job(job_id, caller)
-        blind = not (caller.is_operator or settings.show_variant_to_clients)
-        deadline = time.monotonic() + wait
-        while job.status not in TERMINAL_STATUSES and time.monotonic() < deadline:
-            time.sleep(WAIT_POLL_S)
-            job = load_job(job_id, caller)
-        out = JobOut(
-            job_id=job.id,
-            status=job.status,
-            created_at=job.created_at,
-            started_at=job.started_at,
-            finished_at=job.finished_at,
-            attempts=job.attempts,
-            prompt=job.prompt,
-            seed=job.seed,
-            steps=job.steps,
-            width=job.width,
-            height=job.height,
-            failure_kind=job.failure_kind,
-            failure_message=(
-                hide_versions(job.failure_message, [job.model_version, *settings.versions])
-                if blind
-                else job.failure_message
-            ),
-            queue_wait_ms=job.queue_wait_ms,
-            inference_ms=job.inference_ms,
-            upload_ms=job.upload_ms,
-            end_to_end_ms=job.end_to_end_ms,
-        )
-        if job.image_key:
-            url = ""
-            if may_presign(job.image_key, blind=blind):
-                url = store.url(job.image_key, settings.presign_expiry_s)
-            if not url.startswith("http"):
-                url = str(request.url_for("get_image", job_id=job.id))
-            out.image_url = url
-        if not blind:
-            out.model_version = job.model_version
-            out.model_revision = job.model_revision
-            out.experiment = job.experiment
-            out.arm = job.arm
-        if caller.is_operator:
-            out.lost_attempts = [
-                LostAttemptOut.model_validate(attempt, from_attributes=True)
-                for attempt in jobs.lost_attempts(engine, job.id)
-            ]
-        return out
-
-    @app.get(
-        "/v1/jobs/{job_id}/image",
-        response_class=Response,
-        responses={
-            200: {"content": {"image/png": {}}},
-            307: {"description": "Redirect to a presigned object URL"},
-            404: {"model": ErrorOut},
-            409: {"model": ErrorOut, "description": "The job has no image (yet)"},
-        },
-    )
-    def get_image(job_id: str, caller: Caller) -> Response:
-        job = load_job(job_id, caller)
-        if job.status != JobStatus.SUCCEEDED or not job.image_key:
-            raise HTTPException(409, f"job {job_id} is {job.status}; it has no image")
-        blind = not (caller.is_operator or settings.show_variant_to_clients)
-        # a legacy key names the version: streamed to clients instead (gateway/blinding.py)
-        if may_presign(job.image_key, blind=blind):
-            url = store.url(job.image_key, settings.presign_expiry_s)
-            if url.startswith("http"):
-                return RedirectResponse(url, status_code=307)
-        try:
-            return Response(store.get(job.image_key), media_type="image/png")
-        except ObjectNotFound:
-            raise HTTPException(404, f"the image of job {job_id} is gone") from None
-
-    app.include_router(batches_router(settings, engine))
-    app.include_router(golden_router(settings, engine, store))
-    app.include_router(events_router(settings, engine))
-    app.include_router(reports_router(settings, engine, gateway.experiments))
-    app.include_router(metrics_router(settings, engine, gateway.producer.app, gateway.experiments))
+    app.include_router(jobs.router)
+    app.include_router(batches.router)
+    app.include_router(golden.router)
+    app.include_router(events.router)
+    app.include_router(reports.router)
+    app.include_router(metrics.router)
     return app
-
-
-def _scope_key(request: JobRequest, caller: Principal) -> JobRequest:
-    """Idempotency keys are per API key, so two clients cannot collide (or probe each other)."""
-    if not request.idempotency_key:
-        return request
-    return request.model_copy(
-        update={"idempotency_key": f"{caller.key_id}:{request.idempotency_key}"}
-    )

@@ -11,12 +11,13 @@ from typing import Any
 
 from fastapi import APIRouter, HTTPException, Request
 from pydantic import BaseModel, Field
-from sqlalchemy.engine import Engine
 
-from canary.settings import Settings
 from gateway.batch_report import batch_report
 from gateway.http.auth import Caller
+from gateway.http.dependencies import AppSettings, Database
 from storage import batches
+
+router = APIRouter()
 
 
 class BatchItemFailure(BaseModel):
@@ -55,20 +56,17 @@ class BatchOut(BaseModel):
     images_total: int
 
 
-def batches_router(settings: Settings, engine: Engine) -> APIRouter:
-    router = APIRouter()
-
-    @router.get("/v1/batches/{batch_id}", response_model=BatchOut)
-    def get_batch(batch_id: str, caller: Caller, request: Request) -> dict[str, Any]:
-        """A batch: counts by status, every refused or failed item, where the images are."""
-        batch = batches.get_batch(engine, batch_id)
-        if batch is None or (not caller.is_operator and batch.api_key_id != caller.key_id):
-            raise HTTPException(404, f"no batch {batch_id}")
-        return batch_report(
-            engine,
-            batch,
-            lambda job_id, _key: str(request.url_for("get_image", job_id=job_id)),
-            show_versions=caller.is_operator or settings.show_variant_to_clients,
-        )
-
-    return router
+@router.get("/v1/batches/{batch_id}", response_model=BatchOut)
+def get_batch(
+    batch_id: str, caller: Caller, request: Request, settings: AppSettings, engine: Database
+) -> dict[str, Any]:
+    """A batch: counts by status, every refused or failed item, where the images are."""
+    batch = batches.get_batch(engine, batch_id)
+    if batch is None or (not caller.is_operator and batch.api_key_id != caller.key_id):
+        raise HTTPException(404, f"no batch {batch_id}")
+    return batch_report(
+        engine,
+        batch,
+        lambda job_id, _key: str(request.url_for("get_image", job_id=job_id)),
+        show_versions=caller.is_operator or settings.show_variant_to_clients,
+    )

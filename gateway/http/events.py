@@ -7,15 +7,15 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException
 from pydantic import BaseModel, Field
-from sqlalchemy.engine import Engine
 
-from canary.settings import Settings
 from gateway.auth import Principal
-from gateway.events import EventIngestor
 from gateway.http.auth import require_role
+from gateway.http.dependencies import AppSettings, Ingestor
 from storage.models import ApiKeyRole
 
 EventWriter = Annotated[Principal, Depends(require_role(ApiKeyRole.EVENTS, ApiKeyRole.OPERATOR))]
+
+router = APIRouter()
 
 
 class EventBatchIn(BaseModel):
@@ -34,20 +34,16 @@ class EventBatchOut(BaseModel):
     rejected: list[RejectedOut]
 
 
-def events_router(settings: Settings, engine: Engine) -> APIRouter:
-    router = APIRouter()
-    ingestor = EventIngestor(settings, engine)
-
-    @router.post("/v1/events", response_model=EventBatchOut)
-    def post_events(body: EventBatchIn, caller: EventWriter) -> EventBatchOut:
-        """Store a batch of events; bad events are listed with reasons, the rest are kept."""
-        if len(body.events) > settings.api_max_events:
-            raise HTTPException(422, f"events: at most {settings.api_max_events} per batch")
-        outcome = ingestor.ingest(body.events, api_key_id=caller.key_id)
-        return EventBatchOut(
-            accepted=outcome.accepted,
-            duplicates=outcome.duplicates,
-            rejected=[RejectedOut(**asdict(r)) for r in outcome.rejected],
-        )
-
-    return router
+@router.post("/v1/events", response_model=EventBatchOut)
+def post_events(
+    body: EventBatchIn, caller: EventWriter, settings: AppSettings, ingestor: Ingestor
+) -> EventBatchOut:
+    """Store a batch of events; bad events are listed with reasons, the rest are kept."""
+    if len(body.events) > settings.api_max_events:
+        raise HTTPException(422, f"events: at most {settings.api_max_events} per batch")
+    outcome = ingestor.ingest(body.events, api_key_id=caller.key_id)
+    return EventBatchOut(
+        accepted=outcome.accepted,
+        duplicates=outcome.duplicates,
+        rejected=[RejectedOut(**asdict(r)) for r in outcome.rejected],
+    )

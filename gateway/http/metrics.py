@@ -43,6 +43,7 @@ from gateway.auth import Principal
 from gateway.experiment_source import ExperimentSource
 from gateway.http.auth import require_role
 from gateway.http.broker_probe import BrokerProbe, BrokerReading, broker_reader
+from gateway.http.dependencies import MetricsRegistry
 from gateway.http.lifecycle_metrics import lifecycle_metrics
 from storage import overview
 from storage.models import TERMINAL_STATUSES, ApiKeyRole
@@ -259,16 +260,19 @@ class CanaryCollector(Collector):
         return found if found in VERDICTS else None
 
 
-def metrics_router(
+def registry_for(
     settings: Settings, engine: Engine, app: Celery, experiments: ExperimentSource
-) -> APIRouter:
-    router = APIRouter()
+) -> CollectorRegistry:
+    """The registry ``GET /metrics`` exports: one collector (and broker probe) per app."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(CanaryCollector(settings, engine, app, experiments))
+    return registry
 
-    @router.get("/metrics", include_in_schema=False)
-    def metrics(caller: Scraper) -> Response:
-        """Prometheus text format (scrape with an operator key as bearer token)."""
-        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
-    return router
+router = APIRouter()
+
+
+@router.get("/metrics", include_in_schema=False)
+def metrics(caller: Scraper, registry: MetricsRegistry) -> Response:
+    """Prometheus text format (scrape with an operator key as bearer token)."""
+    return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)

@@ -21,6 +21,7 @@ from canary.settings import Settings
 from gateway.auth import Principal
 from gateway.experiment_source import ExperimentSource
 from gateway.http.auth import require_role
+from gateway.http.dependencies import AppSettings, Database, Experiments
 from scheduler.dashboards import dashboard_paths
 from storage.models import ApiKeyRole, utcnow
 
@@ -28,35 +29,52 @@ Operator = Annotated[Principal, Depends(require_role(ApiKeyRole.OPERATOR))]
 Day = Annotated[date | None, Query(alias="date", description="Last day (UTC); default today")]
 
 
-def reports_router(settings: Settings, engine: Engine, experiments: ExperimentSource) -> APIRouter:
-    router = APIRouter()
+router = APIRouter()
 
-    def known(name: str) -> None:
-        if name not in {e.name for e in experiments.config.experiments}:
-            raise HTTPException(404, f"no experiment {name}")
 
-    def live(name: str, day: date) -> dict[str, Any]:
-        return report_for_experiment(settings, engine, experiments.config, name, day)
+def known(experiments: ExperimentSource, name: str) -> None:
+    if name not in {e.name for e in experiments.config.experiments}:
+        raise HTTPException(404, f"no experiment {name}")
 
-    @router.get("/v1/experiments/{name}/report")
-    def experiment_report(name: str, caller: Operator, day: Day = None) -> dict[str, Any]:
-        """Every metric per variant with lifts, intervals, SRM and the gate verdict."""
-        known(name)
-        day = day or utcnow().date()
-        _, stored = dashboard_paths(settings, name, day)
-        if stored.exists() and day < utcnow().date():
-            report: dict[str, Any] = json.loads(stored.read_text(encoding="utf-8"))
-            return report
-        return live(name, day)
 
-    @router.get("/v1/experiments/{name}/dashboard.html", response_class=HTMLResponse)
-    def dashboard(name: str, caller: Operator, day: Day = None) -> HTMLResponse:
-        known(name)
-        day = day or utcnow().date()
-        stored, _ = dashboard_paths(settings, name, day)
-        if stored.exists() and day < utcnow().date():
-            return HTMLResponse(stored.read_text(encoding="utf-8"))
-        limit = load_policy(settings.gate_policy_file).guardrails.p95_latency_max_ms
-        return HTMLResponse(render_dashboard(live(name, day), limit))
+def live(
+    settings: Settings, engine: Engine, experiments: ExperimentSource, name: str, day: date
+) -> dict[str, Any]:
+    return report_for_experiment(settings, engine, experiments.config, name, day)
 
-    return router
+
+@router.get("/v1/experiments/{name}/report")
+def experiment_report(
+    name: str,
+    caller: Operator,
+    settings: AppSettings,
+    engine: Database,
+    experiments: Experiments,
+    day: Day = None,
+) -> dict[str, Any]:
+    """Every metric per variant with lifts, intervals, SRM and the gate verdict."""
+    known(experiments, name)
+    day = day or utcnow().date()
+    _, stored = dashboard_paths(settings, name, day)
+    if stored.exists() and day < utcnow().date():
+        report: dict[str, Any] = json.loads(stored.read_text(encoding="utf-8"))
+        return report
+    return live(settings, engine, experiments, name, day)
+
+
+@router.get("/v1/experiments/{name}/dashboard.html", response_class=HTMLResponse)
+def dashboard(
+    name: str,
+    caller: Operator,
+    settings: AppSettings,
+    engine: Database,
+    experiments: Experiments,
+    day: Day = None,
+) -> HTMLResponse:
+    known(experiments, name)
+    day = day or utcnow().date()
+    stored, _ = dashboard_paths(settings, name, day)
+    if stored.exists() and day < utcnow().date():
+        return HTMLResponse(stored.read_text(encoding="utf-8"))
+    limit = load_policy(settings.gate_policy_file).guardrails.p95_latency_max_ms
+    return HTMLResponse(render_dashboard(live(settings, engine, experiments, name, day), limit))

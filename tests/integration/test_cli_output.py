@@ -20,9 +20,8 @@ from sqlmodel import Session
 
 from benchmarks.harness import FIGURE_LINE
 from canary.cli.demo import DEMO_EXPERIMENT
-from storage import golden
+from storage import golden, revisions
 from storage.models import ApiKeyRole, GoldenRun, Job, JobStatus
-from tasks import revisions
 from tests.golden_fixtures import small_set_text
 from tests.integration.conftest import PROJECT_ROOT, Stack, local_stack
 

@@ -9,10 +9,11 @@ from pathlib import Path
 
 import pytest
 
+from storage import revisions
 from storage.models import JobStatus
 from storage.objects import open_store
-from tasks import revisions
 from tasks.registry import weights_revision
+from tasks.revisions import fetch
 from tasks.tiny_model import make_tiny_model
 from tests.integration.conftest import PROJECT_ROOT, Stack, local_stack
 
@@ -111,8 +112,8 @@ def test_revision_fetched_from_s3_matches_the_folder(
     for path in sorted(p for p in source.rglob("*") if p.is_file()):
         store.put(path.relative_to(source).as_posix(), path.read_bytes())
     settings = Settings(s3_endpoint_url=endpoint, model_dir=tmp_path / "registry")
-    folder = revisions.fetch(f"{bucket_url}/weights/v1-fix", settings, "v1")
+    folder = fetch(f"{bucket_url}/weights/v1-fix", settings, "v1")
     assert weights_revision(folder) == weights_revision(source)
     assert folder.parent == tmp_path / "registry" / ".revisions" / "v1"
-    again = revisions.fetch(f"{bucket_url}/weights/v1-fix", settings, "v1")
+    again = fetch(f"{bucket_url}/weights/v1-fix", settings, "v1")
     assert again == folder  # cached by revision, downloaded atomically once

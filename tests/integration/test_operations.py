@@ -16,7 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from gateway.auth import create_key
 from gateway.http.app import create_app
 from storage.models import ApiKeyRole
-from tasks.revisions import worker_records
+from storage.revisions import worker_records
 from tests.integration.conftest import PROJECT_ROOT, Stack, local_stack
 from tests.prometheus_checks import assert_monitoring_files_use, assert_prometheus_conventions
 
