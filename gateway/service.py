@@ -64,7 +64,11 @@ class Gateway:
     def prepare(self, data: Any, *, may_pin_version: bool = True) -> PreparedJob:
         """Validate one request, decide its version and apply that version's render
         limits and defaults; raises InvalidJob."""
-        request = validate_request(data, self.settings)
+        return self.prepare_valid(validate_request(data, self.settings), may_pin_version)
+
+    def prepare_valid(self, request: JobRequest, may_pin_version: bool = True) -> PreparedJob:
+        """:meth:`prepare` for a request that validate_request has already checked (bulk
+        files validate each line as they parse it)."""
         retired = self.retired.get()
         if request.model_version is not None:
             if not may_pin_version:
@@ -102,7 +106,7 @@ class Gateway:
     def prepare_many(
         self, requests: Sequence[JobRequest], *, may_pin_version: bool = True
     ) -> list[PreparedJob | InvalidJob]:
-        """:meth:`prepare` for validated requests, with the sticky assignments of all their
+        """:meth:`prepare_valid` for validated requests, with the sticky assignments of all their
         users read (and first exposures recorded) in a few queries (bulk submission)."""
         unpinned = [
             (r.user_id, _attributes(r))
@@ -114,7 +118,7 @@ class Gateway:
         prepared: list[PreparedJob | InvalidJob] = []
         for request in requests:
             try:
-                prepared.append(self.prepare(request, may_pin_version=may_pin_version))
+                prepared.append(self.prepare_valid(request, may_pin_version))
             except InvalidJob as exc:
                 prepared.append(exc)
         return self._refuse_conflicting_replays(prepared)
