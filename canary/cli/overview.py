@@ -99,12 +99,12 @@ def _queues(settings: Settings, engine: Engine) -> list[dict[str, Any]]:
     from kombu.exceptions import OperationalError
 
     from storage import overview
+    from tasks import storage_health
     from tasks.app import make_app
     from tasks.queues import consumers, queue_depth
 
     app = make_app(settings)
     records = {r.node: r for r in overview.worker_records(engine) if r.version in settings.versions}
-    from tasks import storage_health
 
     try:
         online = consumers(app, WORKER_REPLY_TIMEOUT_S, nodes=records)

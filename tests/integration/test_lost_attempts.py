@@ -26,17 +26,13 @@ from gateway.http.app import create_app
 from storage import jobs
 from storage.models import ApiKeyRole, FailureKind, JobStatus
 from tests.integration.conftest import PROJECT_ROOT, Stack, local_stack
+from tests.integration.test_crash_safety import LIMITS as CRASH_LIMITS
 from tests.integration.test_crash_safety import pool_children, wait_until
 
 pytestmark = pytest.mark.integration
 
-LIMITS = {
-    "CANARY_TASK_SOFT_TIME_LIMIT_S": "20",
-    "CANARY_TASK_TIME_LIMIT_S": "25",
-    "CANARY_VISIBILITY_TIMEOUT_S": "30",
-    "CANARY_FAULT_INJECTION": "true",
-    "CANARY_MAX_ATTEMPTS": "2",
-}
+# the crash suite's short limits, with at most two attempts per job
+LIMITS = {**CRASH_LIMITS, "CANARY_MAX_ATTEMPTS": "2"}
 
 
 def on_attempt(stack: Stack, job_id: str, n: int) -> Callable[[], bool]:
