@@ -80,10 +80,14 @@ class Wiring:
 
 @dataclass
 class WorkerContext:
-    settings: Settings
     wiring: Wiring
     model: LoadedModel | None = None
     load_error: str | None = None
+
+    @property
+    def settings(self) -> Settings:
+        """This worker process's settings (read once, at its start: tasks/worker.py)."""
+        return self.wiring.settings
 
     @property
     def version(self) -> str | None:
@@ -206,7 +210,7 @@ def context() -> WorkerContext:
     if _context is None:
         if _wiring is None:
             raise RuntimeError("this process has no worker wiring (tasks.worker installs it)")
-        _context = WorkerContext(_wiring.settings, _wiring)
+        _context = WorkerContext(_wiring)
     return _context
 
 
