@@ -24,12 +24,9 @@ import json
 import os
 import platform
 import random
-import socket
-import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -43,6 +40,8 @@ import psycopg
 from fastapi import FastAPI
 from rich.progress import Progress
 
+from benchmarks import http_servers
+from benchmarks.http_servers import POSTGRES_URL, Backend, postgres_backend, sqlite_backend
 from canary.settings import Settings, get_settings
 from gateway.auth import create_key
 from gateway.events import EventIngestor
@@ -52,8 +51,6 @@ from storage.db import get_engine, init_db
 from storage.models import ApiKeyRole, Job
 
 TARGET_PER_SECOND = 5_000
-POSTGRES_URL = os.environ.get("BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
 APP_FACTORY = "benchmarks.event_ingestion:create_bench_app"  # what uvicorn serves
 JOBS_PER_USER = 4
 DUPLICATE_SHARE = 0.02  # events re-sent by a client retry (same id)
@@ -169,32 +166,6 @@ def make_workload(
 # ---------------------------------------------------------------- databases
 
 
-@dataclass
-class Backend:
-    name: str
-    url: str
-
-
-@contextmanager
-def sqlite_backend(directory: Path) -> Iterator[Backend]:
-    yield Backend("sqlite", f"sqlite:///{directory / 'events.db'}")
-
-
-@contextmanager
-def postgres_backend() -> Iterator[Backend]:
-    """A fresh schema in the machine's PostgreSQL, dropped afterwards."""
-    schema = f"bench_events_{uuid.uuid4().hex[:10]}"
-    url = f"{POSTGRES_URL}?options=-csearch_path%3D{schema}"
-    with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
-        conn.execute(f'CREATE SCHEMA "{schema}"')
-    try:
-        yield Backend("postgresql", url)
-    finally:
-        get_engine(url).dispose()
-        with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
-            conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
-
-
 def _job(job_id: str, user: str) -> Job:
     return Job(
         id=job_id, user_id=user, model_version="v1", prompt="a red fox", seed=1, steps=20,
@@ -276,64 +247,19 @@ def create_bench_app() -> FastAPI:
     return create_app(get_settings())
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @contextmanager
 def serve(backend: Backend, home: Path, workers: int) -> Iterator[str]:
     """uvicorn with the app on a free loopback port; yields its base URL."""
-    port = _free_port()
     env = os.environ | {
         "DATABASE_URL": backend.url,
         "STORAGE_URL": f"file://{home / 'objects'}",
         "CANARY_HOME": str(home),
         "REDIS_URL": os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"),
     }
-    command = [
-        sys.executable, "-m", "uvicorn", "--factory", APP_FACTORY,
-        "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers),
-        "--log-level", "warning", "--no-access-log",
-    ]  # fmt: skip
-    log_path = home / f"uvicorn-{backend.name}.log"
-    with log_path.open("wb") as log:
-        server = subprocess.Popen(command, env=env, cwd=PROJECT_ROOT, stdout=log, stderr=log)
-    failed = True
-    try:
-        base = f"http://127.0.0.1:{port}"
-        _wait_ready(base, server, log_path)
+    with http_servers.serve(
+        APP_FACTORY, env, home / f"uvicorn-{backend.name}.log", workers=workers
+    ) as base:
         yield base
-        failed = False
-    finally:
-        _stop(server)
-        if failed:
-            log_tail = log_path.read_text(errors="replace")[-5000:]
-            print(f"uvicorn log (end):\n{log_tail}", file=sys.stderr)
-
-
-def _stop(server: subprocess.Popen[bytes]) -> None:
-    server.terminate()
-    try:
-        server.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        server.kill()
-        server.wait()
-
-
-def _wait_ready(base: str, server: subprocess.Popen[bytes], log: Path) -> None:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            raise SystemExit(f"uvicorn exited:\n{log.read_text(errors='replace')[-3000:]}")
-        try:
-            if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    raise SystemExit(f"uvicorn did not answer within 60 s:\n{log.read_text()[-3000:]}")
 
 
 async def _post_all(base: str, token: str, bodies: list[bytes], connections: int) -> Figures:
@@ -457,10 +383,10 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="canary-bench-events-") as tmp:
         home = Path(tmp)
         if args.backend in ("sqlite", "both"):
-            with sqlite_backend(home) as backend:
+            with sqlite_backend(home, "events.db") as backend:
                 run_backend(backend, home, args)
         if args.backend in ("postgresql", "both"):
-            with postgres_backend() as backend:
+            with postgres_backend("bench_events") as backend:
                 run_backend(backend, home, args)
     return 0
 

@@ -24,12 +24,14 @@ NAME_CHECK_TIMEOUT_S = 2.0
 def api(
     host: Annotated[str, typer.Option()] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=1, max=65535)] = 8000,
-    workers: Annotated[int, typer.Option(min=1)] = 1,
+    workers: Annotated[
+        int, typer.Option(min=1, help="server processes (one per core is a good start)")
+    ] = 1,
 ) -> None:
     """The HTTP API (OpenAPI schema at /openapi.json, docs at /docs)."""
-    import uvicorn
+    from canary.cli.api_server import serve_app
 
-    uvicorn.run("gateway.http.app:create_app", factory=True, host=host, port=port, workers=workers)
+    serve_app("gateway.http.app:create_app", host, port, workers)
 
 
 def worker(

@@ -14,6 +14,7 @@ import sys
 
 import pytest
 
+from benchmarks.harness import FIGURE_LINE
 from tests.integration.conftest import PROJECT_ROOT, TEST_POSTGRES_URL
 
 pytestmark = pytest.mark.integration
@@ -116,3 +117,24 @@ def test_daily_report_quick_run_prints_times_for_both_backends() -> None:
         summaries.append(summary.group(0))
     # the same generated data gives the same report on both databases
     assert summaries[0] == summaries[1], summaries
+
+
+def test_http_submit_quick_run_prints_both_servers_at_each_concurrency() -> None:
+    """The API and the anchor each answer every request at each level (the run checks one
+    job row and one queued message per accepted request, and exits non-zero otherwise)."""
+    out = run_quick("benchmarks.http_submit")
+    levels = re.findall(
+        r"^  concurrency +(\d+): API +[\d,]+ jobs/s p50 +[\d.]+ ms p99 +[\d.]+ ms \| anchor "
+        r"+[\d,]+ jobs/s p50 +[\d.]+ ms p99 +[\d.]+ ms$",
+        out,
+        re.MULTILINE,
+    )
+    assert levels == ["1", "4"], out
+    figures = {m["key"]: m for m in FIGURE_LINE.finditer(out)}
+    assert set(figures) == {
+        "http_submit_vs_anchor", "http_submit_p99_ms", "http_submit_p50_ms",
+        "http_submit_jobs_per_s", "http_anchor_jobs_per_s",
+    }, out  # fmt: skip
+    ratio, p99 = figures["http_submit_vs_anchor"], figures["http_submit_p99_ms"]
+    assert (ratio["op"], ratio["target"], p99["op"], p99["target"]) == (">=", "0.7", "<=", "50")
+    assert "postgresql" in p99["detail"] and "uvicorn worker(s)" in p99["detail"], out

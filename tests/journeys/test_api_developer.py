@@ -29,9 +29,10 @@ def fault_injection(checkout: Checkout) -> None:
 
 @pytest.fixture(scope="module")
 def api(running_stack: Checkout) -> Iterator[tuple[httpx.Client, httpx.Client, str]]:
-    """(client-key client, operator-key client, base URL) on a running `canary api`."""
+    """(client-key client, operator-key client, base URL) on a running `canary api`, with
+    two server processes as the operator's guide recommends on this machine's two cores."""
     port = free_port()
-    process = running_stack.start(f"canary api --port {port}", "api")
+    process = running_stack.start(f"canary api --port {port} --workers 2", "api")
     base = f"http://127.0.0.1:{port}"
     running_stack.wait_for_api(process, base)
     client_token = running_stack.run("canary keys create --name app --role client").stdout
