@@ -133,7 +133,7 @@ class AttributeSource:
         return self.load_many([user_id], now)[user_id]
 
     def load_many(self, user_ids: Sequence[str], now: datetime) -> dict[str, UserAttributes]:
-        """:meth:`load` for many users: three grouped queries per chunk of users."""
+        """:meth:`load` for many users: two queries per chunk of users."""
         since = now - timedelta(days=self.rules.high_frequency_window_days)
         found = user_records.activity(self.engine, user_ids, since, self.rules.style_tags)
         signed, recent, styled = found.signed_up_at, found.recent_jobs, found.styled_jobs
@@ -294,7 +294,7 @@ class StickyAssigner:
         self, experiment: CompiledExperiment, user_id: str, decision: Decision, now: datetime
     ) -> Decision:
         assert decision.arm is not None and decision.segment is not None
-        assignments.record_first(
+        stored_now = assignments.record_first(
             self.engine,
             experiment=experiment.name,
             user_id=user_id,
@@ -304,7 +304,10 @@ class StickyAssigner:
             stage=experiment.stage,
             now=now,
         )
-        # Another process may have enrolled the user first: its record wins.
+        if stored_now:
+            self._cache((experiment.name, user_id), _Sticky(decision.arm, decision.segment, now))
+            return decision
+        # Another process enrolled the user first: its record wins.
         self.cache.pop((experiment.name, user_id), None)
         stored = self._stored(experiment.name, user_id)
         if stored is None or (stored.arm, stored.segment) == (decision.arm, decision.segment):

@@ -59,8 +59,9 @@ def record_first(
     segment: str,
     stage: str,
     now: datetime,
-) -> None:
-    """Store a first assignment unless the user has one already (a concurrent one wins)."""
+) -> bool:
+    """Store a first assignment unless the user has one already (a concurrent one wins);
+    returns whether this one was stored."""
     statement = dialect_insert(engine)(Assignment).values(
         experiment=experiment,
         user_id=user_id,
@@ -71,8 +72,10 @@ def record_first(
         first_seen=now,
         last_seen=now,
     )
+    # RETURNING, not rowcount: on PostgreSQL (psycopg) rowcount was not 1 for a stored row
+    statement = statement.on_conflict_do_nothing().returning(col(Assignment.user_id))
     with engine.begin() as connection:
-        connection.execute(statement.on_conflict_do_nothing())
+        return connection.execute(statement).first() is not None
 
 
 def record_first_many(engine: Engine, rows: Sequence[Mapping[str, Any]]) -> None:

@@ -99,6 +99,8 @@ def get_job(engine: Engine, job_id: str) -> Job | None:
 
 
 def get_jobs(engine: Engine, job_ids: Sequence[str]) -> list[Job]:
+    if not job_ids:  # e.g. a submission that replays nothing: no round trip
+        return []
     with Session(engine) as session:
         return list(session.exec(select(Job).where(col(Job.id).in_(job_ids))))
 
