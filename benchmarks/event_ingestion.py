@@ -18,7 +18,6 @@ visible.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import gc
 import json
 import os
@@ -262,38 +261,19 @@ def serve(backend: Backend, home: Path, workers: int) -> Iterator[str]:
         yield base
 
 
-async def _post_all(base: str, token: str, bodies: list[bytes], connections: int) -> Figures:
-    """Post every body over ``connections`` keep-alive connections, as fast as answered."""
-    queue: asyncio.Queue[bytes] = asyncio.Queue()
-    for body in bodies:
-        queue.put_nowait(body)
-    figures = Figures(seconds=0.0)
-    headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
-    limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
-
-    async def client_loop(client: httpx.AsyncClient) -> None:
-        while not queue.empty():
-            body = queue.get_nowait()
-            began = time.perf_counter()
-            response = await client.post("/v1/events", content=body, headers=headers)
-            figures.latencies_ms.append((time.perf_counter() - began) * 1000)
-            if response.status_code != 200:
-                raise RuntimeError(f"POST /v1/events: {response.status_code} {response.text}")
-            figures.add(response.json())
-
-    async with httpx.AsyncClient(base_url=base, limits=limits, timeout=120) as client:
-        # one small request per connection first, so connecting is not measured
-        warm = [client.get("/healthz") for _ in range(connections)]
-        await asyncio.gather(*warm)
-        start = time.perf_counter()
-        await asyncio.gather(*(client_loop(client) for _ in range(connections)))
-        figures.seconds = time.perf_counter() - start
-    return figures
-
-
 def bench_http(base: str, token: str, workload: Workload, connections: int) -> Figures:
+    """Post every batch over ``connections`` keep-alive connections, as fast as answered."""
     bodies = [json.dumps({"events": batch}).encode() for batch in workload.batches]
-    return asyncio.run(_post_all(base, token, bodies, connections))
+    figures = Figures(seconds=0.0)
+
+    def answered(response: httpx.Response) -> None:
+        if response.status_code != 200:
+            raise RuntimeError(f"POST /v1/events: {response.status_code} {response.text}")
+        figures.add(response.json())
+
+    load = http_servers.post_all(base, "/v1/events", token, bodies, connections, answered)
+    figures.seconds, figures.latencies_ms = load.seconds, load.latencies_ms
+    return figures
 
 
 # ---------------------------------------------------------------- report

@@ -7,15 +7,16 @@ uvicorn on a free loopback port, as an operator would run it, and stops it after
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
@@ -121,3 +122,67 @@ def wait_ready(base: str, server: subprocess.Popen[bytes], log: Path) -> None:
             pass
         time.sleep(0.1)
     raise SystemExit(f"uvicorn did not answer within 60 s:\n{log.read_text()[-3000:]}")
+
+
+@dataclass
+class Load:
+    """What one run of :func:`post_all` saw."""
+
+    seconds: float = 0.0
+    latencies_ms: list[float] = field(default_factory=list)  # of the answered requests
+    dropped: int = 0  # connections the server closed or reset before answering
+
+
+def post_all(
+    base: str,
+    path: str,
+    token: str,
+    bodies: Sequence[bytes],
+    connections: int,
+    answered: Callable[[httpx.Response], None],
+    *,
+    tolerate_drops: bool = False,
+) -> Load:
+    """POST every body to ``path`` over ``connections`` keep-alive connections, as fast as
+    answered; ``answered`` checks each answer (raise to stop the run). A dropped connection
+    stops the run too, unless ``tolerate_drops`` (it is then counted)."""
+    return asyncio.run(_post_all(base, path, token, bodies, connections, answered, tolerate_drops))
+
+
+async def _post_all(
+    base: str,
+    path: str,
+    token: str,
+    bodies: Sequence[bytes],
+    connections: int,
+    answered: Callable[[httpx.Response], None],
+    tolerate_drops: bool,
+) -> Load:
+    queue: asyncio.Queue[bytes] = asyncio.Queue()
+    for body in bodies:
+        queue.put_nowait(body)
+    load = Load()
+    headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+    limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
+
+    async def client_loop(client: httpx.AsyncClient) -> None:
+        while not queue.empty():
+            body = queue.get_nowait()
+            began = time.perf_counter()
+            try:
+                response = await client.post(path, content=body, headers=headers)
+            except httpx.TransportError:
+                if not tolerate_drops:
+                    raise
+                load.dropped += 1
+                continue
+            load.latencies_ms.append((time.perf_counter() - began) * 1000)
+            answered(response)
+
+    async with httpx.AsyncClient(base_url=base, limits=limits, timeout=120) as client:
+        # one small request per connection first, so connecting is not measured
+        await asyncio.gather(*(client.get("/healthz") for _ in range(connections)))
+        start = time.perf_counter()
+        await asyncio.gather(*(client_loop(client) for _ in range(connections)))
+        load.seconds = time.perf_counter() - start
+    return load

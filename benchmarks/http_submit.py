@@ -22,13 +22,11 @@ written) with returning users (the sticky cache). PostgreSQL (a fresh schema in
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import random
 import sys
 import tempfile
-import time
 import uuid
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, ExitStack, contextmanager
@@ -42,6 +40,7 @@ from fastapi import FastAPI
 from pydantic import BaseModel
 from sqlmodel import Session, func, select
 
+from benchmarks import http_servers
 from benchmarks.harness import Figure, Report, bench_main, broker_url, percentile, progress
 from benchmarks.http_servers import (
     Backend,
@@ -145,38 +144,15 @@ def bodies(count: int, users: int, tag: str, rng: random.Random) -> list[bytes]:
     return [json.dumps(body(i)).encode() for i in range(count)]
 
 
-async def _post_all(base: str, token: str, payloads: list[bytes], concurrency: int) -> Level:
-    queue: asyncio.Queue[bytes] = asyncio.Queue()
-    for payload in payloads:
-        queue.put_nowait(payload)
-    level = Level(concurrency)
-    headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-
-    async def client_loop(client: httpx.AsyncClient) -> None:
-        while not queue.empty():
-            payload = queue.get_nowait()
-            began = time.perf_counter()
-            try:
-                response = await client.post("/v1/jobs", content=payload, headers=headers)
-            except httpx.TransportError:
-                level.dropped += 1
-                continue
-            level.latencies_ms.append((time.perf_counter() - began) * 1000)
-            if response.status_code != 202:
-                raise RuntimeError(f"POST /v1/jobs: {response.status_code} {response.text}")
-
-    async with httpx.AsyncClient(base_url=base, limits=limits, timeout=60) as client:
-        # one request per connection first, so connecting is not measured
-        await asyncio.gather(*(client.get("/healthz") for _ in range(concurrency)))
-        start = time.perf_counter()
-        await asyncio.gather(*(client_loop(client) for _ in range(concurrency)))
-        level.seconds = time.perf_counter() - start
-    return level
-
-
 def post_all(base: str, token: str, payloads: list[bytes], concurrency: int) -> Level:
-    return asyncio.run(_post_all(base, token, payloads, concurrency))
+    def answered(response: httpx.Response) -> None:
+        if response.status_code != 202:
+            raise RuntimeError(f"POST /v1/jobs: {response.status_code} {response.text}")
+
+    load = http_servers.post_all(
+        base, "/v1/jobs", token, payloads, concurrency, answered, tolerate_drops=True
+    )
+    return Level(concurrency, load.seconds, load.latencies_ms, load.dropped)
 
 
 # ---------------------------------------------------------------- the run
