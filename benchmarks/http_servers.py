@@ -146,18 +146,6 @@ def post_all(
     """POST every body to ``path`` over ``connections`` keep-alive connections, as fast as
     answered; ``answered`` checks each answer (raise to stop the run). A dropped connection
     stops the run too, unless ``tolerate_drops`` (it is then counted)."""
-    return asyncio.run(_post_all(base, path, token, bodies, connections, answered, tolerate_drops))
-
-
-async def _post_all(
-    base: str,
-    path: str,
-    token: str,
-    bodies: Sequence[bytes],
-    connections: int,
-    answered: Callable[[httpx.Response], None],
-    tolerate_drops: bool,
-) -> Load:
     queue: asyncio.Queue[bytes] = asyncio.Queue()
     for body in bodies:
         queue.put_nowait(body)
@@ -179,10 +167,13 @@ async def _post_all(
             load.latencies_ms.append((time.perf_counter() - began) * 1000)
             answered(response)
 
-    async with httpx.AsyncClient(base_url=base, limits=limits, timeout=120) as client:
-        # one small request per connection first, so connecting is not measured
-        await asyncio.gather(*(client.get("/healthz") for _ in range(connections)))
-        start = time.perf_counter()
-        await asyncio.gather(*(client_loop(client) for _ in range(connections)))
-        load.seconds = time.perf_counter() - start
+    async def run() -> None:
+        async with httpx.AsyncClient(base_url=base, limits=limits, timeout=120) as client:
+            # one small request per connection first, so connecting is not measured
+            await asyncio.gather(*(client.get("/healthz") for _ in range(connections)))
+            start = time.perf_counter()
+            await asyncio.gather(*(client_loop(client) for _ in range(connections)))
+            load.seconds = time.perf_counter() - start
+
+    asyncio.run(run())
     return load
