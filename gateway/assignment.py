@@ -18,7 +18,6 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
 
 from sqlalchemy.engine import Engine
 
@@ -222,6 +221,11 @@ class StickyAssigner:
         seen for the first time exactly as :meth:`assign` would (attributes given or looked
         up, segment, decision, first-assignment record; a concurrent enrollment wins).
         Afterwards ``assign`` answers these users from the cache.
+
+        Per chunk of users that is one read of the stored assignments, two attribute
+        queries, then one transaction with an insert of the reported sign-up times and one
+        insert of the first assignments whose ``RETURNING`` says which were stored; only
+        users enrolled concurrently by another process are read again.
         """
         now = now or utcnow()
         by_experiment: dict[str, dict[str, UserAttributes | None]] = {}
@@ -249,28 +253,37 @@ class StickyAssigner:
         users: dict[str, UserAttributes | None],
         now: datetime,
     ) -> None:
+        # Reported sign-up times are stored with the first assignments (one transaction);
+        # until then they count as given, and given attributes win over stored ones.
         signups = {u: g.signed_up_at for u, g in users.items() if g is not None and g.signed_up_at}
-        self.attributes.remember_signups(signups)
         attributes = {u: g or UserAttributes() for u, g in users.items()}
         lookup = [u for u, a in attributes.items() if a.missing()]
         if lookup:
             loaded = self.attributes.load_many(lookup, now)
             for user in lookup:
                 attributes[user] = attributes[user].merged(loaded[user])
-        rows: list[dict[str, Any]] = []
+        choices: list[tuple[str, str, str, str]] = []  # (user, arm, variant, segment)
         for user, attrs in attributes.items():
             segment = segment_of(attrs, self.assigner.rules, now)
             decision = self.assigner.decide_in(experiment, user, segment)
             if decision.reason == "rollback":
                 continue  # nobody is newly enrolled while rolled back
-            rows.append(
-                {"experiment": experiment.name, "user_id": user, "arm": decision.arm,
-                 "variant": decision.variant, "segment": decision.segment,
-                 "stage": experiment.stage, "first_seen": now, "last_seen": now}
-            )  # fmt: skip
-        if rows:
-            assignments.record_first_many(self.engine, rows)
-            self._load_stored(experiment.name, [row["user_id"] for row in rows])
+            assert decision.arm is not None and decision.segment is not None
+            choices.append((user, decision.arm, decision.variant, decision.segment))
+        if not choices:
+            self.attributes.remember_signups(signups)
+            return
+        stored_now = assignments.record_first_many(
+            self.engine, experiment=experiment.name, stage=experiment.stage, now=now,
+            choices=choices, signups=signups,
+        )  # fmt: skip
+        for user, arm, _, segment in choices:
+            if user in stored_now:
+                self._cache((experiment.name, user), _Sticky(arm, segment, now))
+        # Users another process enrolled first: their stored records win.
+        lost = [user for user, *_ in choices if user not in stored_now]
+        if lost:
+            self._load_stored(experiment.name, lost)
 
     # --- storage ---------------------------------------------------------------------
     def _stored(self, experiment: str, user_id: str) -> _Sticky | None:

@@ -108,13 +108,7 @@ class Gateway:
     ) -> list[PreparedJob | InvalidJob]:
         """:meth:`prepare_valid` for validated requests, with the sticky assignments of all their
         users read (and first exposures recorded) in a few queries (bulk submission)."""
-        unpinned = [
-            (r.user_id, _attributes(r))
-            for r in requests
-            if r.model_version is None and r.user_id is not None
-        ]
-        if unpinned:
-            self.sticky.prefetch(unpinned)
+        self._prefetch_assignments(requests)
         prepared: list[PreparedJob | InvalidJob] = []
         for request in requests:
             try:
@@ -122,6 +116,18 @@ class Gateway:
             except InvalidJob as exc:
                 prepared.append(exc)
         return self._refuse_conflicting_replays(prepared)
+
+    def _prefetch_assignments(self, requests: Sequence[JobRequest]) -> None:
+        """Read the sticky assignments of the users of the requests that name no version, and
+        record their first exposures, in a few queries per chunk of users; each request's
+        ``assign`` then decides from the cache exactly as it would have alone."""
+        unpinned = [
+            (r.user_id, _attributes(r))
+            for r in requests
+            if r.model_version is None and r.user_id is not None
+        ]
+        if unpinned:
+            self.sticky.prefetch(unpinned)
 
     def _refuse_conflicting_replays(
         self, prepared: list[PreparedJob | InvalidJob]
@@ -137,23 +143,34 @@ class Gateway:
     def prepare_all(
         self, items: Sequence[Any], *, may_pin_version: bool = True
     ) -> list[PreparedJob]:
-        """All-or-nothing: every item is checked; errors carry the item's index."""
-        prepared: list[PreparedJob | InvalidJob] = []
+        """All-or-nothing: every item is checked; errors carry the item's index. The items'
+        sticky assignments are read and recorded in a few queries for the whole batch, as
+        :meth:`prepare_many` does."""
+        checked: list[JobRequest | InvalidJob] = []
         for item in items:
             try:
-                prepared.append(self.prepare(item, may_pin_version=may_pin_version))
+                checked.append(validate_request(item, self.settings))
+            except InvalidJob as exc:
+                checked.append(exc)
+        self._prefetch_assignments([r for r in checked if isinstance(r, JobRequest)])
+        prepared: list[PreparedJob | InvalidJob] = []
+        for request in checked:
+            if isinstance(request, InvalidJob):
+                prepared.append(request)
+                continue
+            try:
+                prepared.append(self.prepare_valid(request, may_pin_version))
             except InvalidJob as exc:
                 prepared.append(exc)
-        checked = self._refuse_conflicting_replays(prepared)
         errors = [
             f"jobs.{index}.{message}"
-            for index, item in enumerate(checked)
+            for index, item in enumerate(self._refuse_conflicting_replays(prepared))
             if isinstance(item, InvalidJob)
             for message in item.errors
         ]
         if errors:
             raise InvalidJob(errors)
-        return [item for item in checked if isinstance(item, PreparedJob)]
+        return [item for item in prepared if isinstance(item, PreparedJob)]
 
     def submit(
         self,

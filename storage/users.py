@@ -6,10 +6,12 @@ from __future__ import annotations
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, cast
+from functools import lru_cache
+from typing import TYPE_CHECKING, Any, cast
 
-from sqlalchemy import func, or_, select
-from sqlalchemy.engine import Engine
+from sqlalchemy import String, any_, bindparam, func, or_, select
+from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.engine import Connection, Engine
 from sqlmodel import col
 
 if TYPE_CHECKING:
@@ -40,42 +42,67 @@ class Activity:
 def activity(
     engine: Engine, user_ids: Sequence[str], since: datetime, style_tags: Collection[str]
 ) -> Activity:
-    """:class:`Activity` of many users: two queries per chunk of users."""
-    style = or_(*(func.lower(Job.prompt).contains(tag.lower()) for tag in style_tags))
-    live = col(Job.source) != "golden"
+    """:class:`Activity` of many users: two queries per chunk of users, whose text is the
+    same for every chunk (on PostgreSQL the users go as one array parameter)."""
+    profiles, counts = _activity_statements(engine.dialect.name, tuple(style_tags))
     signed: dict[str, datetime | None] = {}
     recent: dict[str, int] = {}
     styled: dict[str, int] = {}
     with engine.connect() as connection:
         for chunk in chunks(user_ids):
-            signed.update(
-                connection.execute(
-                    select(col(UserProfile.user_id), col(UserProfile.signed_up_at)).where(
-                        col(UserProfile.user_id).in_(chunk)
-                    )
-                ).all()
-            )
-            # typed non-null: the IN filter excludes jobs without a user
-            user_id = cast("Mapped[str]", col(Job.user_id))
-            counts = (
-                select(
-                    user_id,
-                    func.count().filter(col(Job.created_at) >= since),
-                    func.count().filter(style),
-                )
-                .where(user_id.in_(chunk), live)
-                .group_by(user_id)
-            )
-            for user, recent_jobs, styled_jobs in connection.execute(counts):
+            ids = list(chunk)
+            signed.update(connection.execute(profiles, {"ids": ids}).all())
+            for user, recent_jobs, styled_jobs in connection.execute(
+                counts, {"ids": ids, "since": since}
+            ):
                 recent[user], styled[user] = recent_jobs, styled_jobs
     return Activity(signed, recent, styled)
+
+
+def user_in(column: Any, dialect: str) -> Any:
+    """``column`` is one of the values of the ``ids`` parameter (a list): ``= ANY(<one
+    array>)`` on PostgreSQL, an expanding ``IN (...)`` elsewhere."""
+    if dialect == "postgresql":
+        return column == any_(bindparam("ids", type_=ARRAY(String)))
+    return column.in_(bindparam("ids", expanding=True))
+
+
+@lru_cache(maxsize=8)
+def _activity_statements(dialect: str, style_tags: tuple[str, ...]) -> tuple[Any, Any]:
+    """(sign-up times, job counts) of the users in ``ids``; counts of live jobs created since
+    ``since`` and of live jobs whose prompt names a style tag."""
+    style = or_(*(func.lower(Job.prompt).contains(tag.lower()) for tag in style_tags))
+    live = col(Job.source) != "golden"
+    profiles = select(col(UserProfile.user_id), col(UserProfile.signed_up_at)).where(
+        user_in(col(UserProfile.user_id), dialect)
+    )
+    # typed non-null: the IN filter excludes jobs without a user
+    user_id = cast("Mapped[str]", col(Job.user_id))
+    counts = (
+        select(
+            user_id,
+            func.count().filter(col(Job.created_at) >= bindparam("since")),
+            func.count().filter(style),
+        )
+        .where(user_in(user_id, dialect), live)
+        .group_by(user_id)
+    )
+    return profiles, counts
 
 
 def remember_signups(engine: Engine, signups: Mapping[str, datetime]) -> None:
     """Store reported sign-up times in one statement; a user's first report wins."""
     if not signups:
         return
-    statement = dialect_insert(engine)(UserProfile).on_conflict_do_nothing()
-    rows = [{"user_id": u, "signed_up_at": when} for u, when in signups.items()]
     with engine.begin() as connection:
-        connection.execute(statement, rows)
+        store_signups(connection, signups)
+
+
+def store_signups(connection: Connection, signups: Mapping[str, datetime]) -> None:
+    """:func:`remember_signups` inside the caller's transaction. Rows go in user order, so
+    concurrent batches sharing users take their row locks in the same order (no deadlock)."""
+    if not signups:
+        return
+    statement = dialect_insert(connection.engine)(UserProfile).on_conflict_do_nothing()
+    rows = [{"user_id": u, "signed_up_at": signups[u]} for u in sorted(signups)]
+    connection.execute(statement, rows)
