@@ -16,6 +16,7 @@ from typing import Any
 from sqlalchemy.engine import Engine
 
 from analysis import metrics as m
+from analysis import rollups
 from analysis.gates import GatePolicy, evaluate, load_policy
 from analysis.multiple_testing import benjamini_hochberg
 from analysis.power import plan
@@ -76,6 +77,8 @@ def metric_section(
     tuning_users: int = DEFAULT_TUNING_USERS,
     trajectory: bool = False,
     last_days: int | None = None,
+    units: m.UnitQuery | None = None,
+    running_cumulative: bool = False,
 ) -> dict[str, Any]:
     """Overall and daily comparisons are stratified by segment: a segment's candidate share
     may differ from another's, and pooling would mix the arms' segment mix into the lift.
@@ -83,10 +86,11 @@ def metric_section(
     ``statistics`` are the metric's overall and daily sufficient statistics when the caller
     has them already (else they are computed here, in one statement). ``trajectory`` adds
     the cumulative comparison at the end of each day (the lift-over-time chart);
-    ``last_days`` the comparison of the window's last days pooled (the promotion rule)."""
-    overall_stats, daily_stats = statistics or m.overall_and_daily_statistics(
-        engine, metric.units, window
-    )
+    ``last_days`` the comparison of the window's last days pooled (the promotion rule).
+    ``units`` replaces the metric's per-user query (the incremental report's), which also
+    computes the trajectory in one pass over the rows (``running_cumulative``)."""
+    units = units or metric.units
+    overall_stats, daily_stats = statistics or m.overall_and_daily_statistics(engine, units, window)
     options: dict[str, Any] = {"tuning_users": tuning_users, "scale": metric.scale}
     by_segment = _by_segment(overall_stats)
     combined = stratified(by_segment)
@@ -121,7 +125,7 @@ def metric_section(
             }
         )
     if trajectory:
-        cumulative = m.cumulative_statistics(engine, metric.units, window)
+        cumulative = m.cumulative_statistics(engine, units, window, running=running_cumulative)
         section["cumulative"] = [
             {
                 "day": day.isoformat(),
@@ -134,7 +138,7 @@ def metric_section(
     if last_days:
         start = max(window.start, window.end - timedelta(days=last_days))
         recent = m.sufficient_statistics(
-            engine, metric.units, m.Window(window.experiment, start, window.end), by_day=False
+            engine, units, m.Window(window.experiment, start, window.end), by_day=False
         )
         section["last_days"] = _comparison_dict(compare_stratified(_by_segment(recent), **options))
     return section
@@ -217,13 +221,23 @@ def build_report(
     policy: GatePolicy,
     *,
     use_cuped: bool = True,
+    incremental: bool = False,
 ) -> dict[str, Any]:
+    """The report of days [first, last]. ``incremental`` reads the rolled-up days'
+    per-user rows (analysis.rollups) and computes only the rest: the same numbers as the
+    full recomputation (the default), which reads every day's jobs and events."""
     window = m.Window.days(experiment.name, first, last)
+    units = {name: query for name, query in rollups.rolled_metrics()}
+    rollup: dict[str, Any] = {"mode": "full"}
+    if incremental:
+        plan = rollups.plan(engine, experiment.name, first, last)
+        units = {name: rollups.incremental_units(name, q, plan) for name, q in units.items()}
+        rollup = plan.as_dict()
     tuning_per_arm = policy.planning.tuning_users_per_arm_for(experiment.name, experiment.stage)
     charted = {policy.promotion.metric, policy.promotion.must_decrease}
     charted |= set(policy.worsening_family())
     statistics = {
-        metric.name: m.overall_and_daily_statistics(engine, metric.units, window)
+        metric.name: m.overall_and_daily_statistics(engine, units[metric.name], window)
         for metric in m.METRICS
     }
     sections = {
@@ -236,6 +250,8 @@ def build_report(
             tuning_users=2 * tuning_per_arm,
             trajectory=metric.name in charted,
             last_days=policy.promotion.days if metric.name == policy.promotion.metric else None,
+            units=units[metric.name],
+            running_cumulative=incremental,
         )
         for metric in m.METRICS
     }
@@ -243,7 +259,7 @@ def build_report(
     days_with_data = len({d for _, _, d in statistics["success_rate"][1]})
     p95_overall = m.percentile_by_arm(engine, window, 0.95, by_day=False)
     p95_daily = m.percentile_by_arm(engine, window, 0.95, by_day=True)
-    dwell = m.sufficient_statistics(engine, m.dwell_vs_retention, window, by_day=False)
+    dwell = m.sufficient_statistics(engine, units["dwell_vs_retention"], window, by_day=False)
     correlation = {}
     for arm, s in zip((BASELINE, CANDIDATE), _arm_totals(dwell), strict=True):
         found = pearson(s) if s is not None else None
@@ -287,16 +303,29 @@ def build_report(
             "srm_alpha": policy.guardrails.srm_alpha,
         },
         "power": power_section(sections, policy, days_with_data),
+        "rollup": rollup,
     }
     report["gates"] = evaluate(report, policy).as_dict()
     return report
 
 
+def report_window(settings: Settings, last: date) -> tuple[date, date]:
+    """The days a report ending with ``last`` covers (``settings.report_days`` of them)."""
+    return last - timedelta(days=settings.report_days - 1), last
+
+
 def report_for_experiment(
-    settings: Settings, engine: Engine, config: ExperimentConfig, name: str, last: date
+    settings: Settings,
+    engine: Engine,
+    config: ExperimentConfig,
+    name: str,
+    last: date,
+    *,
+    incremental: bool = True,
 ) -> dict[str, Any]:
-    """The report of the days up to ``last`` (``settings.report_days`` of them)."""
+    """The report of the days up to ``last`` (``settings.report_days`` of them): from the
+    rolled-up days plus the rest (``incremental``), or recomputed from every row."""
     experiment = config.experiment(name)
     policy = load_policy(settings.gate_policy_file)
-    first = last - timedelta(days=settings.report_days - 1)
-    return build_report(engine, experiment, first, last, policy)
+    first, last = report_window(settings, last)
+    return build_report(engine, experiment, first, last, policy, incremental=incremental)

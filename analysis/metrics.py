@@ -103,10 +103,14 @@ def overall_and_daily_statistics(
 
 
 def cumulative_statistics(
-    engine: Engine, units: UnitQuery, window: Window
+    engine: Engine, units: UnitQuery, window: Window, *, running: bool = False
 ) -> dict[Key, Sufficient]:
     """What a look at the end of each day saw: per (arm, segment, day D) the sufficient
-    statistics of the window's first day up to D, one unit per user (their days summed)."""
+    statistics of the window's first day up to D, one unit per user (their days summed).
+    ``running``: computed in one pass over the rows (storage.metrics.cumulative_sums_running,
+    what the incremental report uses)."""
+    if running:
+        return _sufficient(sql.cumulative_sums_running(engine, units, window))
     return _sufficient(sql.cumulative_sums(engine, units, window))
 
 

@@ -47,7 +47,7 @@ from rich.progress import Progress, TaskID
 from sqlalchemy import event, text
 from sqlalchemy.engine import Connection, Engine
 
-from analysis import experiment_report
+from analysis import experiment_report, rollups
 from analysis import metrics as m
 from analysis.gates import GatePolicy
 from gateway.experiments import Experiment, parse_config
@@ -485,18 +485,23 @@ class Clock:
     captured: list[tuple[str, str, Any]] = field(default_factory=list)
 
 
+_incremental_names: dict[Callable[..., Any], str] = {}
+
+
 def _metric_names() -> dict[Callable[..., Any], str]:
     names = {metric.units: metric.name for metric in m.METRICS}
     names[m.dwell_vs_retention] = "dwell_vs_retention"
-    return names
+    return {**names, **_incremental_names}
 
 
 def _label_of(name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
     """``metric/part`` for a call into analysis.metrics."""
-    if name in ("sufficient_statistics", "overall_and_daily_statistics"):
+    if name in ("sufficient_statistics", "overall_and_daily_statistics", "cumulative_statistics"):
         metric = _metric_names().get(args[1], getattr(args[1], "__name__", "?"))
         if name == "overall_and_daily_statistics":
             return f"{metric}/overall+daily"
+        if name == "cumulative_statistics":
+            return f"{metric}/cumulative"
         return f"{metric}/{'daily' if kwargs.get('by_day') else 'overall'}"
     if name == "percentile_by_arm":
         return f"latency_p95/{'daily' if kwargs.get('by_day') else 'overall'}"
@@ -511,6 +516,7 @@ def instrumented(engine: Engine, clock: Clock) -> Iterator[None]:
     names = (
         "sufficient_statistics",
         "overall_and_daily_statistics",
+        "cumulative_statistics",
         "percentile_by_arm",
         "failures_by_kind",
         "exposures",
@@ -554,13 +560,37 @@ def experiment() -> Experiment:
     return parse_config(CONFIG, ["v1", "v2"]).experiment(EXPERIMENT)
 
 
-def run_report(engine: Engine, clock: Clock) -> tuple[float, dict[str, Any]]:
-    last = FIRST_DAY + timedelta(days=DAYS - 1)
-    with instrumented(engine, clock):
+LAST_DAY = FIRST_DAY + timedelta(days=DAYS - 1)
+
+
+def run_report(
+    engine: Engine, clock: Clock, *, incremental: bool = False
+) -> tuple[float, dict[str, Any]]:
+    with instrumented(engine, clock), _naming_incremental_units():
         start = time.perf_counter()
-        report = experiment_report.build_report(engine, experiment(), FIRST_DAY, last, GatePolicy())
+        report = experiment_report.build_report(
+            engine, experiment(), FIRST_DAY, LAST_DAY, GatePolicy(), incremental=incremental
+        )
         seconds = time.perf_counter() - start
     return seconds, report
+
+
+@contextmanager
+def _naming_incremental_units() -> Iterator[None]:
+    """Label the incremental report's per-user queries with their metric's name."""
+    original = rollups.incremental_units
+
+    def named(name: str, units: m.UnitQuery, plan: rollups.Plan) -> m.UnitQuery:
+        built = original(name, units, plan)
+        _incremental_names[built] = name
+        return built
+
+    rollups.incremental_units = named  # type: ignore[assignment]  # the same signature
+    try:
+        yield
+    finally:
+        rollups.incremental_units = original
+        _incremental_names.clear()
 
 
 def write_explain(engine: Engine, clock: Clock, path: Path) -> None:
@@ -721,21 +751,146 @@ def run_backend(backend: Backend, sizes: Sizes, args: argparse.Namespace) -> Non
         generation = generate(engine, sizes)
         print_generation(backend, engine, generation)
     else:
+        start = time.perf_counter()
+        init_db(engine)  # a data set kept from an older release gets the newer tables
+        upgraded = time.perf_counter() - start
         users, jobs, events = _counts(engine)
-        print(f"{backend.name}: reusing {users:,} users, {jobs:,} jobs, {events:,} events")
+        print(
+            f"{backend.name}: reusing {users:,} users, {jobs:,} jobs, {events:,} events"
+            + (f" (schema upgraded in {upgraded:.1f} s)" if upgraded > 1 else "")
+        )
     rss_before = _rss_mb()
-    best: tuple[float, dict[str, Any], Clock] | None = None
-    for _ in range(args.repeat):
-        clock = Clock()
-        seconds, report = run_report(engine, clock)
-        if best is None or seconds < best[0]:
-            best = (seconds, report, clock)
-    assert best is not None
+    best = best_report(engine, args.repeat, incremental=False)
     print_report(backend, *best)
     print(f"  RSS before the report {rss_before:,.0f} MB, after {_rss_mb():,.0f} MB")
     if args.explain and backend.name == "postgresql":
         write_explain(engine, best[2], args.explain)
         print(f"  EXPLAIN (ANALYZE, BUFFERS) of every statement written to {args.explain}")
+    if not args.full_only:
+        print()
+        run_incremental(backend, engine, best[0], best[1], args.repeat)
+
+
+def best_report(
+    engine: Engine, repeat: int, *, incremental: bool
+) -> tuple[float, dict[str, Any], Clock]:
+    best: tuple[float, dict[str, Any], Clock] | None = None
+    for _ in range(repeat):
+        clock = Clock()
+        seconds, report = run_report(engine, clock, incremental=incremental)
+        if best is None or seconds < best[0]:
+            best = (seconds, report, clock)
+    assert best is not None
+    return best
+
+
+# ---------------------------------------------------------------- the incremental report
+
+
+def report_differences(full: Any, other: Any, path: str = "") -> list[tuple[str, Any, Any]]:
+    """Every value that differs between two reports (their ``rollup`` sections aside)."""
+    if isinstance(full, dict) and isinstance(other, dict):
+        return [
+            found
+            for key in sorted(set(full) | set(other), key=str)
+            if key != "rollup"
+            for found in report_differences(full.get(key), other.get(key), f"{path}.{key}")
+        ]
+    if isinstance(full, list) and isinstance(other, list) and len(full) == len(other):
+        return [
+            found
+            for n, (a, b) in enumerate(zip(full, other, strict=True))
+            for found in report_differences(a, b, f"{path}[{n}]")
+        ]
+    if full == other or (full != full and other != other):  # NaN == NaN here
+        return []
+    return [(path, full, other)]
+
+
+def describe_differences(full: dict[str, Any], other: dict[str, Any]) -> str:
+    found = report_differences(full, other)
+    if not found:
+        return "identical (every number equal)"
+    relative = [
+        abs(a - b) / max(abs(a), abs(b))
+        for _, a, b in found
+        if isinstance(a, float) and isinstance(b, float)
+    ]
+    metrics = sorted({path.split(".")[2] for path, _, _ in found if path.startswith(".metrics.")})
+    return (
+        f"{len(found)} values differ, largest relative difference {max(relative, default=1):.1e}"
+        f" (in {', '.join(metrics) or 'other sections'})"
+    )
+
+
+def clear_rollups(engine: Engine) -> None:
+    with engine.begin() as connection:
+        for table in ("metric_unit_rows", "metric_rollups", "metric_rollup_pending"):
+            connection.execute(text(f"DELETE FROM {table}"))
+
+
+def run_incremental(
+    backend: Backend, engine: Engine, full_seconds: float, full: dict[str, Any], repeat: int
+) -> None:
+    """Side by side with the full report on the same data: the first 13 days rolled up as
+    the nightly job does; a report during the 14th day (that day live); the nightly roll-up
+    of the 14th day once it is complete, and the report then (every day rolled up)."""
+    clear_rollups(engine)
+    setup = rollups.roll_up(engine, EXPERIMENT, FIRST_DAY, LAST_DAY - timedelta(days=1))
+    intraday_seconds, intraday, _ = best_report(engine, repeat, incremental=True)
+    nightly = rollups.roll_up(engine, EXPERIMENT, FIRST_DAY, LAST_DAY)  # the new day, alone
+    assert nightly.rolled_up == [LAST_DAY], nightly
+    seconds, report, clock = best_report(engine, repeat, incremental=True)
+    update = nightly.seconds + seconds
+    statements = sum(clock.statements.values())
+    print(
+        f"{backend.name} incremental report (all {DAYS} days rolled up): {seconds:.2f} s | "
+        f"{statements} queries | nightly roll-up of the completed day {nightly.seconds:.2f} s "
+        f"| daily update {update:.2f} s = {update / full_seconds:.3f} of the full report's "
+        f"{full_seconds:.2f} s"
+    )
+    for label, s in sorted(clock.seconds.items(), key=lambda item: -item[1])[:6]:
+        print(f"  {label}: {s:.2f} s ({clock.statements[label]} queries)")
+    other = seconds - sum(clock.seconds.values())
+    print(f"  other (statistics, roll-up plan, SRM, gates): {other:.2f} s")
+    print(f"  numbers vs the full report: {describe_differences(full, report)}")
+    print(
+        f"  during the day ({DAYS - 1} days rolled up, the new day live): report "
+        f"{intraday_seconds:.2f} s = {intraday_seconds / full_seconds:.3f} of the full report; "
+        f"numbers: {describe_differences(full, intraday)}"
+    )
+    print(
+        f"  set-up: roll-up of the first {len(setup.rolled_up)} days {setup.seconds:.1f} s "
+        f"({setup.seconds / max(len(setup.rolled_up), 1):.2f} s a day)"
+    )
+    run_late(engine, full, repeat)
+
+
+def run_late(engine: Engine, full: dict[str, Any], repeat: int) -> None:
+    """Late data at scale: the roll-ups are dated as if the nightly job had run just after the
+    last day ended, so every event received since about the window's jobs (views come up to
+    2 days after the image) is late. The report finds them and computes their days live;
+    the next nightly run re-rolls those days and counts the events."""
+    nightly_at = rollups.midnight(LAST_DAY + timedelta(days=1)) + rollups.LOOKAHEAD
+    with engine.begin() as connection:
+        connection.execute(text("UPDATE metric_rollups SET checked_at = :at"), {"at": nightly_at})
+    seconds, report, _ = best_report(engine, 1, incremental=True)
+    found = report["rollup"]
+    print(
+        f"  late data (roll-ups checked at {nightly_at:%Y-%m-%d %H:%M} UTC): "
+        f"report {seconds:.2f} s,"
+        f" {found['late_events_found']:,} late events of days {', '.join(found['stale_days'])},"
+        f" days after {found['stored_through']} computed live; numbers: "
+        f"{describe_differences(full, report)}"
+    )
+    rerun = rollups.roll_up(engine, EXPERIMENT, FIRST_DAY, LAST_DAY)
+    seconds, report, _ = best_report(engine, repeat, incremental=True)
+    print(
+        f"  nightly roll-up re-rolled {len(rerun.rerolled)} days in {rerun.seconds:.2f} s "
+        f"({rerun.late_events:,} late events folded in); report then {seconds:.2f} s, "
+        f"{report['rollup']['late_events']:,} late events counted; numbers: "
+        f"{describe_differences(full, report)}"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -749,6 +904,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--drop", action="store_true", help="drop --schema at the end")
     parser.add_argument("--explain", type=Path, help="write EXPLAIN ANALYZE of each query here")
     parser.add_argument("--quick", action="store_true", help="tiny sizes for a smoke run")
+    parser.add_argument(
+        "--full-only", action="store_true", help="only the full report (no roll-ups)"
+    )
     args = parser.parse_args(argv)
     if args.quick:
         args.users, args.jobs, args.events = 1_000, 10_000, 100_000

@@ -1,4 +1,5 @@
-"""The daily job: each experiment's report and dashboard, written where the API serves them.
+"""The daily job: each experiment's completed days rolled up (analysis.rollups), then its
+report and dashboard, written where the API serves them.
 
 Files: ``<home>/dashboards/<experiment>/<day>.html`` and ``.json`` plus ``latest.html`` /
 ``latest.json``, for the day that just ended (UTC).
@@ -8,13 +9,14 @@ from __future__ import annotations
 
 import json
 import logging
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta
 from pathlib import Path
 
 from sqlalchemy.engine import Engine
 
+from analysis import rollups
 from analysis.dashboard import render_dashboard
-from analysis.experiment_report import report_for_experiment
+from analysis.experiment_report import report_for_experiment, report_window
 from analysis.gates import load_policy
 from canary.settings import Settings
 from gateway.experiment_source import ExperimentSource
@@ -74,8 +76,30 @@ def write_dashboards(
     return written
 
 
+def roll_up_experiments(
+    settings: Settings, engine: Engine, now: datetime | None = None
+) -> list[rollups.RollupRun]:
+    """Roll up every experiment's completed days that a report of today or yesterday reads
+    (re-rolling days with late data), so the reports that follow compute only the new day."""
+    now = now or utcnow()
+    config = ExperimentSource.from_settings(settings, engine).config
+    first, _ = report_window(settings, now.date() - timedelta(days=1))
+    runs = []
+    for experiment in config.experiments:
+        run = rollups.roll_up(engine, experiment.name, first, now.date() - timedelta(days=1), now)
+        log.info(
+            "roll-up of %s: %d new days, %d re-rolled, %d late events, %d late outcomes, %.1f s",
+            experiment.name, len(run.rolled_up), len(run.rerolled), run.late_events,
+            run.late_outcomes, run.seconds,
+        )  # fmt: skip
+        runs.append(run)
+    return runs
+
+
 @app.task(name=DASHBOARD_TASK)  # type: ignore[untyped-decorator]  # Celery ships no type hints
 def dashboards_task() -> list[str]:
     ctx = context()
-    yesterday = (utcnow() - timedelta(days=1)).date()
+    now = utcnow()
+    roll_up_experiments(ctx.settings, ctx.engine, now)
+    yesterday = (now - timedelta(days=1)).date()
     return [str(path) for path in write_dashboards(ctx.settings, ctx.engine, yesterday)]

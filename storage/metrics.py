@@ -151,12 +151,20 @@ mean_peak_vram_gb = _job_ratio(
 
 
 def _job_event_ratio(
-    event_num: ColumnElement[Any], den_kind: str, *, counts: EventType, once_per_job: bool = False
+    event_num: ColumnElement[Any],
+    den_kind: str,
+    *,
+    counts: EventType,
+    once_per_job: bool = False,
+    narrow: bool = False,
 ) -> UnitQuery:
     """Events about the experiment's jobs over views (den_kind='views') or generations.
 
     ``event_num`` counts events of type ``counts`` only; just that type (and views for a
-    views denominator) is read, a range of the (type, job_id, dwell_ms) index.
+    views denominator) is read, a range of the (type, job_id, dwell_ms) index. The full
+    report groups every event of the type by job (one pass over the index); ``narrow``
+    reads only the events of the window's jobs (one index probe per job: the same rows,
+    cheaper for a window of a day or two, see :data:`NARROW_UNITS`).
     """
     read = sorted({counts, EventType.IMAGE_VIEWED} if den_kind == "views" else {counts})
 
@@ -174,18 +182,25 @@ def _job_event_ratio(
             .where(_live_jobs(window))
             .subquery()
         )
-        events = (
-            select(
-                col(Event.job_id).label("job_id"),
-                func.sum(event_num).label("num"),
-                func.sum(case((col(Event.type) == EventType.IMAGE_VIEWED, 1), else_=0)).label(
-                    "views"
-                ),
-            )
-            .where(col(Event.job_id).is_not(None), col(Event.type).in_(read))
-            .group_by(Event.job_id)
-            .subquery()
+        sums = (
+            func.sum(event_num).label("num"),
+            func.sum(case((col(Event.type) == EventType.IMAGE_VIEWED, 1), else_=0)).label("views"),
         )
+        if narrow:
+            events = (
+                select(per_job.c.job_id, *sums)
+                .select_from(per_job.join(Event, col(Event.job_id) == per_job.c.job_id))
+                .where(col(Event.type).in_(read))
+                .group_by(per_job.c.job_id)
+                .subquery()
+            )
+        else:
+            events = (
+                select(col(Event.job_id).label("job_id"), *sums)
+                .where(col(Event.job_id).is_not(None), col(Event.type).in_(read))
+                .group_by(Event.job_id)
+                .subquery()
+            )
         den = func.coalesce(events.c.views, 0) if den_kind == "views" else per_job.c.generated
         num: ColumnElement[Any] = func.coalesce(events.c.num, 0)
         if once_per_job:
@@ -206,26 +221,44 @@ def _job_event_ratio(
     return build
 
 
-long_dwell_share = _job_event_ratio(
-    case(
-        (and_(col(Event.type) == EventType.IMAGE_VIEWED, col(Event.dwell_ms) >= LONG_DWELL_MS), 1),
-        else_=0,
-    ),
-    "views",
-    counts=EventType.IMAGE_VIEWED,
-)
-# at most one download counted per image
-download_rate = _job_event_ratio(
-    case((col(Event.type) == EventType.DOWNLOAD_CLICKED, 1), else_=0),
-    "generations",
-    counts=EventType.DOWNLOAD_CLICKED,
-    once_per_job=True,
-)
-negative_feedback_rate = _job_event_ratio(
-    case((col(Event.type) == EventType.FEEDBACK_REPORTED, 1), else_=0),
-    "generations",
-    counts=EventType.FEEDBACK_REPORTED,
-)
+def _long_dwell(*, narrow: bool = False) -> UnitQuery:
+    long_view = and_(
+        col(Event.type) == EventType.IMAGE_VIEWED, col(Event.dwell_ms) >= LONG_DWELL_MS
+    )
+    return _job_event_ratio(
+        case((long_view, 1), else_=0), "views", counts=EventType.IMAGE_VIEWED, narrow=narrow
+    )
+
+
+def _downloads(*, narrow: bool = False) -> UnitQuery:
+    """At most one download counted per image."""
+    return _job_event_ratio(
+        case((col(Event.type) == EventType.DOWNLOAD_CLICKED, 1), else_=0),
+        "generations",
+        counts=EventType.DOWNLOAD_CLICKED,
+        once_per_job=True,
+        narrow=narrow,
+    )
+
+
+def _feedback(*, narrow: bool = False) -> UnitQuery:
+    return _job_event_ratio(
+        case((col(Event.type) == EventType.FEEDBACK_REPORTED, 1), else_=0),
+        "generations",
+        counts=EventType.FEEDBACK_REPORTED,
+        narrow=narrow,
+    )
+
+
+long_dwell_share = _long_dwell()
+download_rate = _downloads()
+negative_feedback_rate = _feedback()
+# the same per-user rows, read for a short window (the incremental report's days)
+NARROW_UNITS: dict[UnitQuery, UnitQuery] = {
+    long_dwell_share: _long_dwell(narrow=True),
+    download_rate: _downloads(narrow=True),
+    negative_feedback_rate: _feedback(narrow=True),
+}
 
 
 def quick_retry_share(engine: Engine, window: Window) -> Select[*tuple[Any, ...]]:
@@ -553,6 +586,80 @@ def cumulative_sums(engine: Engine, units: UnitQuery, window: Window) -> dict[Ke
     with _report_connection(engine) as connection:
         for arm, segment, cut, *numbers in connection.execute(query):
             found[(arm, segment, _as_day(engine, cut))] = _sums_of(numbers)
+    return found
+
+
+def cumulative_sums_running(engine: Engine, units: UnitQuery, window: Window) -> dict[Key, Sums]:
+    """:func:`cumulative_sums` in one pass over the per-user rows instead of one per cut.
+
+    Each (user, day) row adds to its day what it changes in its user's running totals: one
+    unit on the user's first day, its num and den, and the differences of the squares and
+    products (running num^2 after minus before, ...); a cut's sums are then the prefix sums
+    of the days up to it. The work grows with the rows, not rows x days. Integer-valued
+    metrics come out exactly equal to :func:`cumulative_sums`; fractional ones (peak VRAM)
+    to the rounding of a different order of additions.
+    """
+    rows = units(engine, window).subquery("unit_rows")
+    has_z = "z" in rows.c
+    # one row per (arm, segment, user, day), as every per-user query gives them
+    per_day = select(
+        rows.c.arm,
+        rows.c.segment,
+        rows.c.unit,
+        rows.c.day,
+        func.coalesce(cast(rows.c.num, Float), 0.0).label("num"),
+        func.coalesce(cast(rows.c.den, Float), 0.0).label("den"),
+        (cast(rows.c.z, Float) if has_z else literal(0.0)).label("z"),
+    ).subquery()
+    user = [per_day.c.arm, per_day.c.segment, per_day.c.unit]
+    running = select(
+        per_day.c.arm,
+        per_day.c.segment,
+        per_day.c.day,
+        per_day.c.num,
+        per_day.c.den,
+        func.sum(per_day.c.num).over(partition_by=user, order_by=per_day.c.day).label("cn"),
+        func.sum(per_day.c.den).over(partition_by=user, order_by=per_day.c.day).label("cd"),
+        func.row_number().over(partition_by=user, order_by=per_day.c.day).label("rn"),
+        func.coalesce(func.max(per_day.c.z).over(partition_by=user), 0.0).label("z"),
+    ).subquery()
+    r = running.c
+    first = case((r.rn == 1, 1), else_=0)
+    first_z = case((r.rn == 1, r.z), else_=0.0)
+    query = select(
+        r.arm,
+        r.segment,
+        r.day,
+        func.sum(first),
+        func.sum(r.num),
+        func.sum(r.den),
+        func.sum(r.cn * r.cn - (r.cn - r.num) * (r.cn - r.num)),
+        func.sum(r.cd * r.cd - (r.cd - r.den) * (r.cd - r.den)),
+        func.sum(r.cn * r.cd - (r.cn - r.num) * (r.cd - r.den)),
+        func.sum(first_z),
+        func.sum(first_z * r.z),
+        func.sum(r.num * r.z),
+    ).group_by(r.arm, r.segment, r.day)
+    deltas: dict[tuple[str, str], dict[date, list[float]]] = {}
+    with _report_connection(engine) as connection:
+        if engine.dialect.name == "postgresql":  # the running totals sort the rows once
+            connection.execute(text("SET LOCAL work_mem = '64MB'"))
+        for arm, segment, day, *numbers in connection.execute(query):
+            deltas.setdefault((arm, segment), {})[_as_day(engine, day)] = [
+                float(v or 0.0) for v in numbers
+            ]
+    cuts = sorted({day for by_day in deltas.values() for day in by_day})
+    found: dict[Key, Sums] = {}
+    for (arm, segment), by_day in deltas.items():
+        totals: list[float] | None = None
+        for cut in cuts:
+            step = by_day.get(cut)
+            if step is not None:
+                totals = (
+                    step if totals is None else [a + b for a, b in zip(totals, step, strict=True)]
+                )
+            if totals is not None:
+                found[(arm, segment, cut)] = (int(totals[0]), *totals[1:])
     return found
 
 

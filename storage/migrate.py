@@ -25,8 +25,11 @@ VERSION_TABLE = "alembic_version"
 BASELINE = "0001"
 # Databases from before Alembic: the tables each known schema had, newest first. Pre-Alembic
 # schemas only ever existed up to 0002; later revisions always find alembic_version, except
-# a bare ``create_all`` of a later release's models (0003: job_attempts), recognised too.
+# a bare ``create_all`` of a later release's models (0003: job_attempts; 0004: the
+# metric roll-up tables), recognised too.
+ROLLUP_TABLES = ("metric_unit_rows", "metric_rollups", "metric_rollup_pending")
 PRE_ALEMBIC_SCHEMAS: tuple[tuple[str, frozenset[str]], ...] = (
+    ("0004", frozenset({"batches", "batch_lines", "job_attempts", *ROLLUP_TABLES})),
     ("0003", frozenset({"batches", "batch_lines", "job_attempts"})),
     ("0002", frozenset({"batches", "batch_lines"})),
     (BASELINE, frozenset()),

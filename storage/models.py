@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from enum import StrEnum
 
 from sqlalchemy import BigInteger, Column, DateTime, Index
@@ -298,6 +298,9 @@ class Event(SQLModel, table=True):
         Index("ix_events_type_job", "type", "job_id", "dwell_ms"),
         # "did this user log in / pay after t": one index probe per user, no table access
         Index("ix_events_user_type_time", "user_id", "type", "occurred_at"),
+        # late events: those received after the roll-up of a day they count toward
+        # (analysis.rollups) are found from the last check on, one index range
+        Index("ix_events_received", "received_at"),
     )
 
     id: str = Field(primary_key=True, max_length=100)
@@ -371,3 +374,50 @@ class BatchLine(SQLModel, table=True):
     batch_id: str = Field(primary_key=True, max_length=64)
     line: int = Field(primary_key=True)
     job_id: str = Field(index=True, max_length=36)
+
+
+class MetricUnitRow(SQLModel, table=True):
+    """A completed day's per-user metric row, as the report's per-user query gives it: the
+    daily metrics' (job day, user) partial sums, the value metrics' one row per user of an
+    exposure cohort day. The incremental report reduces these with the new day's rows
+    exactly as the full report reduces its own (analysis.rollups)."""
+
+    __tablename__ = "metric_unit_rows"
+
+    # the key's order is the report's: a metric's rows come out of the index already in
+    # (arm, segment, user, day) order, as the per-user sums and running totals read them
+    experiment: str = Field(primary_key=True, max_length=100)
+    metric: str = Field(primary_key=True, max_length=64)
+    arm: str = Field(primary_key=True, max_length=16)
+    segment: str = Field(primary_key=True, max_length=32)
+    unit: str = Field(primary_key=True, max_length=200)
+    day: date = Field(primary_key=True)  # job day, or exposure (cohort) day
+    num: float | None = None
+    den: float | None = None
+    z: float | None = None  # the CUPED covariate of the value metrics
+
+
+class MetricRollup(SQLModel, table=True):
+    """One rolled-up day of an experiment: when its rows were computed, up to when every
+    event received is reflected in them (``checked_at``), and what came late."""
+
+    __tablename__ = "metric_rollups"
+
+    experiment: str = Field(primary_key=True, max_length=100)
+    day: date = Field(primary_key=True)
+    rolled_up_at: datetime = Field(sa_column=_utc_column(nullable=False))
+    checked_at: datetime = Field(sa_column=_utc_column(nullable=False))
+    late_events: int = 0  # events received after a roll-up of this day, folded in by a re-roll
+    late_outcomes: int = 0  # jobs of this day that finished after a roll-up
+    rerolls: int = 0
+
+
+class MetricRollupPending(SQLModel, table=True):
+    """Jobs of a rolled-up day that had not finished at the roll-up: when one finishes, the
+    day's rows are stale (its success, VRAM and generation counts change)."""
+
+    __tablename__ = "metric_rollup_pending"
+
+    experiment: str = Field(primary_key=True, max_length=100)
+    day: date = Field(primary_key=True)
+    job_id: str = Field(primary_key=True, max_length=36)

@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from canary.cli.common import db_engine, fail, print_json, usage_error, write_file
+from canary.cli.common import db_engine, err, fail, print_json, usage_error, write_file
 from canary.settings import get_settings
 
 console = Console()
@@ -96,6 +96,21 @@ def report(
     html_out: Annotated[
         Path | None, typer.Option("--html", dir_okay=False, help="Write the dashboard here")
     ] = None,
+    full: Annotated[
+        bool,
+        typer.Option(
+            "--full",
+            help="Recompute every day from the jobs and events instead of reading the "
+            "rolled-up days (the same numbers, slower)",
+        ),
+    ] = False,
+    roll_up: Annotated[
+        bool,
+        typer.Option(
+            "--roll-up",
+            help="First roll up the report's completed days (the daily job does this)",
+        ),
+    ] = False,
 ) -> None:
     """The A/B report of an experiment: three metric layers, statistics, SRM, gates."""
     import json
@@ -116,8 +131,21 @@ def report(
     if experiment not in {e.name for e in config.experiments}:
         known = ", ".join(e.name for e in config.experiments) or "none (no experiment file)"
         raise fail(f"no experiment {experiment!r}; configured: {known}")
+    if roll_up and not full:
+        from analysis.experiment_report import report_window
+        from analysis.rollups import roll_up as roll_up_days
+
+        first, _ = report_window(settings, last)
+        done = roll_up_days(db_engine(), experiment, first, last)
+        err.print(
+            f"rolled up {len(done.rolled_up)} days, re-rolled {len(done.rerolled)} "
+            f"({done.late_events} late events, {done.late_outcomes} late job outcomes) "
+            f"in {done.seconds:.1f} s"
+        )
     try:
-        result = report_for_experiment(settings, db_engine(), config, experiment, last)
+        result = report_for_experiment(
+            settings, db_engine(), config, experiment, last, incremental=not full
+        )
         policy = load_policy(settings.gate_policy_file)
     except GatePolicyError as exc:
         raise fail(f"gate policy: {exc}") from None
