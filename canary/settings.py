@@ -159,6 +159,12 @@ class Settings(BaseSettings):
         "pool process so it starts the moment the current one returns; 1 leaves every "
         "queued job to whichever worker is free first",
     )
+    claim_ahead: bool = Field(
+        default=True,
+        description="The worker's main process claims the job it writes to the pool "
+        "process's pipe while the current one renders, so the next render starts without a "
+        "database round trip (tasks/claim_ahead.py)",
+    )
     micro_batch: int = Field(
         default=1,
         ge=1,

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -35,9 +36,26 @@ def normalise_url(url: str) -> str:
     return url
 
 
+def _forget_inherited_connections() -> None:
+    """In a forked child (a worker's replacement pool process): never use the parent's
+    pooled connections, whose sockets the parent keeps using (SQLAlchemy's pattern for
+    multiprocessing: dispose without closing them)."""
+    for engine in _engines:
+        engine.dispose(close=False)
+
+
+_engines: list[Engine] = []
+os.register_at_fork(after_in_child=_forget_inherited_connections)
+
+
 @lru_cache(maxsize=8)
 def get_engine(url: str) -> Engine:
-    url = normalise_url(url)
+    engine = _make_engine(normalise_url(url))
+    _engines.append(engine)
+    return engine
+
+
+def _make_engine(url: str) -> Engine:
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":

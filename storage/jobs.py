@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from typing import Any
 
@@ -132,6 +132,10 @@ def any_idempotency_key_starting(engine: Engine, prefix: str) -> bool:
 
 # claim_job's default cutoff: every RUNNING job counts as stale
 NO_CUTOFF = datetime(9999, 1, 1, tzinfo=UTC)
+# A job claimed ahead (tasks/claim_ahead.py) carries the time it entered its pool process's
+# pipe as ``started_at`` until it is confirmed: at most this much before its real start.
+# Rules that presume a worker lost from ``started_at`` allow for it.
+STARTED_EARLY_SLACK = timedelta(seconds=1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,8 +178,41 @@ def claim_job(
     return None if row is None else Claimed(*row)
 
 
+def claim_queued(
+    engine: Engine, job_id: str, started_at: datetime, **worker: Any
+) -> Claimed | None:
+    """:func:`claim_job` for a QUEUED job only (tasks/claim_ahead.py): a RUNNING job, even
+    one this worker holds or one whose holder looks lost, is left to the render task's own
+    claim, which knows what its process holds."""
+    params = {f"claim_{name}": value for name, value in worker.items()}
+    params.update(claim_id=job_id, claim_started_at=started_at)
+    statement = _claim_statement(tuple(sorted(worker)), queued_only=True)
+    with engine.begin() as connection:
+        row = connection.execute(statement, params).first()
+    return None if row is None else Claimed(*row)
+
+
+def confirm_claim(
+    engine: Engine, job_id: str, attempt: int, worker_host: str, started_at: datetime
+) -> bool:
+    """Still held by ``worker_host`` in ``attempt``? Then its ``started_at`` becomes the
+    render's real start (True); False if anything took it since."""
+    statement = (
+        update(Job)
+        .where(
+            col(Job.id) == job_id,
+            col(Job.status) == JobStatus.RUNNING,
+            col(Job.worker_host) == worker_host,
+            col(Job.attempts) == attempt,
+        )
+        .values(started_at=started_at)
+    )
+    with engine.begin() as connection:
+        return connection.execute(statement).rowcount == 1
+
+
 @lru_cache(maxsize=16)
-def _claim_statement(fields: tuple[str, ...]) -> Any:
+def _claim_statement(fields: tuple[str, ...], queued_only: bool = False) -> Any:
     """Built once per set of worker fields: a worker claims on its critical path, and
     building the statement costs twice what executing it on SQLite does."""
     running_unheld = and_(
@@ -186,12 +223,14 @@ def _claim_statement(fields: tuple[str, ...]) -> Any:
             col(Job.started_at) < bindparam("claim_stale_before"),
         ),
     )
+    claimable = (
+        col(Job.status) == JobStatus.QUEUED
+        if queued_only
+        else or_(col(Job.status) == JobStatus.QUEUED, running_unheld)
+    )
     return (
         update(Job)
-        .where(
-            col(Job.id) == bindparam("claim_id"),
-            or_(col(Job.status) == JobStatus.QUEUED, running_unheld),
-        )
+        .where(col(Job.id) == bindparam("claim_id"), claimable)
         .values(
             status=JobStatus.RUNNING,
             attempts=Job.attempts + 1,

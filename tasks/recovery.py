@@ -80,7 +80,8 @@ def recover_dead_neighbours(
 
 def sweep(app: Celery, settings: Settings, engine: Engine, version: str) -> int:
     """Re-send the version's jobs RUNNING for longer than the visibility timeout."""
-    cutoff = utcnow() - timedelta(seconds=settings.visibility_timeout_s)
+    # a job claimed ahead may carry a start stamped a little early (tasks/claim_ahead.py)
+    cutoff = utcnow() - timedelta(seconds=settings.visibility_timeout_s) - jobs.STARTED_EARLY_SLACK
     rows = jobs.take_stranded(
         engine, model_version=version, started_before=cutoff, detected_by="sweep",
         cause="its worker went silent (running for longer than the visibility timeout)",

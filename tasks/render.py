@@ -33,6 +33,7 @@ from storage import jobs
 from storage.models import FailureKind, JobStatus, utcnow
 from tasks.app import app
 from tasks.checks import classify_output
+from tasks.claim_ahead import take_in_child
 from tasks.faults import NO_FAULTS, Faults, batch_step_callback
 from tasks.outcome import ALREADY_FINISHED, HELD, RENDERED, REROUTED, JobFailed, skip_duplicate
 from tasks.pipelines import LoadedModel, Pipeline
@@ -285,6 +286,7 @@ def record(ctx: WorkerContext, item: Rendered) -> None:
         job_id,
         JobStatus.SUCCEEDED,
         finished_at=finished_at,
+        started_at=item.started_at,  # the render's real start (tasks/claim_ahead.py)
         upload_ms=upload_ms,
         end_to_end_ms=_ms_between(finished_at, claimed.created_at),
         **_stored_fields(item, key),
@@ -375,12 +377,14 @@ def render(self: Task, job_id: str, spec: dict[str, Any]) -> str:
             return HELD
         return skip_duplicate(job_id, held.status)
     started_at = utcnow()
-    claimed = jobs.claim_job(
+    time_limit = timedelta(seconds=ctx.settings.task_time_limit_s)
+    claimed = take_in_child(ctx, self.request, job_id, started_at) or jobs.claim_job(
         ctx.engine,
         job_id,
         started_at=started_at,
         # no render outlasts the hard time limit: a job held longer has lost its worker
-        stale_before=started_at - timedelta(seconds=ctx.settings.task_time_limit_s),
+        # (a claim made ahead may have stamped its start a little early)
+        stale_before=started_at - time_limit - jobs.STARTED_EARLY_SLACK,
         **ctx.worker_fields(),
     )
     if claimed is None:

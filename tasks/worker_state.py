@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
@@ -83,6 +84,9 @@ class WorkerContext:
     wiring: Wiring
     model: LoadedModel | None = None
     load_error: str | None = None
+    # time.monotonic() once this pool process has taken over what its node held (claims
+    # made ahead before then are not trusted: tasks/claim_ahead.py); None in the parent
+    ready_at: float | None = None
 
     @property
     def settings(self) -> Settings:
@@ -231,6 +235,7 @@ def start_process() -> None:
         recovery.recover_dead_neighbours(ctx.app, ctx.settings, ctx.engine, ctx.version, ctx.node)
     except Exception:  # the periodic sweep catches up later
         log.exception("could not re-send the jobs left by %s's previous process", ctx.node)
+    ctx.ready_at = time.monotonic()
     ctx.recorder  # noqa: B018  (start the thread before the first job)
     ctx.storage_guard.start()  # drains the spool; the breaker (tasks/spool.py)
 

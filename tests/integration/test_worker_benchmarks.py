@@ -18,7 +18,7 @@ pytestmark = pytest.mark.integration
 EXPECTED = {
     "end_to_end": {"end_to_end_efficiency", "end_to_end_jobs_per_s"},
     "overhead": {"overhead_median_ms", "overhead_p99_ms", "worker_jobs_per_s"},
-    "busy": {"busy_fraction"},
+    "busy": {"busy_fraction", "handover_median_ms", "busy_fraction_claim_in_task"},
     "bulk_submit": {
         "bulk_submit_vs_apply_async",
         "bulk_submit_jobs_per_s",
@@ -35,7 +35,8 @@ EXPECTED = {
 TARGETED = {
     "end_to_end_efficiency": (">=", 0.95),
     "overhead_median_ms": ("<=", 10.0),
-    "busy_fraction": (">=", 0.98),
+    "busy_fraction": (">=", 0.99),
+    "handover_median_ms": ("<=", 0.5),
     "bulk_submit_vs_apply_async": (">=", 2.0),
     "micro_batch_max_pixel_diff": ("<=", 2.0),
     "worker_rss_growth_mib": ("<=", 16.0),
