@@ -3,7 +3,7 @@ records exactly what one ``assign`` call per request would, on SQLite and Postgr
 
 from __future__ import annotations
 
-import threading
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -29,9 +29,9 @@ from tests.integration.test_sticky_assignment import (
     config,
     config_data,
     mixed_attributes,
+    race_for_new_users,
     row_snapshot,
     sticky,
-    stored,
 )
 
 pytestmark = pytest.mark.integration
@@ -125,35 +125,20 @@ def test_concurrent_batches_enrolling_the_same_users_agree(
     cfg = config(stage="only", stages={"only": {"default": 0.0, NEW_USER: 1.0}})
     users = [f"racer-{i:03d}" for i in range(300)]
     workers = 4
-    barrier = threading.Barrier(workers)
-    results: dict[int, dict[str, Decision]] = {}
-    errors: list[BaseException] = []
 
-    def run(index: int) -> None:
+    def prepare(index: int) -> Callable[[], dict[str, Decision]]:
         assigner = sticky(engine, cfg)
         attributes = UserAttributes(NOW if index % 2 else NOW - timedelta(days=60), 0, 0)
         order = users if index % 2 else users[::-1]
-        try:
-            barrier.wait(timeout=30)
+
+        def decide() -> dict[str, Decision]:
             assigner.prefetch([(u, attributes) for u in order], NOW)
             assert len(assigner.cache) == len(users)  # every decision comes from the cache
-            results[index] = {u: assigner.assign(u, attributes, NOW) for u in users}
-        except BaseException as exc:  # reported below
-            errors.append(exc)
+            return {u: assigner.assign(u, attributes, NOW) for u in users}
 
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(workers)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=120)
-    assert not errors, errors
-    rows = stored(engine)
-    assert set(rows) == set(users)
-    for user in users:
-        row = rows[user]
-        assert {(results[i][user].arm, results[i][user].segment) for i in range(workers)} == {
-            (row.arm, row.segment)
-        }, user
+        return decide
+
+    race_for_new_users(engine, users, workers, prepare)
 
 
 def test_api_batch_assigns_as_single_requests_do(tmp_path: Path) -> None:

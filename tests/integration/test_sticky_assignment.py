@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -472,20 +473,24 @@ def test_two_assigners_racing_for_a_new_user_agree_on_one_row(engine: Engine) ->
         assert assigner.assign("racer", as_old, now=NOW).arm == Arm.CANDIDATE
 
 
-def test_threads_racing_for_the_same_new_users_agree(engine: Engine) -> None:
-    cfg = config(stage="only", stages={"only": {"default": 0.0, NEW_USER: 1.0}})
-    workers = 6
-    users = [f"racer-{i}" for i in range(20)]
+def race_for_new_users(
+    engine: Engine,
+    users: list[str],
+    workers: int,
+    prepare: Callable[[int], Callable[[], dict[str, Decision]]],
+) -> None:
+    """In each of ``workers`` threads, ``prepare(index)`` (its own assigner, as another
+    process would have) and then, all threads at once, the call it returned; every user
+    ends with one stored row, and every thread answered each user with its arm and segment."""
     barrier = threading.Barrier(workers)
     results: dict[int, dict[str, Decision]] = {}
     errors: list[BaseException] = []
 
     def run(index: int) -> None:
-        assigner = sticky(engine, cfg)  # its own cache, as in another process
-        attributes = UserAttributes(NOW if index % 2 else NOW - timedelta(days=60), 0, 0)
+        decide = prepare(index)
         try:
             barrier.wait(timeout=30)
-            results[index] = {u: assigner.assign(u, attributes, now=NOW) for u in users}
+            results[index] = decide()
         except BaseException as exc:  # reported below
             errors.append(exc)
 
@@ -502,3 +507,16 @@ def test_threads_racing_for_the_same_new_users_agree(engine: Engine) -> None:
         assert {(results[i][user].arm, results[i][user].segment) for i in range(workers)} == {
             (row.arm, row.segment)
         }, user
+
+
+def test_threads_racing_for_the_same_new_users_agree(engine: Engine) -> None:
+    cfg = config(stage="only", stages={"only": {"default": 0.0, NEW_USER: 1.0}})
+    workers = 6
+    users = [f"racer-{i}" for i in range(20)]
+
+    def prepare(index: int) -> Callable[[], dict[str, Decision]]:
+        assigner = sticky(engine, cfg)  # its own cache, as in another process
+        attributes = UserAttributes(NOW if index % 2 else NOW - timedelta(days=60), 0, 0)
+        return lambda: {u: assigner.assign(u, attributes, now=NOW) for u in users}
+
+    race_for_new_users(engine, users, workers, prepare)
