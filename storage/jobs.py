@@ -154,6 +154,7 @@ def claim_job(
     started_at: datetime,
     *,
     stale_before: datetime | None = None,
+    queued_only: bool = False,
     **worker: Any,
 ) -> Claimed | None:
     """Claim a job for a worker: -> RUNNING and count the attempt, in one statement; None
@@ -164,7 +165,9 @@ def claim_job(
     its pool process died), or when it started before ``stale_before`` (its worker is
     presumed lost; default: any RUNNING job). A RUNNING job another worker claimed recently
     is not: that worker renders it (e.g. as a micro-batch mate) and recovery re-sends it if
-    that worker dies.
+    that worker dies. ``queued_only`` (tasks/claim_ahead.py): a QUEUED job only; a RUNNING
+    one, even one this worker holds, is left to the render task, which knows what its
+    process holds.
     """
     params = {f"claim_{name}": value for name, value in worker.items()}
     params.update(
@@ -174,20 +177,7 @@ def claim_job(
         claim_stale_before=stale_before or NO_CUTOFF,
     )
     with engine.begin() as connection:
-        row = connection.execute(_claim_statement(tuple(sorted(worker))), params).first()
-    return None if row is None else Claimed(*row)
-
-
-def claim_queued(
-    engine: Engine, job_id: str, started_at: datetime, **worker: Any
-) -> Claimed | None:
-    """:func:`claim_job` for a QUEUED job only (tasks/claim_ahead.py): a RUNNING job, even
-    one this worker holds or one whose holder looks lost, is left to the render task's own
-    claim, which knows what its process holds."""
-    params = {f"claim_{name}": value for name, value in worker.items()}
-    params.update(claim_id=job_id, claim_started_at=started_at)
-    statement = _claim_statement(tuple(sorted(worker)), queued_only=True)
-    with engine.begin() as connection:
+        statement = _claim_statement(tuple(sorted(worker)), queued_only)
         row = connection.execute(statement, params).first()
     return None if row is None else Claimed(*row)
 

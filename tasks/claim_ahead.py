@@ -68,7 +68,9 @@ def claim_in_parent(task_name: str, request: dict[str, Any], body: bytes, conten
         if not isinstance(spec, dict) or spec.get("model_version") != ctx.version:
             return  # misrouted or malformed: the render task deals with it
         before = time.monotonic()  # read before the UPDATE: see the module docstring
-        claimed = jobs.claim_queued(ctx.engine, str(job_id), utcnow(), **_fields(ctx))
+        claimed = jobs.claim_job(
+            ctx.engine, str(job_id), utcnow(), queued_only=True, **_fields(ctx)
+        )
     except Exception as exc:  # never lose the message over an optimisation
         log.warning("could not claim a job ahead (%s: %s); its render claims it",
                     type(exc).__name__, exc)  # fmt: skip

@@ -44,19 +44,21 @@ engine = test_job_claims.engine  # the fixture: a fresh database, SQLite and Pos
 
 def test_only_a_queued_job_is_claimed_ahead(engine: Engine) -> None:
     queued = new_job(engine, "queued")
-    claimed = jobs.claim_queued(engine, queued, utcnow(), **FIELDS)
+    claimed = jobs.claim_job(engine, queued, utcnow(), queued_only=True, **FIELDS)
     assert claimed is not None and claimed.attempt == 1
     # running (even held by this very node) or finished: left to the render task's claim
-    assert jobs.claim_queued(engine, queued, utcnow(), **FIELDS) is None
+    assert jobs.claim_job(engine, queued, utcnow(), queued_only=True, **FIELDS) is None
     jobs.finish(engine, queued, JobStatus.SUCCEEDED)
-    assert jobs.claim_queued(engine, queued, utcnow(), **FIELDS) is None
+    assert jobs.claim_job(engine, queued, utcnow(), queued_only=True, **FIELDS) is None
     row = jobs.get_job(engine, queued)
     assert row is not None and (row.status, row.attempts) == (JobStatus.SUCCEEDED, 1)
 
 
 def test_a_claim_is_confirmed_only_while_its_holder_still_has_it(engine: Engine) -> None:
     job_id = new_job(engine, "confirm")
-    claimed = jobs.claim_queued(engine, job_id, utcnow() - timedelta(seconds=5), **FIELDS)
+    claimed = jobs.claim_job(
+        engine, job_id, utcnow() - timedelta(seconds=5), queued_only=True, **FIELDS
+    )
     assert claimed is not None
     real_start = utcnow()
     assert jobs.confirm_claim(engine, job_id, claimed.attempt, NODE, real_start)
@@ -86,7 +88,7 @@ def test_the_render_trusts_a_claim_only_if_made_after_its_process_took_over(
     init_db(engine)
     job_id = new_job(engine, "trust")
     before_claim = time.monotonic()
-    claimed = jobs.claim_queued(engine, job_id, utcnow(), **FIELDS)
+    claimed = jobs.claim_job(engine, job_id, utcnow(), queued_only=True, **FIELDS)
     assert claimed is not None
     ctx = SimpleNamespace(engine=engine, node=NODE, ready_at=before_claim - 1)
     taken = take_in_child(ctx, ahead(before_claim, claimed), job_id, utcnow())  # type: ignore[arg-type]
