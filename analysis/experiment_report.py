@@ -1,10 +1,11 @@
 """One experiment's report: every metric's comparison, per day and segment, SRM, gates.
 
-The database does the aggregation (analysis.metrics); this module turns sufficient
-statistics into comparisons (analysis.stats) and a JSON-ready dict that the CLI table,
-the dashboard and the gates all read. Every comparison's always-valid test is tuned to the
-policy's planned sample (analysis.gates_policy.Planning); the exploratory rows (metric x
-scope) carry Benjamini-Hochberg q-values next to their raw p-values.
+The database does the aggregation (storage.metrics' SQL, read as sufficient statistics
+through analysis.metrics); this module turns sufficient statistics into comparisons
+(analysis.stats) and a JSON-ready dict that the CLI table, the dashboard and the gates all
+read. Every comparison's always-valid test is tuned to the policy's planned sample
+(analysis.gates_policy.Planning); the exploratory rows (metric x scope) carry
+Benjamini-Hochberg q-values next to their raw p-values.
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ from analysis.stats import (
 from canary.settings import Settings
 from gateway.experiments import Experiment, ExperimentConfig
 from storage import golden
+from storage import metrics as sql
+from storage.metrics import Key, UnitQuery, Window
 from storage.models import Arm, GoldenRunStatus
 
 BASELINE, CANDIDATE = Arm.BASELINE.value, Arm.CANDIDATE.value
@@ -47,7 +50,7 @@ def _comparison_dict(comparison: Comparison | None) -> dict[str, Any] | None:
 
 
 def _arm_totals(
-    stats: dict[m.Key, m.Sufficient],
+    stats: dict[Key, m.Sufficient],
 ) -> tuple[m.Sufficient | None, m.Sufficient | None]:
     totals: dict[str, m.Sufficient] = {}
     for (arm, _, _), s in stats.items():
@@ -56,7 +59,7 @@ def _arm_totals(
 
 
 def _by_segment(
-    stats: dict[m.Key, m.Sufficient], day: date | None = None
+    stats: dict[Key, m.Sufficient], day: date | None = None
 ) -> dict[str, tuple[m.Sufficient, m.Sufficient]]:
     """Segments with both arms (on ``day``, or over the window)."""
     segments = sorted({segment for _, segment, d in stats if d == day})
@@ -70,14 +73,14 @@ def _by_segment(
 def metric_section(
     engine: Engine,
     metric: m.MetricDef,
-    window: m.Window,
+    window: Window,
     *,
     use_cuped: bool,
-    statistics: tuple[dict[m.Key, m.Sufficient], dict[m.Key, m.Sufficient]] | None = None,
+    statistics: tuple[dict[Key, m.Sufficient], dict[Key, m.Sufficient]] | None = None,
     tuning_users: int = DEFAULT_TUNING_USERS,
     trajectory: bool = False,
     last_days: int | None = None,
-    units: m.UnitQuery | None = None,
+    units: UnitQuery | None = None,
     running_cumulative: bool = False,
 ) -> dict[str, Any]:
     """Overall and daily comparisons are stratified by segment: a segment's candidate share
@@ -138,7 +141,7 @@ def metric_section(
     if last_days:
         start = max(window.start, window.end - timedelta(days=last_days))
         recent = m.sufficient_statistics(
-            engine, units, m.Window(window.experiment, start, window.end), by_day=False
+            engine, units, Window(window.experiment, start, window.end), by_day=False
         )
         section["last_days"] = _comparison_dict(compare_stratified(_by_segment(recent), **options))
     return section
@@ -226,7 +229,7 @@ def build_report(
     """The report of days [first, last]. ``incremental`` reads the rolled-up days'
     per-user rows (analysis.rollups) and computes only the rest: the same numbers as the
     full recomputation (the default), which reads every day's jobs and events."""
-    window = m.Window.days(experiment.name, first, last)
+    window = Window.days(experiment.name, first, last)
     units = {name: query for name, query in rollups.rolled_metrics()}
     rollup: dict[str, Any] = {"mode": "full"}
     if incremental:
@@ -257,8 +260,8 @@ def build_report(
     }
     family_size = adjust_exploratory(sections)
     days_with_data = len({d for _, _, d in statistics["success_rate"][1]})
-    p95_overall = m.percentile_by_arm(engine, window, 0.95, by_day=False)
-    p95_daily = m.percentile_by_arm(engine, window, 0.95, by_day=True)
+    p95_overall = sql.percentile_by_arm(engine, window, 0.95, by_day=False)
+    p95_daily = sql.percentile_by_arm(engine, window, 0.95, by_day=True)
     dwell = m.sufficient_statistics(engine, units["dwell_vs_retention"], window, by_day=False)
     correlation = {}
     for arm, s in zip((BASELINE, CANDIDATE), _arm_totals(dwell), strict=True):
@@ -291,7 +294,7 @@ def build_report(
                 for day in sorted({d for _, d in p95_daily if d is not None})
             ],
         },
-        "failures": m.failures_by_kind(engine, window),
+        "failures": sql.failures_by_kind(engine, window),
         "dwell_retention_correlation": correlation,
         "srm": srm_section(engine, experiment, policy.guardrails.srm_alpha),
         "golden": golden_section(engine, experiment),

@@ -23,37 +23,25 @@ from sqlalchemy.engine import Engine
 from analysis.intervals import Scale
 from storage import metrics as sql
 from storage.metrics import (
-    LONG_DWELL_MS,
-    QUICK_RETRY_S,
-    RETENTION_DAYS,
     Key,
     UnitQuery,
     Window,
-    day_of,
     download_rate,
-    dwell_vs_retention,
-    exposures,
-    failures_by_kind,
     generations_per_week,
     long_dwell_share,
     mean_peak_vram_gb,
     negative_feedback_rate,
-    percentile_by_arm,
-    plus_days,
     quick_retry_share,
     retention_7d,
-    seconds_between,
     success_rate,
     trial_to_paid,
 )
 
+# Only what this module defines: the SQL's names (Key, Window, UnitQuery, the per-user
+# queries, percentile_by_arm, failures_by_kind, exposures, ...) are storage.metrics'.
 __all__ = [
-    "HEALTH", "INTERACTION", "LONG_DWELL_MS", "METRICS", "QUICK_RETRY_S", "RETENTION_DAYS",
-    "VALUE", "Key", "MetricDef", "Sufficient", "UnitQuery", "Window", "cumulative_statistics",
-    "day_of", "download_rate", "dwell_vs_retention", "exposures", "failures_by_kind",
-    "generations_per_week", "long_dwell_share", "mean_peak_vram_gb", "negative_feedback_rate",
-    "overall_and_daily_statistics", "percentile_by_arm", "plus_days", "quick_retry_share",
-    "retention_7d", "seconds_between", "success_rate", "sufficient_statistics", "trial_to_paid",
+    "HEALTH", "INTERACTION", "METRICS", "VALUE", "MetricDef", "Sufficient",
+    "cumulative_statistics", "overall_and_daily_statistics", "sufficient_statistics",
 ]  # fmt: skip
 
 

@@ -47,7 +47,14 @@ from sqlalchemy.sql import Select
 
 from analysis import metrics as m
 from storage import rollups as store
-from storage.metrics import NARROW_UNITS, QUICK_RETRY_S, RETENTION_DAYS, UnitQuery, Window
+from storage.metrics import (
+    NARROW_UNITS,
+    QUICK_RETRY_S,
+    RETENTION_DAYS,
+    UnitQuery,
+    Window,
+    dwell_vs_retention,
+)
 from storage.models import utcnow
 
 # days after its exposure day that a cohort's rows depend on
@@ -70,7 +77,7 @@ ONE_DAY = timedelta(days=1)
 def rolled_metrics() -> list[tuple[str, UnitQuery]]:
     """Every per-user query a report reduces, by name (the metrics and the correlation)."""
     found = [(metric.name, metric.units) for metric in m.METRICS]
-    return [*found, ("dwell_vs_retention", m.dwell_vs_retention)]
+    return [*found, ("dwell_vs_retention", dwell_vs_retention)]
 
 
 def as_last(metric: str) -> str:

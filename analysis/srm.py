@@ -24,11 +24,11 @@ from typing import Any
 from scipy.stats import chi2
 from sqlalchemy.engine import Engine
 
-from analysis import metrics as m
 from analysis.multiple_testing import holm
 from analysis.stats import SRM_ALPHA, sample_ratio
 from gateway.experiments import Experiment
 from gateway.hashing import NUM_BUCKETS, bucket_ranges
+from storage import metrics as sql
 from storage.models import Arm
 
 BASELINE, CANDIDATE = Arm.BASELINE.value, Arm.CANDIDATE.value
@@ -119,7 +119,7 @@ def srm_section(engine: Engine, experiment: Experiment, alpha: float = SRM_ALPHA
     allowlisted = set(experiment.allowlist)
     stages = {stage.name: stage for stage in experiment.stages}
     counts: dict[str, list[Any]] = {}
-    for stage, segment, arm, n in m.exposures(engine, experiment.name, exclude=allowlisted):
+    for stage, segment, arm, n in sql.exposures(engine, experiment.name, exclude=allowlisted):
         if stage not in stages:
             continue
         cell = counts.setdefault(

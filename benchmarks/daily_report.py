@@ -10,10 +10,11 @@ feedback, logins, trials, payments). Its generation time is printed on its own.
 
 Then ``analysis.experiment_report.build_report`` runs over the 14-day window: every metric
 overall, daily and per segment, P95 latency, failures, SRM, the dwell/retention correlation
-and the gates. The total time is printed with each metric's share (the report's calls into
-``analysis.metrics`` are timed, and its SQL statements counted), and the peak RSS of this
-process shows that no rows are loaded into Python. ``--explain FILE`` writes EXPLAIN
-(ANALYZE, BUFFERS) of every statement the report ran (PostgreSQL).
+and the gates. The total time is printed with each metric's share (the report's calls to
+the sufficient statistics of ``analysis.metrics`` and to the percentiles, failures and
+exposures of ``storage.metrics`` are timed, and its SQL statements counted), and the peak
+RSS of this process shows that no rows are loaded into Python. ``--explain FILE`` writes
+EXPLAIN (ANALYZE, BUFFERS) of every statement the report ran (PostgreSQL).
 
 PostgreSQL is the machine's: a fresh schema, dropped afterwards, or with ``--schema NAME``
 that schema, kept afterwards and reused by later runs (no second generation; drop it with
@@ -39,6 +40,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import psutil
@@ -51,6 +53,7 @@ from analysis import experiment_report, rollups
 from analysis import metrics as m
 from analysis.gates import GatePolicy
 from gateway.experiments import Experiment, parse_config
+from storage import metrics as sql
 from storage.db import get_engine, init_db
 from storage.models import Event, Job
 
@@ -478,24 +481,35 @@ _label: contextvars.ContextVar[str] = contextvars.ContextVar("label", default="o
 
 @dataclass
 class Clock:
-    """Wall time per call into analysis.metrics, and the SQL statements each ran."""
+    """Wall time per call to a timed metric function (TIMED), and the SQL statements it ran."""
 
     seconds: dict[str, float] = field(default_factory=lambda: defaultdict(float))
     statements: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     captured: list[tuple[str, str, Any]] = field(default_factory=list)
 
 
+# The metric functions build_report calls, each patched on the module that defines it: the
+# report calls them through that module (m.sufficient_statistics, sql.percentile_by_arm, ...).
+TIMED: tuple[tuple[ModuleType, str], ...] = (
+    (m, "sufficient_statistics"),
+    (m, "overall_and_daily_statistics"),
+    (m, "cumulative_statistics"),
+    (sql, "percentile_by_arm"),
+    (sql, "failures_by_kind"),
+    (sql, "exposures"),
+)
+
 _incremental_names: dict[Callable[..., Any], str] = {}
 
 
 def _metric_names() -> dict[Callable[..., Any], str]:
     names = {metric.units: metric.name for metric in m.METRICS}
-    names[m.dwell_vs_retention] = "dwell_vs_retention"
+    names[sql.dwell_vs_retention] = "dwell_vs_retention"
     return {**names, **_incremental_names}
 
 
 def _label_of(name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
-    """``metric/part`` for a call into analysis.metrics."""
+    """``metric/part`` for a call to a timed metric function (TIMED)."""
     if name in ("sufficient_statistics", "overall_and_daily_statistics", "cumulative_statistics"):
         metric = _metric_names().get(args[1], getattr(args[1], "__name__", "?"))
         if name == "overall_and_daily_statistics":
@@ -513,15 +527,7 @@ def _label_of(name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
 @contextmanager
 def instrumented(engine: Engine, clock: Clock) -> Iterator[None]:
     """Time the metric functions build_report calls, and count their SQL statements."""
-    names = (
-        "sufficient_statistics",
-        "overall_and_daily_statistics",
-        "cumulative_statistics",
-        "percentile_by_arm",
-        "failures_by_kind",
-        "exposures",
-    )
-    originals = {name: getattr(m, name) for name in names if hasattr(m, name)}
+    originals = {(module, name): getattr(module, name) for module, name in TIMED}
 
     def wrap(name: str, function: Callable[..., Any]) -> Callable[..., Any]:
         def timed(*args: Any, **kwargs: Any) -> Any:
@@ -541,15 +547,15 @@ def instrumented(engine: Engine, clock: Clock) -> Iterator[None]:
         if _is_query(statement):  # not the SET LOCALs
             clock.statements[_label.get()] += 1
 
-    for name, function in originals.items():
-        setattr(m, name, wrap(name, function))
+    for (module, name), function in originals.items():
+        setattr(module, name, wrap(name, function))
     event.listen(engine, "before_cursor_execute", count)
     try:
         yield
     finally:
         event.remove(engine, "before_cursor_execute", count)
-        for name, function in originals.items():
-            setattr(m, name, function)
+        for (module, name), function in originals.items():
+            setattr(module, name, function)
 
 
 def _is_query(statement: str) -> bool:
@@ -580,7 +586,7 @@ def _naming_incremental_units() -> Iterator[None]:
     """Label the incremental report's per-user queries with their metric's name."""
     original = rollups.incremental_units
 
-    def named(name: str, units: m.UnitQuery, plan: rollups.Plan) -> m.UnitQuery:
+    def named(name: str, units: sql.UnitQuery, plan: rollups.Plan) -> sql.UnitQuery:
         built = original(name, units, plan)
         _incremental_names[built] = name
         return built

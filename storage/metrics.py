@@ -1,6 +1,8 @@
 """The experiment metrics' SQL, on SQLite and PostgreSQL alike: per-user metric rows and
-their reduction to sufficient statistics in the database (the statistics on top of them are
-analysis.metrics' and analysis.stats').
+their reduction to sufficient statistics in the database, P95 latency, failures and
+exposures, and the names they share (Key, Window, UnitQuery, the constants). Import these
+from here: analysis.metrics only names the metrics (METRICS) and turns the sums into
+``Sufficient``, and the statistics on top of them are analysis.stats'.
 
 Every metric is a ratio of per-user sums, num/den (a mean metric has den = 1 per user).
 The database reduces a metric to sufficient statistics per (arm, segment[, day]):

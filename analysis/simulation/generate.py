@@ -206,7 +206,7 @@ class Simulator:
             rng.integers(0, spec.days, n),
             np.minimum(rng.geometric(0.5, n) - 1, spec.days - 1),
         )
-        # whole seconds: SQLite's date arithmetic (analysis.metrics.plus_days) drops fractions
+        # whole seconds: SQLite's date arithmetic (storage.metrics.plus_days) drops fractions
         arrival = (spec.pre_days + arrival_day) * DAY + rng.integers(3600, 20 * 3600, n) * SECOND
         signed_up = np.where(
             new,

@@ -1,4 +1,4 @@
-"""The metric definitions of ``analysis.metrics``, recomputed in numpy from simulated records.
+"""The metric definitions (``storage.metrics``), recomputed in numpy from simulated records.
 
 This is the ground truth the SQL is checked against, and the fast path of the statistical
 simulations (no database): per-user num/den (and the pre-period covariate z) reduced to the
@@ -12,7 +12,7 @@ from datetime import date, timedelta
 
 import numpy as np
 
-from analysis.metrics import QUICK_RETRY_S, RETENTION_DAYS, Key, Sufficient
+from analysis.metrics import Sufficient
 from analysis.simulation.generate import LONG_DWELL_MS, Simulation
 from analysis.simulation.model import (
     DAY,
@@ -26,6 +26,7 @@ from analysis.simulation.model import (
     VIEW,
 )
 from gateway.segments import SEGMENTS
+from storage.metrics import QUICK_RETRY_S, RETENTION_DAYS, Key
 
 ARMS = ("baseline", "candidate")
 TIME_BITS = 42  # µs since the origin stay below 2**42 (50 days); user ids sit above

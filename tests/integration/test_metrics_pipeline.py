@@ -34,7 +34,9 @@ from analysis.simulation.truth import true_values
 from canary.settings import Settings
 from gateway.experiments import load_config
 from gateway.segments import SegmentRules
+from storage import metrics as storage_metrics
 from storage.db import get_engine
+from storage.metrics import Key, Window
 from tests.integration.conftest import VERSIONS, fresh_database_url
 
 pytestmark = pytest.mark.integration
@@ -46,7 +48,9 @@ POLICY = GatePolicy(
     # these experiments plan for a few hundred users: the always-valid test is tuned to that
     planning=Planning(planned_users_per_arm={"default": 150}),
 )
-DWELL_VS_RETENTION = m.MetricDef("dwell_vs_retention", "", m.VALUE, m.dwell_vs_retention, True)
+DWELL_VS_RETENTION = m.MetricDef(
+    "dwell_vs_retention", "", m.VALUE, storage_metrics.dwell_vs_retention, True
+)
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -78,9 +82,7 @@ def simulate(url: str, tmp_path: Path, spec: SimulationSpec, seed: int) -> Simul
     return Simulated(run, build_report(engine, experiment, run.first, run.last, POLICY), engine)
 
 
-def assert_same(
-    sql: dict[m.Key, m.Sufficient], truth: dict[m.Key, m.Sufficient], what: str
-) -> None:
+def assert_same(sql: dict[Key, m.Sufficient], truth: dict[Key, m.Sufficient], what: str) -> None:
     assert set(sql) == set(truth), f"{what}: keys differ: {set(sql) ^ set(truth)}"
     for key, found in sql.items():
         pairs = zip(found.astuple(), truth[key].astuple(), strict=True)
@@ -107,18 +109,20 @@ def test_the_sql_equals_the_simulated_truth_and_a_large_effect_is_found(
     sim = run.simulation
     # (i) the SQL metric definitions, recomputed from the simulator's own records
     reducer = Reducer(sim)
-    window = m.Window.days(run.experiment, run.first, run.last)
+    window = Window.days(run.experiment, run.first, run.last)
     for metric in (*m.METRICS, DWELL_VS_RETENTION):
         for by_day in (False, True):
             sql = m.sufficient_statistics(engine, metric.units, window, by_day=by_day)
             assert sql, metric.name
             assert_same(sql, reducer.sufficient(metric.name, by_day=by_day), metric.name)
     for by_day in (False, True):
-        assert m.percentile_by_arm(engine, window, 0.95, by_day=by_day) == reducer.percentile(
-            0.95, by_day=by_day
-        )
-    assert m.failures_by_kind(engine, window) == reducer.failures_by_kind()
-    exposures = {(seg, arm): n for stage, seg, arm, n in m.exposures(engine, run.experiment)}
+        assert storage_metrics.percentile_by_arm(
+            engine, window, 0.95, by_day=by_day
+        ) == reducer.percentile(0.95, by_day=by_day)
+    assert storage_metrics.failures_by_kind(engine, window) == reducer.failures_by_kind()
+    exposures = {
+        (seg, arm): n for stage, seg, arm, n in storage_metrics.exposures(engine, run.experiment)
+    }
     assert exposures == reducer.exposures() and {s for s, _ in exposures} == {
         "new_user", "high_frequency", "style_preference", "everyone_else",
     }  # fmt: skip

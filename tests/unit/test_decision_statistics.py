@@ -19,7 +19,7 @@ from analysis.experiment_report import MIN_TESTED_USERS
 from analysis.gates_policy import Promotion
 from analysis.guardrails import worsening
 from analysis.intervals import Scale
-from analysis.metrics import METRICS, Key, Sufficient
+from analysis.metrics import METRICS, Sufficient
 from analysis.multiple_testing import benjamini_hochberg, holm
 from analysis.power import plan, power
 from analysis.promotion import evaluate_promotion
@@ -32,6 +32,7 @@ from analysis.stats import SRM_ALPHA, compare, compare_stratified, sample_ratio
 from gateway.assignment import CompiledExperiment
 from gateway.experiments import Experiment
 from gateway.hashing import NUM_BUCKETS, bucket
+from storage.metrics import Key
 
 pytestmark = pytest.mark.slow  # statistical simulations: `make test`, not `make test-fast`
 

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from scipy.stats import binom
 
-from analysis.metrics import Key, Sufficient
+from analysis.metrics import Sufficient
 from analysis.simulation.generate import Simulator
 from analysis.simulation.model import Effects, SimulationSpec, prompt_text
 from analysis.simulation.reduce import Reducer, totals
@@ -29,6 +29,7 @@ from analysis.stats import (
     sample_ratio,
 )
 from gateway.segments import SegmentRules
+from storage.metrics import Key
 
 pytestmark = pytest.mark.slow  # statistical simulations: `make test`, not `make test-fast`
 
