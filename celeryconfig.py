@@ -16,7 +16,7 @@ from typing import Any
 
 from kombu.entity import Exchange, Queue  # `kombu` re-exports them only implicitly
 
-from canary.contracts import queue_for
+from canary.contracts import queues_for
 from canary.settings import Settings, get_settings
 
 DEFAULT_QUEUE = "canary.default"
@@ -28,15 +28,23 @@ BEAT_LOCK_TIMEOUT_S = 30
 def build(settings: Settings) -> dict[str, Any]:
     render_exchange = Exchange("render", type="direct")  # type: ignore[no-untyped-call]  # unannotated in kombu
     queues = [
-        Queue(queue_for(v), render_exchange, routing_key=queue_for(v))  # type: ignore[no-untyped-call]  # unannotated in kombu
+        Queue(name, render_exchange, routing_key=name)  # type: ignore[no-untyped-call]  # unannotated in kombu
         for v in settings.versions
+        for name in queues_for(v)
     ]
     queues.append(Queue(DEFAULT_QUEUE, routing_key=DEFAULT_QUEUE))  # type: ignore[no-untyped-call]  # unannotated in kombu
     visibility = {"visibility_timeout": settings.visibility_timeout_s}
     # kombu sweeps for unacked messages of dead workers every 10 s but scans Redis only on
     # every 10th sweep by default: 100 s on top of the visibility timeout before a crashed
     # worker's job comes back. Scan on every sweep (one small sorted-set query per 10 s).
-    broker_options = {**visibility, "unacked_restore_throttle": 1}
+    # A worker consumes its version's queues in strict priority order (interactive, bulk,
+    # background: canary.contracts.CLASS_ORDER, given in that order to --queues): one BRPOP
+    # over the three lists, which Redis answers from the first non-empty one.
+    broker_options = {
+        **visibility,
+        "unacked_restore_throttle": 1,
+        "queue_order_strategy": "priority",
+    }
     return {
         "broker_url": settings.broker_url,
         "result_backend": settings.broker_url,

@@ -297,6 +297,39 @@ def trajectory_panel(report: dict[str, Any]) -> str:
     )
 
 
+def _wait(cell: dict[str, Any] | None, key: str) -> str:
+    return "-" if not cell else f"{cell[key]:,.0f} ms"
+
+
+def queue_wait_panel(report: dict[str, Any]) -> str:
+    """Queue wait P50/P95 per priority class and arm, and which classes the health metrics
+    count: a backlog shows here as queue wait, not as model latency."""
+    scope = report.get("health_scope")
+    note = f"<p class='meta'>{escape(scope['note'])}.</p>" if scope else ""
+    rows: list[list[str]] = []
+    for row in report.get("queue_wait") or []:
+        counted = (
+            _chip("pass", "counted")
+            if row["in_health_metrics"]
+            else _chip("insufficient", "excluded from health metrics")
+        )
+        for arm in ("baseline", "candidate"):
+            cell = row.get(arm)
+            rows.append(
+                [row["class"], arm, str(cell["n"]) if cell else "0",
+                 _wait(cell, "p50"), _wait(cell, "p95"), counted]
+            )  # fmt: skip
+    if not rows:
+        return note
+    headers = ["priority class", "arm", "jobs", "queue wait P50", "queue wait P95",
+               "health metrics"]  # fmt: skip
+    return (
+        f"{note}<h3>Queue wait by priority class</h3><p class='meta'>Time from submission to "
+        "a worker, per class: a backlog of bulk or background work shows here, not in the "
+        f"model's latency.</p>{_table(headers, rows)}"
+    )
+
+
 # ---------------------------------------------------------------- the page
 def render_dashboard(report: dict[str, Any], p95_limit_ms: float | None = None) -> str:
     gates = report["gates"]
@@ -367,6 +400,7 @@ section {{ margin-bottom: 1.5rem; }}
 {power_panel(report.get("power", []), stats.get("tuning_users_per_arm"))}
 {trajectory_panel(report)}
 <h2>Health</h2>
+{queue_wait_panel(report)}
 {latency}
 {exploratory}
 {"".join(layers["health"])}

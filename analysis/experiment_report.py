@@ -10,7 +10,8 @@ Benjamini-Hochberg q-values next to their raw p-values.
 
 from __future__ import annotations
 
-from dataclasses import asdict
+from collections.abc import Iterable
+from dataclasses import asdict, replace
 from datetime import date, timedelta
 from typing import Any
 
@@ -30,6 +31,7 @@ from analysis.stats import (
     pearson,
     stratified,
 )
+from canary.contracts import CLASS_ORDER
 from canary.settings import Settings
 from gateway.experiments import Experiment, ExperimentConfig
 from storage import golden
@@ -140,9 +142,7 @@ def metric_section(
         ]
     if last_days:
         start = max(window.start, window.end - timedelta(days=last_days))
-        recent = m.sufficient_statistics(
-            engine, units, Window(window.experiment, start, window.end), by_day=False
-        )
+        recent = m.sufficient_statistics(engine, units, replace(window, start=start), by_day=False)
         section["last_days"] = _comparison_dict(compare_stratified(_by_segment(recent), **options))
     return section
 
@@ -196,6 +196,35 @@ def power_section(
     return plans
 
 
+def _and(names: list[str]) -> str:
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
+
+
+def health_scope(classes: tuple[str, ...]) -> dict[str, Any]:
+    """Which priority classes the job metrics count, and a sentence saying so."""
+    excluded = [c.value for c in CLASS_ORDER if c.value not in classes]
+    note = f"health metrics count {_and(list(classes))} jobs"
+    if excluded:
+        note += (
+            f"; {_and(excluded)} jobs (golden replays and other work nobody waits for) are excluded"
+        )
+    return {"classes": list(classes), "excluded": excluded, "note": note}
+
+
+def queue_wait_section(engine: Engine, window: Window) -> list[dict[str, Any]]:
+    """Queue wait P50/P95 per priority class and arm (every class, those the health metrics
+    leave out marked): a backlog shows here as queue wait, not as model latency."""
+    found = sql.queue_wait_by_class(engine, window)
+    return [
+        {
+            "class": c.value,
+            "in_health_metrics": c.value in window.classes,
+            **{arm: found.get((c.value, arm)) for arm in (BASELINE, CANDIDATE)},
+        }
+        for c in CLASS_ORDER
+    ]
+
+
 def golden_section(engine: Engine, experiment: Experiment) -> dict[str, Any] | None:
     """S-level images of the newest complete golden run of the same two versions."""
     from analysis.golden.report import report_for_run
@@ -225,13 +254,21 @@ def build_report(
     *,
     use_cuped: bool = True,
     incremental: bool = False,
+    health_classes: Iterable[str] = sql.HEALTH_CLASSES,
 ) -> dict[str, Any]:
     """The report of days [first, last]. ``incremental`` reads the rolled-up days'
     per-user rows (analysis.rollups) and computes only the rest: the same numbers as the
-    full recomputation (the default), which reads every day's jobs and events."""
-    window = Window.days(experiment.name, first, last)
+    full recomputation (the default), which reads every day's jobs and events.
+
+    ``health_classes``: the priority classes the job metrics count (storage.metrics.
+    HEALTH_CLASSES by default; background is refused with ValueError). Roll-ups hold the
+    default classes' rows, so a report of other classes is recomputed in full."""
+    window = Window.days(experiment.name, first, last, health_classes)
     units = {name: query for name, query in rollups.rolled_metrics()}
     rollup: dict[str, Any] = {"mode": "full"}
+    if incremental and window.classes != sql.HEALTH_CLASSES:
+        incremental = False
+        rollup["reason"] = "roll-ups hold the default priority classes' rows"
     if incremental:
         plan = rollups.plan(engine, experiment.name, first, last)
         units = {name: rollups.incremental_units(name, q, plan) for name, q in units.items()}
@@ -283,6 +320,7 @@ def build_report(
         "rolled_back": experiment.rolled_back,
         "window": {"first": first.isoformat(), "last": last.isoformat()},
         "users": users,
+        "health_scope": health_scope(window.classes),
         "metrics": sections,
         "latency_p95": {
             "overall": {arm: p95_overall.get((arm, None)) for arm in (BASELINE, CANDIDATE)},
@@ -295,6 +333,7 @@ def build_report(
             ],
         },
         "failures": sql.failures_by_kind(engine, window),
+        "queue_wait": queue_wait_section(engine, window),
         "dwell_retention_correlation": correlation,
         "srm": srm_section(engine, experiment, policy.guardrails.srm_alpha),
         "golden": golden_section(engine, experiment),
@@ -325,10 +364,15 @@ def report_for_experiment(
     last: date,
     *,
     incremental: bool = True,
+    health_classes: Iterable[str] = sql.HEALTH_CLASSES,
 ) -> dict[str, Any]:
     """The report of the days up to ``last`` (``settings.report_days`` of them): from the
-    rolled-up days plus the rest (``incremental``), or recomputed from every row."""
+    rolled-up days plus the rest (``incremental``), or recomputed from every row.
+    ``health_classes``: the priority classes the job metrics count (see build_report)."""
     experiment = config.experiment(name)
     policy = load_policy(settings.gate_policy_file)
     first, last = report_window(settings, last)
-    return build_report(engine, experiment, first, last, policy, incremental=incremental)
+    return build_report(
+        engine, experiment, first, last, policy, incremental=incremental,
+        health_classes=health_classes,
+    )  # fmt: skip

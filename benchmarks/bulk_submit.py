@@ -40,7 +40,7 @@ from benchmarks.harness import (
     broker_url,
     progress,
 )
-from canary.contracts import RENDER_TASK, queue_for
+from canary.contracts import RENDER_TASK, queue_for, queues_for
 from storage.models import Assignment, Job
 
 VERSIONS = ["bench-base", "bench-cand"]
@@ -76,12 +76,12 @@ def write_file(path: Path, lines: int, users: int) -> None:
 
 def queued(stack: BenchStack) -> int:
     client = redis.Redis.from_url(stack.settings.broker_url)
-    return sum(client.llen(queue_for(v)) for v in VERSIONS)
+    return sum(client.llen(q) for v in VERSIONS for q in queues_for(v))
 
 
 def clear_queues(stack: BenchStack) -> None:
     client = redis.Redis.from_url(stack.settings.broker_url)
-    client.delete(*(queue_for(v) for v in VERSIONS))
+    client.delete(*(q for v in VERSIONS for q in queues_for(v)))
 
 
 def reference_loop(stack: BenchStack, lines: int) -> float:

@@ -33,7 +33,7 @@ import psutil
 import redis
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from canary.contracts import queue_for
+from canary.contracts import queues_for
 from canary.settings import Settings, get_settings
 from gateway.service import Gateway
 from storage import jobs
@@ -319,7 +319,7 @@ class BenchStack:
     def close(self) -> None:
         self.stop_workers()
         client = redis.Redis.from_url(self.settings.broker_url)
-        client.delete(*(queue_for(v) for v in self.settings.versions))
+        client.delete(*(q for v in self.settings.versions for q in queues_for(v)))
         self.engine.dispose()
 
 

@@ -14,6 +14,12 @@ The figures are taken at the concurrency where the anchor peaks: the API's throu
 share of the anchor's (target >= 0.7) and the API's P99 there (target <= 50 ms). The run
 checks what arrived: one job row and one queued message per accepted request.
 
+The client key's limits (gateway/key_limits.py) are checked on every request as in
+production, set high enough never to refuse one: a request rate far above the load, and
+room for every job of the run. Nothing renders, so the key's unfinished jobs only grow
+(up to ``--requests`` x levels): the count of them on each submission is the worst case
+of a key whose limit is that high.
+
 Users come from a pool (``--users``), so the run mixes first exposures (an assignment row
 written) with returning users (the sticky cache). PostgreSQL (a fresh schema in
 ``BENCH_POSTGRES_URL``, dropped afterwards) is the default, as the target asks.
@@ -49,7 +55,7 @@ from benchmarks.http_servers import (
     serve_command,
     sqlite_backend,
 )
-from canary.contracts import RENDER_TASK, queue_for
+from canary.contracts import RENDER_TASK, PriorityClass, queue_for, queues_for
 from canary.settings import get_settings
 from gateway.auth import create_key
 from storage.db import get_engine, init_db
@@ -72,6 +78,7 @@ EXPERIMENT = {
     ],
 }
 # --quick: sizes for a CI smoke run (its figures mean nothing)
+BENCH_RATE_PER_S = 1_000_000.0  # checked on every request, never reached
 QUICK: dict[str, Any] = {"requests": 60, "levels": [1, 4], "users": 40}
 
 
@@ -106,7 +113,7 @@ def create_anchor_app() -> FastAPI:
         celery.send_task(
             RENDER_TASK,
             args=(job_id, spec),
-            queue=queue_for(version),
+            queue=queue_for(version, PriorityClass.INTERACTIVE),  # the route's queue
             task_id=job_id,
             ignore_result=True,
         )
@@ -180,11 +187,11 @@ def server(
 
 def queued_messages(broker: str) -> int:
     client = redis.Redis.from_url(broker)
-    return sum(int(client.llen(queue_for(v))) for v in VERSIONS)
+    return sum(int(client.llen(q)) for v in VERSIONS for q in queues_for(v))
 
 
 def clear_queues(broker: str) -> None:
-    redis.Redis.from_url(broker).delete(*(queue_for(v) for v in VERSIONS))
+    redis.Redis.from_url(broker).delete(*(q for v in VERSIONS for q in queues_for(v)))
 
 
 def job_rows(url: str) -> int:
@@ -206,7 +213,15 @@ def run(args: argparse.Namespace) -> Report:
         home = Path(tmp)
         engine = get_engine(backend.url)
         init_db(engine)
-        _, token = create_key(engine, "bench-http", ApiKeyRole.CLIENT)
+        # the key's limits are checked on every request (gateway/key_limits.py: the rate in
+        # the broker, its unfinished jobs in the database) but set above what the run sends
+        _, token = create_key(
+            engine,
+            "bench-http",
+            ApiKeyRole.CLIENT,
+            rate_per_s=BENCH_RATE_PER_S,
+            max_queued=args.requests * len(args.levels),
+        )
         experiment = home / "experiment.json"
         experiment.write_text(json.dumps(EXPERIMENT))
         env = os.environ | {

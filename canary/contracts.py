@@ -6,6 +6,7 @@ producer can build a message without loading the worker.
 
 from __future__ import annotations
 
+from enum import StrEnum
 from typing import TypedDict
 
 RENDER_TASK = "canary.render"
@@ -27,9 +28,46 @@ class RenderSpec(TypedDict):
 SPEC_FIELDS = tuple(RenderSpec.__annotations__)
 
 
-def queue_for(version: str) -> str:
-    """The broker queue of a model version's render jobs."""
-    return f"render.{version}"
+class PriorityClass(StrEnum):
+    """Who waits for a job, highest first: a worker takes the highest class with work.
+
+    interactive: single jobs from the HTTP API or `canary submit --interactive` (a person
+    waits for the answer); bulk: files and ``jobs:batch``; background: golden replays and
+    other work nobody waits for.
+    """
+
+    INTERACTIVE = "interactive"
+    BULK = "bulk"
+    BACKGROUND = "background"
+
+
+# The order a worker consumes its version's queues in (docs/operators-guide.md).
+CLASS_ORDER = (PriorityClass.INTERACTIVE, PriorityClass.BULK, PriorityClass.BACKGROUND)
+
+
+def queue_for(version: str, priority: PriorityClass | str = PriorityClass.BULK) -> str:
+    """The broker queue of a model version's render jobs of one priority class.
+
+    Bulk keeps the name every class shared before classes existed, ``render.<version>``:
+    messages queued before an upgrade are still served, and a producer or worker of the
+    previous release still meets the new ones there during a rolling upgrade.
+    """
+    if priority == PriorityClass.BULK:
+        return f"render.{version}"
+    return f"render.{version}.{PriorityClass(priority).value}"
+
+
+def queues_for(version: str) -> tuple[str, ...]:
+    """A version's render queues, highest class first (the order its workers consume)."""
+    return tuple(queue_for(version, priority) for priority in CLASS_ORDER)
+
+
+def class_of_queue(version: str, queue: str) -> PriorityClass | None:
+    """The priority class of one of ``version``'s render queues; None if it is not one."""
+    for priority in CLASS_ORDER:
+        if queue == queue_for(version, priority):
+            return priority
+    return None
 
 
 def image_key(job_id: str) -> str:

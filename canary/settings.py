@@ -233,6 +233,25 @@ class Settings(BaseSettings):
     show_variant_to_clients: bool = Field(
         default=False, description="Whether client keys see which version served a job"
     )
+    # limits per client key (gateway/key_limits.py); a key's own values override them
+    key_rate_per_s: float = Field(
+        default=50.0,
+        ge=0,
+        description="Requests per second a client key may make, sustained over "
+        "key_rate_window_s (0: unlimited)",
+    )
+    key_rate_window_s: int = Field(
+        default=10,
+        ge=1,
+        le=3600,
+        description="The moving window of the request rate: a key may make rate x window "
+        "requests in any window (its burst)",
+    )
+    key_max_queued: int = Field(
+        default=1000,
+        ge=0,
+        description="Jobs a client key may have QUEUED or RUNNING at once (0: unlimited)",
+    )
 
     # --- measurement ---
     gate_policy_file: Path | None = Field(
@@ -329,6 +348,15 @@ class Settings(BaseSettings):
                 )
         if len(set(value)) != len(value):
             raise ValueError("model versions must be unique")
+        # render.<v>.interactive and render.<v>.background are v's queues
+        # (canary.contracts.queue_for): no other version may be called v.interactive
+        clashes = [v for v in value for suffix in (".interactive", ".background")
+                   if v.endswith(suffix) and v.removesuffix(suffix) in value]  # fmt: skip
+        if clashes:
+            raise ValueError(
+                f"model version {clashes[0]!r} would share its queue with another version's "
+                "priority queue"
+            )
         return value
 
     @field_validator("golden_schedule", "dashboard_schedule", "rollout_schedule")

@@ -20,6 +20,9 @@ class Principal:
     key_id: str
     name: str
     role: ApiKeyRole
+    # the key's own limits (gateway/key_limits.py); None: the settings' default
+    rate_per_s: float | None = None
+    max_queued: int | None = None
 
     @property
     def is_operator(self) -> bool:
@@ -31,11 +34,25 @@ def digest(token: str) -> str:
     return hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()
 
 
-def create_key(engine: Engine, name: str, role: ApiKeyRole) -> tuple[ApiKey, str]:
-    """Create a key; the token is returned once and never stored."""
+def create_key(
+    engine: Engine,
+    name: str,
+    role: ApiKeyRole,
+    *,
+    rate_per_s: float | None = None,
+    max_queued: int | None = None,
+) -> tuple[ApiKey, str]:
+    """Create a key; the token is returned once and never stored. Limits left out are the
+    settings' defaults (gateway/key_limits.py)."""
     token = TOKEN_PREFIX + secrets.token_urlsafe(32)
     key = ApiKey(
-        id=str(uuid.uuid4()), name=name, role=role, key_hash=digest(token), prefix=token[:10]
+        id=str(uuid.uuid4()),
+        name=name,
+        role=role,
+        key_hash=digest(token),
+        prefix=token[:10],
+        rate_per_s=rate_per_s,
+        max_queued=max_queued,
     )
     api_keys.add_key(engine, key)
     return key, token
@@ -62,4 +79,6 @@ class KeyVerifier:
 
     def verify(self, token: str) -> Principal | None:
         row = api_keys.active_key(self.engine, digest(token))
-        return Principal(row.id, row.name, ApiKeyRole(row.role)) if row else None
+        if row is None:
+            return None
+        return Principal(row.id, row.name, ApiKeyRole(row.role), row.rate_per_s, row.max_queued)

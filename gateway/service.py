@@ -13,6 +13,7 @@ from typing import Any
 from celery import Celery
 from sqlalchemy.engine import Engine
 
+from canary.contracts import PriorityClass
 from canary.settings import Settings
 from gateway.assignment import Assigner, Decision, StickyAssigner
 from gateway.experiment_source import ExperimentSource
@@ -179,13 +180,17 @@ class Gateway:
         source: str = "api",
         api_key_id: str | None = None,
         may_pin_version: bool = True,
+        priority: PriorityClass = PriorityClass.INTERACTIVE,
     ) -> Submitted:
+        """Submit one job: someone waits for it, so it is interactive unless told."""
         [job] = self._refuse_conflicting_replays(
             [self.prepare(data, may_pin_version=may_pin_version)]
         )
         if isinstance(job, InvalidJob):
             raise job
-        return self.producer.submit_many([job], source=source, api_key_id=api_key_id)[0]
+        return self.producer.submit_many(
+            [job], source=source, api_key_id=api_key_id, priority=priority
+        )[0]
 
     def submit_many(
         self,
@@ -194,9 +199,10 @@ class Gateway:
         source: str = "api",
         batch_id: str | None = None,
         api_key_id: str | None = None,
+        priority: PriorityClass = PriorityClass.BULK,
     ) -> list[Submitted]:
         return self.producer.submit_many(
-            jobs, source=source, batch_id=batch_id, api_key_id=api_key_id
+            jobs, source=source, batch_id=batch_id, api_key_id=api_key_id, priority=priority
         )
 
 

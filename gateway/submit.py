@@ -21,6 +21,7 @@ from pydantic_core import PydanticUndefined
 from redis.exceptions import RedisError
 from sqlalchemy.engine import Engine
 
+from canary.contracts import PriorityClass
 from canary.settings import Settings
 from gateway.job_requests import JobRequest
 from storage import jobs
@@ -64,7 +65,11 @@ def job_id_for(request: JobRequest) -> str:
 
 
 def new_job_row(
-    job: PreparedJob, source: str, batch_id: str | None, api_key_id: str | None
+    job: PreparedJob,
+    source: str,
+    batch_id: str | None,
+    api_key_id: str | None,
+    priority: PriorityClass = PriorityClass.BULK,
 ) -> dict[str, Any]:
     """A prepared job's column values as a new, unsent ``jobs`` row (a plain dict: building
     a ``Job`` per row would cost more than inserting it)."""
@@ -77,6 +82,7 @@ def new_job_row(
         "user_id": request.user_id,
         "source": source,
         "batch_id": batch_id,
+        "priority_class": priority.value,
         "api_key_id": api_key_id,
         "experiment": job.experiment,
         "arm": job.arm,
@@ -108,9 +114,11 @@ class Producer:
         source: str = "api",
         batch_id: str | None = None,
         api_key_id: str | None = None,
+        priority: PriorityClass = PriorityClass.BULK,
     ) -> list[Submitted]:
-        """Record and enqueue prepared jobs, in order."""
-        rows = [new_job_row(job, source, batch_id, api_key_id) for job in jobs_in]
+        """Record and enqueue prepared jobs, in order, on their versions' ``priority``
+        queues (an earlier submission of the same key keeps its class)."""
+        rows = [new_job_row(job, source, batch_id, api_key_id, priority) for job in jobs_in]
         for row in rows:
             # The INSERT claims the send (see storage.jobs.claim_sends): a concurrent replay
             # of the same key finds the job claimed and sends nothing; only this caller

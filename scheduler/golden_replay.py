@@ -18,6 +18,7 @@ from datetime import datetime
 from zoneinfo import ZoneInfo
 
 from analysis.golden.cases import GoldenCase, GoldenSet, parse_golden_set
+from canary.contracts import PriorityClass
 from canary.settings import Settings
 from gateway.experiments import ExperimentConfig
 from gateway.service import Gateway
@@ -158,7 +159,9 @@ class GoldenReplay:
                     for (case, version), job in zip(chunk, prepared, strict=True)
                 ],
             )
-            submitted = self.gateway.submit_many(prepared, source=GOLDEN_SOURCE, batch_id=run.id)
+            submitted = self.gateway.submit_many(
+                prepared, source=GOLDEN_SOURCE, batch_id=run.id, priority=PriorityClass.BACKGROUND
+            )
             new_jobs += sum(item.created for item in submitted)
             if progress is not None:
                 progress(start + len(chunk), len(pairs))

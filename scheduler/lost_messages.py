@@ -18,7 +18,7 @@ from datetime import timedelta
 from celery import Celery
 from sqlalchemy.engine import Engine
 
-from canary.contracts import queue_for
+from canary.contracts import queues_for
 from canary.settings import Settings
 from scheduler.context import context
 from storage import jobs
@@ -39,13 +39,13 @@ def reconcile(
     cutoff = utcnow() - older_than
     counts: dict[str, int] = {}
     for version in settings.versions:
-        queue = queue_for(version)
+        queues = list(queues_for(version))
         queued = {job.id for job in jobs.queued_sent_before(engine, version, cutoff, limit)}
-        missing = queued - job_ids_in_broker(celery, [queue])
+        missing = queued - job_ids_in_broker(celery, queues)
         if missing:
             # A second look: a message being delivered is briefly in neither the queue
             # nor the unacknowledged set, and a job claimed meanwhile is no longer QUEUED.
-            missing -= job_ids_in_broker(celery, [queue])
+            missing -= job_ids_in_broker(celery, queues)
             # Taken with one conditional UPDATE (still QUEUED, not re-sent meanwhile):
             # enqueued_at becomes the new message's sending time.
             lost = jobs.take_lost(engine, missing, cutoff)

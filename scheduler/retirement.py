@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from celery import Celery
 from sqlalchemy.engine import Engine
 
-from canary.contracts import queue_for
+from canary.contracts import CLASS_ORDER, queue_for, queues_for
 from canary.settings import Settings
 from scheduler.hotfix_rollout import online_workers
 from scheduler.notify import Notice, Notifier
@@ -39,29 +39,35 @@ class RetireOutcome:
 
 
 def reroute_queued(app: Celery, engine: Engine, settings: Settings, version: str, to: str) -> int:
-    """Move every message waiting on ``render.<version>`` to ``render.<to>``, re-tagged."""
+    """Move every message waiting on ``version``'s queues to ``to``'s queue of the same
+    priority class, re-tagged."""
     moved = 0
-    source = queue_for(version)
     with app.connection_for_write() as connection:
         channel = connection.default_channel
-        while (message := channel.basic_get(queue=source, no_ack=False)) is not None:
-            args, _kwargs, _embed = message.decode()
-            job_id, spec = args
-            jobs.reroute_queued(engine, job_id, to)
-            publish(app, job_id, {**spec, "model_version": to})  # on render.<to>
-            message.ack()  # only after the copy is on its new queue: nothing is lost
-            moved += 1
+        for priority in CLASS_ORDER:
+            source = queue_for(version, priority)
+            while (message := channel.basic_get(queue=source, no_ack=False)) is not None:
+                args, _kwargs, _embed = message.decode()
+                job_id, spec = args
+                jobs.reroute_queued(engine, job_id, to)
+                publish(app, job_id, {**spec, "model_version": to}, priority=priority)
+                message.ack()  # only after the copy is on its new queue: nothing is lost
+                moved += 1
     return moved
 
 
-def wait_until_drained(app: Celery, queue: str, nodes: list[str], timeout: float) -> None:
+def wait_until_drained(
+    app: Celery, queues: tuple[str, ...], nodes: list[str], timeout: float
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         busy = app.control.inspect(destination=nodes, timeout=1.0).active() or {} if nodes else {}
-        if queue_depth(app, queue) == 0 and not any(busy.values()):
+        if not any(queue_depth(app, queue) for queue in queues) and not any(busy.values()):
             return
         time.sleep(0.5)
-    raise RetireError(f"{queue} still has work after {timeout:.0f} s; retire again to continue")
+    raise RetireError(
+        f"{', '.join(queues)} still have work after {timeout:.0f} s; retire again to continue"
+    )
 
 
 def retire(
@@ -85,11 +91,11 @@ def retire(
     outcome = RetireOutcome(version)
     # First: no new jobs (gateways see this within seconds).
     versions.retire(engine, version, rerouted_to=reroute_to, retention_days=retention_days)
-    queue = queue_for(version)
-    nodes = online_workers(app, queue)
+    queues = queues_for(version)
+    nodes = online_workers(app, queue_for(version))
     if reroute_to is not None:
         outcome.rerouted = reroute_queued(app, engine, settings, version, reroute_to)
-    wait_until_drained(app, queue, nodes, timeout)
+    wait_until_drained(app, queues, nodes, timeout)
     if nodes:
         app.control.shutdown(destination=nodes)  # warm: each finishes what it holds
         outcome.stopped = nodes

@@ -14,12 +14,21 @@ Attribution: job and job-event metrics use the arm and segment the job was assig
 conversion) use the arm at first exposure (a user promoted by a ramp counts where they
 started) and the segment stored with the assignment. Golden and pinned-version jobs have
 no experiment and are never counted. Days are UTC dates.
+
+Priority classes: the job and job-event metrics (every query built on ``_live_jobs``:
+success rate, P95 latency, peak VRAM, failures by kind, the per-image interaction metrics and
+quick retries) count only the jobs of the window's classes (``Window.classes``, by default
+:data:`HEALTH_CLASSES`: interactive and bulk). Background jobs (golden replays and other work
+nobody waits for) are never counted: a backlog of them delays other work but says nothing
+about a model, and a set naming them is refused; nor do the value metrics count a user's
+background jobs as generations or returns. Queue waits per class, background included, are
+:func:`queue_wait_by_class`'s, shown beside the metrics so a backlog reads as queue wait.
 """
 
 from __future__ import annotations
 
 import typing
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
@@ -47,6 +56,7 @@ from sqlmodel import col
 if typing.TYPE_CHECKING:
     from sqlalchemy.orm import Mapped
 
+from canary.contracts import CLASS_ORDER, PriorityClass
 from storage.models import Assignment, Event, EventType, Job, JobStatus
 
 LONG_DWELL_MS = 15_000
@@ -60,18 +70,52 @@ Key = tuple[str, str, date | None]  # (arm, segment, day or None for the whole w
 Sums = tuple[float, ...]
 
 
+# The priority classes the A/B job metrics count unless told otherwise. Never background:
+# a batch backlog or a golden replay must not masquerade as a slow model.
+HEALTH_CLASSES: tuple[str, ...] = (PriorityClass.INTERACTIVE.value, PriorityClass.BULK.value)
+NEVER_COUNTED = frozenset({PriorityClass.BACKGROUND.value})
+
+
+def health_classes(classes: Iterable[str]) -> tuple[str, ...]:
+    """The priority classes a job metric counts, checked and in :data:`CLASS_ORDER`.
+
+    Raises ValueError for an empty set, an unknown class, or background (never counted)."""
+    wanted = {str(c).strip().lower() for c in classes}
+    known = {c.value for c in CLASS_ORDER}
+    if unknown := sorted(wanted - known):
+        raise ValueError(
+            f"unknown priority class {', '.join(unknown)}; known: {', '.join(sorted(known))}"
+        )
+    if refused := sorted(wanted & NEVER_COUNTED):
+        raise ValueError(
+            f"the A/B job metrics never count {', '.join(refused)} jobs "
+            "(golden replays and other work nobody waits for)"
+        )
+    if not wanted:
+        raise ValueError("the A/B job metrics need at least one priority class")
+    return tuple(c.value for c in CLASS_ORDER if c.value in wanted)
+
+
 @dataclass(frozen=True)
 class Window:
     experiment: str
     start: datetime  # inclusive
     end: datetime  # exclusive
+    # the priority classes the job metrics count (checked: never background)
+    classes: tuple[str, ...] = HEALTH_CLASSES
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "classes", health_classes(self.classes))
 
     @classmethod
-    def days(cls, experiment: str, first: date, last: date) -> Window:
+    def days(
+        cls, experiment: str, first: date, last: date, classes: Iterable[str] = HEALTH_CLASSES
+    ) -> Window:
         return cls(
             experiment,
             datetime.combine(first, time(), UTC),
             datetime.combine(last + timedelta(days=1), time(), UTC),
+            tuple(classes),
         )
 
 
@@ -110,13 +154,24 @@ def _as_day(engine: Engine, value: object) -> date:
 UnitQuery = Callable[[Engine, Window], Select[*tuple[Any, ...]]]
 
 
-def _live_jobs(window: Window) -> ColumnElement[bool]:
+def _experiment_jobs(window: Window) -> ColumnElement[bool]:
+    """The experiment's assigned jobs created in the window, of every priority class."""
     return and_(
         col(Job.experiment) == window.experiment,
         col(Job.arm).is_not(None),
         col(Job.created_at) >= window.start,
         col(Job.created_at) < window.end,
     )
+
+
+def _live_jobs(window: Window) -> ColumnElement[bool]:
+    """The jobs the A/B job metrics count: the experiment's, of the window's classes."""
+    return and_(_experiment_jobs(window), col(Job.priority_class).in_(window.classes))
+
+
+def _users_job() -> ColumnElement[bool]:
+    """A job the value metrics count as a user's generation: never a background job."""
+    return col(Job.priority_class).not_in(sorted(NEVER_COUNTED))
 
 
 def _job_ratio(
@@ -330,6 +385,7 @@ def _pre_period_jobs(engine: Engine, exposed: Subquery) -> ColumnElement[Any]:
             col(Job.user_id) == exposed.c.unit,
             col(Job.created_at) < exposed.c.first_seen,
             col(Job.created_at) >= plus_days(engine, exposed.c.first_seen, -RETENTION_DAYS),
+            _users_job(),
         )
         .scalar_subquery()
     )
@@ -346,6 +402,7 @@ def retention_7d(engine: Engine, window: Window) -> Select[*tuple[Any, ...]]:
             col(Job.user_id) == exposed.c.unit,
             col(Job.created_at) >= start,
             col(Job.created_at) < end,
+            _users_job(),
         )
         .exists()
     )
@@ -379,6 +436,7 @@ def generations_per_week(engine: Engine, window: Window) -> Select[*tuple[Any, .
             Job.created_at >= exposed.c.first_seen,
             Job.created_at < plus_days(engine, exposed.c.first_seen, RETENTION_DAYS),
             col(Job.source) != "golden",
+            _users_job(),
         )
         .scalar_subquery()
     )
@@ -690,6 +748,44 @@ def percentile_by_arm(
         return {
             (arm, _as_day(engine, d) if by_day else None): {"value": float(v), "n": int(n)}
             for arm, d, v, n in connection.execute(query)
+        }
+
+
+def queue_wait_by_class(
+    engine: Engine, window: Window, quantiles: Sequence[float] = (0.5, 0.95)
+) -> dict[tuple[str, str], dict[str, float | int]]:
+    """Nearest-rank quantiles of queue wait (ms) per (priority class, arm), with n.
+
+    Every class of the experiment's jobs in the window, background included (not only the
+    window's ``classes``): the wait of jobs that have started (``queue_wait_ms`` set), in any
+    status. Keys of each value: ``n`` and ``p50``, ``p95`` (``p`` + the quantile in percent).
+    """
+    partition: list[SQLColumnExpression[Any]] = [col(Job.priority_class), col(Job.arm)]
+    value = col(Job.queue_wait_ms)
+    ranked = (
+        select(
+            col(Job.priority_class).label("priority_class"),
+            col(Job.arm).label("arm"),
+            value.label("value"),
+            func.row_number().over(partition_by=partition, order_by=value).label("rank"),
+            func.count().over(partition_by=partition).label("n"),
+        )
+        .where(_experiment_jobs(window), value.is_not(None))
+        .subquery()
+    )
+    r = ranked.c
+    at = [
+        func.max(case((and_(r.rank >= r.n * q, r.rank - 1 < r.n * q), r.value))) for q in quantiles
+    ]
+    names = [f"p{100 * q:g}" for q in quantiles]
+    query = select(r.priority_class, r.arm, func.max(r.n), *at).group_by(r.priority_class, r.arm)
+    with _report_connection(engine) as connection:
+        return {
+            (priority, arm): {
+                "n": int(n),
+                **{name: float(v) for name, v in zip(names, values, strict=True)},
+            }
+            for priority, arm, n, *values in connection.execute(query)
         }
 
 

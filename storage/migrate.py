@@ -26,13 +26,20 @@ BASELINE = "0001"
 # Databases from before Alembic: the tables each known schema had, newest first. Pre-Alembic
 # schemas only ever existed up to 0002; later revisions always find alembic_version, except
 # a bare ``create_all`` of a later release's models (0003: job_attempts; 0004: the
-# metric roll-up tables), recognised too.
+# metric roll-up tables; 0005: the API keys' limit columns; 0006: jobs.priority_class),
+# recognised too.
 ROLLUP_TABLES = ("metric_unit_rows", "metric_rollups", "metric_rollup_pending")
 PRE_ALEMBIC_SCHEMAS: tuple[tuple[str, frozenset[str]], ...] = (
     ("0004", frozenset({"batches", "batch_lines", "job_attempts", *ROLLUP_TABLES})),
     ("0003", frozenset({"batches", "batch_lines", "job_attempts"})),
     ("0002", frozenset({"batches", "batch_lines"})),
     (BASELINE, frozenset()),
+)
+# Revisions that only added columns, recognised in such a database by one of them:
+# (revision, the revision it follows, table, column), oldest first.
+PRE_ALEMBIC_COLUMNS: tuple[tuple[str, str, str, str], ...] = (
+    ("0005", "0004", "api_keys", "rate_per_s"),
+    ("0006", "0005", "jobs", "priority_class"),
 )
 BASELINE_TABLES = frozenset(
     {
@@ -89,16 +96,26 @@ def schema_differences(connection: Connection) -> list[object]:
     return diffs
 
 
-def _pre_alembic_revision(tables: set[str]) -> str:
-    """The revision an unversioned database's tables match (create_all of that release)."""
+def _pre_alembic_revision(connection: Connection, tables: set[str]) -> str:
+    """The revision an unversioned database's tables (and columns) match (create_all of
+    that release)."""
     app_tables = tables & set(SQLModel.metadata.tables)
     missing_baseline = BASELINE_TABLES - app_tables
     if missing_baseline:
         raise SchemaError(f"unrecognised schema: tables missing {sorted(missing_baseline)}")
     for revision, added_since_baseline in PRE_ALEMBIC_SCHEMAS:
         if app_tables - BASELINE_TABLES == added_since_baseline:
-            return revision
+            return _with_added_columns(connection, revision)
     raise SchemaError(f"unrecognised schema: tables {sorted(app_tables)}")
+
+
+def _with_added_columns(connection: Connection, revision: str) -> str:
+    """``revision``, or a later one that only added columns if the database has them."""
+    inspector = inspect(connection)
+    for later, follows, table, column in PRE_ALEMBIC_COLUMNS:
+        if revision == follows and column in {c["name"] for c in inspector.get_columns(table)}:
+            revision = later
+    return revision
 
 
 def upgrade_db(engine: Engine) -> tuple[str | None, str]:
@@ -114,7 +131,7 @@ def upgrade_db(engine: Engine) -> tuple[str | None, str]:
         tables = set(inspect(connection).get_table_names())
         config = alembic_config(connection)
         if before is None and tables & set(SQLModel.metadata.tables):
-            before = _pre_alembic_revision(tables)
+            before = _pre_alembic_revision(connection, tables)
             command.stamp(config, before)
         if before != head_revision():
             command.upgrade(config, "head")

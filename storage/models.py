@@ -46,19 +46,28 @@ class Job(SQLModel, table=True):
     """One render request and everything the worker learned while serving it."""
 
     __tablename__ = "jobs"
-    __table_args__ = (Index("ix_jobs_version_status", "model_version", "status"),)
+    __table_args__ = (
+        Index("ix_jobs_version_status", "model_version", "status"),
+        # a key's jobs, and its queued and running ones for its limit (gateway/key_limits.py)
+        Index("ix_jobs_api_key_status", "api_key_id", "status"),
+    )
 
     id: str = Field(primary_key=True, max_length=36)
     idempotency_key: str | None = Field(default=None, unique=True, max_length=300)
     user_id: str | None = Field(default=None, index=True, max_length=200)
     source: str = Field(default="api", max_length=32)
     batch_id: str | None = Field(default=None, index=True, max_length=64)
+    # its queue's class, highest first: interactive | bulk | background
+    # (canary.contracts.PriorityClass); a re-send goes to the same class's queue
+    priority_class: str = Field(
+        default="bulk", max_length=16, sa_column_kwargs={"server_default": "bulk"}
+    )
 
     # the assignment (experiment is None when the caller pinned the version)
     experiment: str | None = Field(default=None, max_length=100)
     arm: str | None = Field(default=None, max_length=16)
     segment: str | None = Field(default=None, max_length=32)
-    api_key_id: str | None = Field(default=None, max_length=36, index=True)
+    api_key_id: str | None = Field(default=None, max_length=36)
 
     # the spec
     model_version: str = Field(max_length=64)
@@ -171,6 +180,9 @@ class ApiKey(SQLModel, table=True):
     prefix: str = Field(max_length=16)
     created_at: datetime = Field(default_factory=utcnow, sa_column=_utc_column())
     revoked_at: datetime | None = Field(default=None, sa_column=_utc_column())
+    # limits of a client key (gateway/key_limits.py); None: the settings' default, 0: none
+    rate_per_s: float | None = None  # requests per second, over a moving window
+    max_queued: int | None = None  # jobs QUEUED or RUNNING at once
 
 
 class ModelRevision(SQLModel, table=True):

@@ -4,7 +4,8 @@ Every sender goes through :func:`publish` (the gateway's submissions and the out
 recovery's re-sends, a worker re-routing another version's job, `canary retire`'s
 re-route), so every render message is built with the same options:
 
-- the queue is the version's (``queue_for(spec["model_version"])``);
+- the queue is the version's queue of the job's priority class
+  (``queue_for(spec["model_version"], priority)``; a recorded job's ``priority_class``);
 - the task id is the job id (a re-route keeps the id of the delivery it passes on, which is
   the job id for every message sent here), so Flower follows a job across re-sends;
 - ``ignore_result``: the render stores no result (``task_ignore_result``), so no sender
@@ -24,7 +25,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from canary.contracts import RENDER_TASK, RenderSpec, queue_for
+from canary.contracts import RENDER_TASK, PriorityClass, RenderSpec, queue_for
 from storage.models import utcnow
 
 if TYPE_CHECKING:
@@ -56,10 +57,11 @@ def publish(
     job_id: str,
     spec: RenderSpec | dict[str, Any],
     *,
+    priority: PriorityClass | str,
     producer: Any = None,
     task_id: str | None = None,
 ) -> None:
-    """Send one render message to the queue of ``spec["model_version"]``.
+    """Send one render message to the ``priority`` class queue of ``spec["model_version"]``.
 
     ``producer``: a producer to send over (one connection for many messages), else one is
     taken from the app's pool. ``task_id``: only for passing a delivery on under its own id
@@ -71,7 +73,7 @@ def publish(
         args=args,
         argsrepr=repr(args),
         kwargsrepr="{}",
-        queue=queue_for(spec["model_version"]),
+        queue=queue_for(spec["model_version"], priority),
         task_id=task_id or job_id,
         producer=producer,
         ignore_result=True,  # as render.apply_async: no result to wait on
@@ -82,7 +84,7 @@ def publish_jobs(app: Celery, jobs: Iterable[Job]) -> None:
     """Send recorded jobs, one message each, over one producer connection."""
     with app.producer_or_acquire() as producer:
         for job in jobs:
-            publish(app, job.id, render_spec(job), producer=producer)
+            publish(app, job.id, render_spec(job), priority=job.priority_class, producer=producer)
 
 
 def publish_chunks(
@@ -104,6 +106,8 @@ def publish_chunks(
             chunk = jobs[start : start + chunk_size]
             sending_at = utcnow()
             for job in chunk:
-                publish(app, job.id, render_spec(job), producer=producer)
+                publish(
+                    app, job.id, render_spec(job), priority=job.priority_class, producer=producer
+                )
             batch.flush()
             yield sending_at, [job.id for job in chunk]

@@ -8,6 +8,8 @@ from typing import Any
 
 from celery import Celery
 
+from canary.contracts import CLASS_ORDER, queue_for
+
 # Redis hash of re-sent lost messages by version (tasks.queues.count_resent), kept in the
 # broker so every reconciler process adds to one count; /metrics exports it.
 RESENT_KEY = "canary:jobs-resent"
@@ -17,12 +19,23 @@ SCAN_CHUNK = 1000
 def queue_depth(app: Celery, queue: str) -> int:
     """Messages waiting on ``queue`` (not counting the one each worker holds)."""
     with app.connection_for_read() as connection:
-        try:
-            declared = connection.default_channel.queue_declare(queue=queue, passive=True)
-        except connection.channel_errors:  # Redis drops the key of an empty queue
-            return 0
-        count: int = declared.message_count
-        return count
+        return _depth(connection, queue)
+
+
+def class_depths(app: Celery, version: str) -> dict[str, int]:
+    """Messages waiting on each of ``version``'s queues, by priority class (highest first),
+    read over one connection."""
+    with app.connection_for_read() as connection:
+        return {p.value: _depth(connection, queue_for(version, p)) for p in CLASS_ORDER}
+
+
+def _depth(connection: Any, queue: str) -> int:
+    try:
+        declared = connection.default_channel.queue_declare(queue=queue, passive=True)
+    except connection.channel_errors:  # Redis drops the key of an empty queue
+        return 0
+    count: int = declared.message_count
+    return count
 
 
 def consumers(

@@ -28,7 +28,14 @@ from celery.signals import task_failure
 from PIL import Image
 from tenacity import retry, stop_after_attempt, wait_exponential
 
-from canary.contracts import RENDER_TASK, SPEC_FIELDS, RenderSpec, image_key
+from canary.contracts import (
+    RENDER_TASK,
+    SPEC_FIELDS,
+    PriorityClass,
+    RenderSpec,
+    class_of_queue,
+    image_key,
+)
 from storage import jobs
 from storage.models import FailureKind, JobStatus, utcnow
 from tasks.app import app
@@ -368,7 +375,7 @@ def render(self: Task, job_id: str, spec: dict[str, Any]) -> str:
     ctx = context()
     tag = spec.get("model_version")
     if tag != ctx.version:
-        return _misrouted(self.app, ctx, job_id, spec, tag, self.request.id)
+        return _misrouted(self.app, ctx, job_id, spec, tag, self.request)
     if ctx.recorder.holds(job_id):
         # rendered here already (a micro-batch mate's own message): HELD while the recorder
         # still has it, a duplicate delivery once it is recorded
@@ -437,17 +444,20 @@ def _misrouted(
     job_id: str,
     spec: dict[str, Any],
     tag: object,
-    task_id: str | None,
+    request: Any,
 ) -> str:
-    """Never render another version's job: send it to its own queue (same task id, so
-    Flower follows it there), or fail it loudly."""
+    """Never render another version's job: send it to its own version's queue of the same
+    priority class (same task id, so Flower follows it there), or fail it loudly."""
     if not isinstance(tag, str) or tag not in ctx.settings.versions:
         log.error("job %s has unknown version tag %r; failing it", job_id, tag)
         jobs.claim(ctx.engine, job_id, started_at=utcnow(), worker_host=ctx.node)
         return _fail_task(ctx, job_id, FailureKind.INVALID_JOB, f"unknown model version {tag!r}")
     log.error("job %s tagged %r reached the %r worker; re-routing", job_id, tag, ctx.version)
     jobs.count_misroute(ctx.engine, job_id)
-    publish(app, job_id, spec, task_id=task_id)  # on render.<tag>
+    arrived_on = str((request.delivery_info or {}).get("routing_key") or "")
+    own = class_of_queue(ctx.version, arrived_on) if ctx.version else None
+    priority = own or PriorityClass.BULK
+    publish(app, job_id, spec, priority=priority, task_id=request.id)  # on render.<tag>...
     return REROUTED
 
 

@@ -54,7 +54,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from canary.contracts import queue_for
+from canary.contracts import queues_for
 from storage import jobs
 from storage.models import JobStatus, utcnow
 from tasks import node_locks, storage_health
@@ -499,32 +499,38 @@ class StorageGuard:
         self._next_heartbeat = time.monotonic() + self.heartbeat_s
 
     def _sync_consumer(self) -> None:
-        """Stop consuming the version's queue while the breaker is open, resume after."""
+        """Stop consuming the version's queues while the breaker is open, resume after
+        (re-added highest class first: the order of consumption is the priority)."""
         want = not self.is_open
         if self._consuming is want:
             return
-        queue = queue_for(self.version)
+        queues = queues_for(self.version)
         control = self.ctx.app.control
+        answered = True
         try:
-            if want:
-                replies = control.add_consumer(
-                    queue, destination=[self.node], reply=True, timeout=CONTROL_TIMEOUT_S
-                )
-            else:
-                replies = control.cancel_consumer(
-                    queue, destination=[self.node], reply=True, timeout=CONTROL_TIMEOUT_S
-                )
+            for queue in queues:
+                if want:
+                    replies = control.add_consumer(
+                        queue, destination=[self.node], reply=True, timeout=CONTROL_TIMEOUT_S
+                    )
+                else:
+                    replies = control.cancel_consumer(
+                        queue, destination=[self.node], reply=True, timeout=CONTROL_TIMEOUT_S
+                    )
+                answered = answered and any(self.node in reply for reply in replies or [])
         except Exception as exc:
-            log.warning("could not tell %s to %s %s: %s", self.node,
-                        "consume" if want else "stop consuming", queue, exc)  # fmt: skip
+            doing = "consume" if want else "stop consuming"
+            log.warning("could not tell %s to %s %s: %s", self.node, doing, queues, exc)
             return
-        if any(self.node in reply for reply in replies or []):
+        if answered:
             was, self._consuming = self._consuming, want
             if want:
                 if was is False:
-                    log.warning("breaker closed: consuming %s again", queue)
+                    log.warning("breaker closed: consuming %s again", ", ".join(queues))
             else:
-                log.warning("breaker open: stopped consuming %s until storage answers", queue)
+                log.warning(
+                    "breaker open: stopped consuming %s until storage answers", ", ".join(queues)
+                )
 
     def state(self) -> storage_health.BreakerState:
         own = sum(1 for entry in self.spool.entries() if entry.node == self.node)

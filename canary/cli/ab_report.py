@@ -29,6 +29,26 @@ def _interval(ci: dict[str, float] | None) -> str:
     return "-" if not ci else f"[{_pct(ci['low'])}, {_pct(ci['high'])}]"
 
 
+def _wait(cell: dict[str, Any] | None, key: str) -> str:
+    return "-" if not cell else f"{cell[key]:,.0f} ms"
+
+
+def print_queue_wait(rows: list[dict[str, Any]]) -> None:
+    """Queue wait per priority class and arm: a backlog shows here, not as model latency."""
+    table = Table(title="Queue wait by priority class (time from submission to a worker)")
+    for column in ("class", "arm", "jobs", "P50", "P95", "in health metrics"):
+        table.add_column(column, justify="right" if column in {"jobs", "P50", "P95"} else "left")
+    for row in rows:
+        counted = "yes" if row["in_health_metrics"] else "no (excluded)"
+        for arm in ("baseline", "candidate"):
+            cell = row.get(arm)
+            table.add_row(
+                row["class"], arm, str(cell["n"]) if cell else "0",
+                _wait(cell, "p50"), _wait(cell, "p95"), counted,
+            )  # fmt: skip
+    console.print(table)
+
+
 def print_ab_report(report: dict[str, Any]) -> None:
     users = report["users"]
     console.print(
@@ -61,6 +81,11 @@ def print_ab_report(report: dict[str, Any]) -> None:
         f"{arm} {p95[arm]['value']:,.0f} ms (n {p95[arm]['n']})" for arm in p95 if p95[arm]
     )
     console.print(f"P95 latency of successful jobs: {shown or 'no data'}")
+    scope = report.get("health_scope")
+    if scope:
+        console.print(f"priority classes: {scope['note']}")
+    if report.get("queue_wait"):
+        print_queue_wait(report["queue_wait"])
     srm, joint = report["srm"]["overall"], report["srm"].get("joint")
     if srm:
         bad = joint["mismatch"] if joint else srm["mismatch"]

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from canary.cli.common import console, database_errors, db_engine, err, fail
-from canary.settings import get_settings
+from canary.cli.common import console, database_errors, db_engine, err, fail, usage_error
+from canary.settings import Settings, get_settings
 from storage.models import ApiKeyRole
+
+if TYPE_CHECKING:
+    from gateway.key_limits import KeyUsage
 
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
 keys_app = typer.Typer(
@@ -55,27 +58,137 @@ def db_upgrade() -> None:
         console.print(f"database upgraded {before or 'empty'} -> {after}: {shown}")
 
 
+RATE_HELP = (
+    "Requests per second, over a moving window of CANARY_KEY_RATE_WINDOW_S (client keys; "
+    "0 or 'unlimited': none; 'default': CANARY_KEY_RATE_PER_S)"
+)
+QUEUED_HELP = (
+    "Jobs QUEUED or RUNNING at once (client keys; 0 or 'unlimited': none; 'default': "
+    "CANARY_KEY_MAX_QUEUED)"
+)
+UNLIMITED_WORDS = ("unlimited", "none")
+
+
+def _limit(text: str | None, option: str, number: type[float] | type[int]) -> Any:
+    """An option's limit: absent -> UNCHANGED, 'default' -> None, 'unlimited' -> 0, else a
+    number >= 0 (exit 2 otherwise)."""
+    from storage.api_keys import UNCHANGED
+
+    if text is None:
+        return UNCHANGED
+    word = text.strip().lower()
+    if word == "default":
+        return None
+    if word in UNLIMITED_WORDS:
+        return number(0)
+    try:
+        value = number(word)
+    except ValueError:
+        kind = "a whole number" if number is int else "a number"
+        raise usage_error(
+            f"{option}: expected {kind}, 'unlimited' or 'default', got {text!r}"
+        ) from None
+    if value < 0 or value != value or value == float("inf"):
+        raise usage_error(f"{option}: must be 0 (unlimited) or more, got {text!r}")
+    return value
+
+
+def describe_limits(usage: KeyUsage, settings: Settings) -> tuple[str, str]:
+    """(rate, queued) of a key as `canary keys list` shows them: ``rate 2/s (20 in any
+    10 s)``, ``queued 3 of 1000 default`` ("default": from the settings, not the key)."""
+    from gateway.key_limits import rate_window
+
+    key, limits = usage.key, usage.limits
+    if not usage.limited:
+        return "rate not limited", f"queued {usage.unfinished} (not limited)"
+    rate_default = " default" if key.rate_per_s is None else ""
+    queued_default = " default" if key.max_queued is None else ""
+    if limits.rate_per_s is None:
+        rate = f"rate unlimited{rate_default}"
+    else:
+        amount, seconds = rate_window(limits.rate_per_s, settings.key_rate_window_s)
+        rate = f"rate {limits.rate_per_s:g}/s{rate_default} ({amount} in any {seconds} s)"
+    if limits.max_queued is None:
+        queued = f"queued {usage.unfinished} of unlimited{queued_default}"
+    else:
+        queued = f"queued {usage.unfinished} of {limits.max_queued}{queued_default}"
+    return rate, queued
+
+
 @keys_app.command("create")
 def keys_create(
     name: Annotated[str, typer.Option(help="Who or what uses the key")],
     role: Annotated[ApiKeyRole, typer.Option(help="What the key may do")] = ApiKeyRole.CLIENT,
+    rate: Annotated[str | None, typer.Option(help=RATE_HELP)] = None,
+    max_queued: Annotated[str | None, typer.Option("--max-queued", help=QUEUED_HELP)] = None,
 ) -> None:
     """Create an API key and print its token (the only time it is shown)."""
     from gateway.auth import create_key
+    from gateway.key_limits import check_limit_values
+    from storage.api_keys import UNCHANGED
 
-    key, token = create_key(db_engine(), name, role)
+    rate_value = _limit(rate, "--rate", float)
+    queued_value = _limit(max_queued, "--max-queued", int)
+    rate_value = None if rate_value is UNCHANGED else rate_value
+    queued_value = None if queued_value is UNCHANGED else queued_value
+    try:
+        check_limit_values(role, rate_value, queued_value)
+    except ValueError as exc:
+        raise usage_error(str(exc)) from None
+    key, token = create_key(db_engine(), name, role, rate_per_s=rate_value, max_queued=queued_value)
     err.print(f"created {key.role} key {key.id} ({key.name}); store the token now:")
     print(token)
 
 
 @keys_app.command("list")
 def keys_list() -> None:
-    """Keys with their role and prefix (never the token)."""
-    from gateway.auth import list_keys
+    """Keys with their role, prefix (never the token), limits and unfinished jobs.
 
-    for key in list_keys(db_engine()):
+    Limits apply to client keys; "default" marks a limit the key takes from the settings.
+    """
+    from gateway.key_limits import keys_with_usage
+
+    settings = get_settings()
+    with database_errors(settings):
+        usages = keys_with_usage(db_engine(), settings)
+    for usage in usages:
+        key = usage.key
         state = f"revoked {key.revoked_at:%Y-%m-%d}" if key.revoked_at else "active"
-        console.print(f"{key.id}  {key.prefix}…  {key.role:8}  {state:18}  {key.name}")
+        rate, queued = describe_limits(usage, settings)
+        console.print(
+            f"{key.id}  {key.prefix}…  {key.role:8}  {state:18}  {rate:36}  {queued:26}  "
+            f"{key.name}",
+            soft_wrap=True,
+            highlight=False,
+        )
+
+
+@keys_app.command("limits")
+def keys_limits(
+    key_id: str,
+    rate: Annotated[str | None, typer.Option(help=RATE_HELP)] = None,
+    max_queued: Annotated[str | None, typer.Option("--max-queued", help=QUEUED_HELP)] = None,
+) -> None:
+    """Show or change a client key's limits; in force from its next request."""
+    from gateway.key_limits import keys_with_usage, set_key_limits
+
+    settings = get_settings()
+    engine = db_engine()
+    with database_errors(settings):
+        try:
+            set_key_limits(
+                engine,
+                key_id,
+                rate_per_s=_limit(rate, "--rate", float),
+                max_queued=_limit(max_queued, "--max-queued", int),
+            )
+        except LookupError:
+            raise fail(f"no key {key_id}") from None
+        except ValueError as exc:
+            raise usage_error(str(exc)) from None
+        [usage] = [u for u in keys_with_usage(engine, settings) if u.key.id == key_id]
+    described = ", ".join(describe_limits(usage, settings))
+    console.print(f"{key_id} ({usage.key.name}): {described}", soft_wrap=True, highlight=False)
 
 
 @keys_app.command("revoke")

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from canary.contracts import PriorityClass
 from canary.settings import Settings
 from gateway.bulk import LineError, ParsedLine, read_requests
 from gateway.job_requests import InvalidJob
@@ -89,6 +90,7 @@ def submit_lines(
     chunk: int,
     errors: list[LineError] | None = None,
     quiet: bool = False,
+    priority: PriorityClass = PriorityClass.BULK,
 ) -> BatchOutcome:
     """Record the batch, then submit its prepared lines in chunks with a progress bar."""
     engine = gateway.producer.engine
@@ -100,7 +102,7 @@ def submit_lines(
         for start in range(0, len(lines), chunk):
             part = lines[start : start + chunk]
             submitted = gateway.submit_many(
-                [job for _, job in part], source=batch.source, batch_id=batch.id
+                [job for _, job in part], source=batch.source, batch_id=batch.id, priority=priority
             )
             batches.add_lines(
                 engine, batch.id, [(n, s.job_id) for (n, _), s in zip(part, submitted, strict=True)]
@@ -136,11 +138,13 @@ def submit_file(
     chunk: int = 500,
     resubmit: bool = False,
     quiet: bool = False,
+    priority: PriorityClass = PriorityClass.BULK,
 ) -> BatchOutcome:
     """Validate and assign the whole file first (errors by line), then submit in chunks.
 
     Lines without a model_version are assigned by the experiment, as over HTTP. With
-    ``resubmit``, lines submitted before become new jobs instead of being skipped.
+    ``resubmit``, lines submitted before become new jobs instead of being skipped. The jobs
+    go to their versions' ``priority`` queues (bulk unless told).
     """
     batch_id = batch_id or uuid.uuid4().hex
     gateway = make_gateway(settings)
@@ -165,7 +169,9 @@ def submit_file(
             else:
                 good.append((line.line, prepared))
     batch = Batch(id=batch_id, source="bulk", file=str(path.resolve()))
-    return submit_lines(gateway, good, batch, chunk=chunk, errors=errors, quiet=quiet)
+    return submit_lines(
+        gateway, good, batch, chunk=chunk, errors=errors, quiet=quiet, priority=priority
+    )
 
 
 def wait_for_batch(

@@ -38,6 +38,13 @@ def submit(
     ] = False,
     timeout: Annotated[float, typer.Option(help="With --wait: seconds to wait at most")] = 3600.0,
     chunk: Annotated[int, typer.Option(min=1, max=10_000)] = 500,
+    interactive: Annotated[
+        bool,
+        typer.Option(
+            "--interactive",
+            help="Queue the jobs as interactive (ahead of bulk work: someone waits for them)",
+        ),
+    ] = False,
 ) -> None:
     """Submit every line of FILE as a job; bad lines are reported by line number and
     skipped, lines submitted before are skipped (see --resubmit). Exits 1 if a line was
@@ -47,6 +54,7 @@ def submit(
     from canary.cli.batch import submit_file, wait_for_batch
     from canary.cli.batch_status import explain_skipped, show_batch
     from canary.cli.stack import broker_problem
+    from canary.contracts import PriorityClass
 
     settings = get_settings()
     problem = broker_problem(settings)
@@ -60,6 +68,7 @@ def submit(
             chunk=chunk,
             resubmit=resubmit,
             quiet=as_json,
+            priority=PriorityClass.INTERACTIVE if interactive else PriorityClass.BULK,
         )
     except ValueError as exc:
         raise usage_error(str(exc)) from None

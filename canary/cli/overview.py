@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.table import Table
 from sqlalchemy.engine import Engine
 
-from canary.contracts import queue_for
+from canary.contracts import queue_for, queues_for
 from canary.settings import Settings
 
 console = Console()
@@ -95,20 +95,22 @@ def _verdict(settings: Settings, experiment: str) -> dict[str, str] | None:
 
 
 def _queues(settings: Settings, engine: Engine) -> list[dict[str, Any]]:
-    """Each version's queue, its waiting messages and the online workers consuming it."""
+    """Each version's queues, their waiting messages (in all and by priority class) and the
+    online workers consuming them."""
     from kombu.exceptions import OperationalError
 
     from storage import overview
     from tasks import storage_health
     from tasks.app import make_app
-    from tasks.queues import consumers, queue_depth
+    from tasks.queues import class_depths, consumers
 
     app = make_app(settings)
     records = {r.node: r for r in overview.worker_records(engine) if r.version in settings.versions}
 
     try:
         online = consumers(app, WORKER_REPLY_TIMEOUT_S, nodes=records)
-        depths = {v: queue_depth(app, queue_for(v)) for v in settings.versions}
+        by_class = {v: class_depths(app, v) for v in settings.versions}
+        depths = {v: sum(counts.values()) for v, counts in by_class.items()}
         breakers = storage_health.read_all(app)
     except OperationalError:
         raise OverviewError(broker_unreachable(settings)) from None
@@ -121,14 +123,15 @@ def _queues(settings: Settings, engine: Engine) -> list[dict[str, Any]]:
     lifecycles = versions.lifecycles(engine, settings.versions, busy=serving)
     rows = []
     for version in settings.versions:
-        queue = queue_for(version)
+        queue = queue_for(version)  # bulk's; a worker consumes all three of its version
         nodes = sorted(node for node, names in online.items() if queue in names)
         workers = [
             {"node": n, "device": records[n].device, "revision": records[n].revision} for n in nodes
         ]
         rows.append(
             {
-                "version": version, "queue": queue, "waiting": depths[version],
+                "version": version, "queue": queue, "queues": list(queues_for(version)),
+                "waiting": depths[version], "waiting_by_class": by_class[version],
                 "workers": workers, "lifecycle": _lifecycle(lifecycles[version]),
                 "storage": [_breaker(b) for _, b in sorted(breakers.items())
                             if b.version == version and (b.open or b.spooled)],
@@ -231,6 +234,12 @@ def _print_experiments(settings: Settings, data: dict[str, Any]) -> None:
     console.print(table)
 
 
+def _waiting(queue: dict[str, Any]) -> str:
+    """``5 (1 interactive, 4 bulk)``: the total, and the classes that have messages."""
+    parts = [f"{n} {name}" for name, n in queue.get("waiting_by_class", {}).items() if n]
+    return f"{queue['waiting']} ({', '.join(parts)})" if parts else str(queue["waiting"])
+
+
 def _print_queues(queues: list[dict[str, Any]]) -> None:
     table = Table(title="Queues and workers")
     for column in ("version", "lifecycle", "queue", "waiting", "workers (device, revision)"):
@@ -242,10 +251,14 @@ def _print_queues(queues: list[dict[str, Any]]) -> None:
         life = q["lifecycle"]
         idle = "none" if life["state"] in {"retired", "purged"} else "[red]none[/]"
         table.add_row(
-            q["version"], describe_lifecycle(life), q["queue"], str(q["waiting"]),
-            described or idle,
+            q["version"], describe_lifecycle(life), q["queue"], _waiting(q), described or idle,
         )  # fmt: skip
     console.print(table)
+    console.print(
+        "Each version has three queues, consumed highest class first: "
+        "render.<version>.interactive, render.<version> (bulk), render.<version>.background.",
+        style="dim", soft_wrap=True,
+    )  # fmt: skip
     for q in queues:
         for breaker in q.get("storage", []):
             console.print(describe_breaker(q["version"], breaker), soft_wrap=True)

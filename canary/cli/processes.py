@@ -13,7 +13,7 @@ from typing import Annotated
 import typer
 
 from canary.cli.common import err, fail, usage_error
-from canary.contracts import queue_for
+from canary.contracts import queues_for
 from canary.settings import ConfigError, Settings, get_settings, reset_settings_cache
 
 DEVICE_PATTERN = re.compile(r"^(cpu|cuda(:\d+)?|mps)$")
@@ -97,7 +97,8 @@ def worker(
     celery_app.worker_main(
         [
             "worker",
-            "--queues", queue_for(model_version),
+            # highest class first: the consume order is the priority (celeryconfig)
+            "--queues", ",".join(queues_for(model_version)),
             "--concurrency", "1",
             "--pool", "prefork",
             "--hostname", node,

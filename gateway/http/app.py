@@ -27,9 +27,11 @@ from gateway.events import EventIngestor
 from gateway.http import batches, events, golden, jobs, metrics, reports
 from gateway.http.errors import ErrorOut
 from gateway.job_requests import InvalidJob
+from gateway.key_limits import RequestRateLimiter
 from gateway.service import Gateway
 from gateway.text import printable, unstorable_reason
 from storage.db import get_engine
+from storage.models import ApiKeyRole
 from storage.objects import ObjectStore, store_from_settings
 
 # ---------------------------------------------------------------- body size limit
@@ -184,6 +186,7 @@ ERRORS = {
     413: "Body larger than CANARY_API_MAX_BODY_BYTES",
     415: f"Body not sent as {JSON}",
     422: "Invalid request",
+    429: "Over a limit of the API key (see Retry-After)",
 }
 # Operations of the golden router that answer 409 (their job has no result yet).
 CONFLICTING = {
@@ -209,6 +212,12 @@ def _error_statuses(path: str, method: str, operation: dict[str, Any]) -> set[in
         statuses.add(401)
     if any(roles for requirement in security for roles in requirement.values()):
         statuses.add(403)  # only keys with the listed roles may call it
+    if any(
+        not roles or ApiKeyRole.CLIENT in roles
+        for requirement in security
+        for roles in requirement.values()
+    ):
+        statuses.add(429)  # client keys may call it: their limits (gateway/key_limits.py)
     return statuses
 
 
@@ -339,6 +348,9 @@ def create_app(
     app.state.gateway = gateway
     app.state.experiments = gateway.experiments
     app.state.verifier = verifier
+    app.state.rate_limiter = RequestRateLimiter(
+        settings.broker_url, settings.key_rate_window_s, shown_url=settings.shown_broker_url
+    )
     app.state.event_ingestor = EventIngestor(settings, engine)
     app.state.metrics_registry = metrics.registry_for(
         settings, engine, gateway.producer.app, gateway.experiments

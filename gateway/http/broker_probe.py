@@ -19,10 +19,9 @@ from dataclasses import dataclass, field
 
 from celery import Celery
 
-from canary.contracts import queue_for
 from canary.settings import Settings
 from tasks import storage_health
-from tasks.queues import broker_answers, consumers, queue_depth, resent_counts
+from tasks.queues import broker_answers, class_depths, consumers, resent_counts
 from tasks.storage_health import BreakerState
 
 log = logging.getLogger(__name__)
@@ -30,12 +29,14 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class BrokerReading:
-    depths: dict[str, int]  # version -> messages waiting on its queue
+    depths: dict[str, int]  # version -> messages waiting on its queues
     consumers: dict[str, list[str]]  # online node -> queues it consumes
     # version -> lost messages re-sent by the reconciler (scheduler/lost_messages.py)
     resent: dict[str, int] = field(default_factory=dict)
     # node -> its object-store breaker and spool (tasks/spool.py, tasks/storage_health.py)
     breakers: dict[str, BreakerState] = field(default_factory=dict)
+    # version -> priority class -> messages waiting on that class's queue
+    by_class: dict[str, dict[str, int]] = field(default_factory=dict)
 
 
 class BrokerProbe:
@@ -70,8 +71,11 @@ def broker_reader(
     def read() -> BrokerReading:
         if not broker_answers(settings.broker_url, timeout_s):
             raise ConnectionError(f"no answer from {settings.shown_broker_url}")
-        depths = {v: queue_depth(app, queue_for(v)) for v in settings.versions}
+        by_class = {v: class_depths(app, v) for v in settings.versions}
+        depths = {v: sum(counts.values()) for v, counts in by_class.items()}
         online = consumers(app, timeout=timeout_s, nodes=nodes())
-        return BrokerReading(depths, online, resent_counts(app), storage_health.read_all(app))
+        return BrokerReading(
+            depths, online, resent_counts(app), storage_health.read_all(app), by_class
+        )
 
     return read

@@ -17,6 +17,7 @@ from sqlalchemy.engine import Engine
 from canary.settings import Settings
 from gateway.events import EventIngestor
 from gateway.experiment_source import ExperimentSource
+from gateway.key_limits import RequestRateLimiter
 from gateway.service import Gateway
 from storage.objects import ObjectStore
 
@@ -57,6 +58,12 @@ async def event_ingestor(request: Request) -> EventIngestor:
     return ingestor
 
 
+async def rate_limiter(request: Request) -> RequestRateLimiter:
+    """The per-key request rate (kept in Redis) and the count of refused requests."""
+    limiter: RequestRateLimiter = request.app.state.rate_limiter
+    return limiter
+
+
 async def metrics_registry(request: Request) -> CollectorRegistry:
     """The Prometheus registry that ``GET /metrics`` exports (one collector, one broker
     probe per app)."""
@@ -71,3 +78,4 @@ JobGateway = Annotated[Gateway, Depends(job_gateway)]
 Experiments = Annotated[ExperimentSource, Depends(experiment_source)]
 Ingestor = Annotated[EventIngestor, Depends(event_ingestor)]
 MetricsRegistry = Annotated[CollectorRegistry, Depends(metrics_registry)]
+Limiter = Annotated[RequestRateLimiter, Depends(rate_limiter)]

@@ -12,12 +12,14 @@ from fastapi.responses import RedirectResponse
 from pydantic import BaseModel, Field, field_validator
 from sqlalchemy.engine import Engine
 
+from canary.settings import Settings
 from gateway.auth import Principal
 from gateway.blinding import hide_versions, may_presign
-from gateway.http.auth import Caller, require_role
-from gateway.http.dependencies import AppSettings, Database, JobGateway, Store
+from gateway.http.auth import Caller, refused, require_role
+from gateway.http.dependencies import AppSettings, Database, JobGateway, Limiter, Store
 from gateway.http.errors import ErrorOut
 from gateway.job_requests import InvalidJob, JobRequest
+from gateway.key_limits import LimitExceeded, RequestRateLimiter, check_queued, effective_limits
 from gateway.submit import Submitted
 from storage import jobs
 from storage.batches import record_batch
@@ -144,6 +146,26 @@ def _scope_key(request: JobRequest, caller: Principal) -> JobRequest:
     )
 
 
+def within_queued_limit(
+    engine: Engine,
+    settings: Settings,
+    limiter: RequestRateLimiter,
+    caller: Principal,
+    requests: list[JobRequest],
+    *,
+    batch: bool = False,
+) -> None:
+    """429 when the new jobs would take the key over its limit of unfinished jobs; checked
+    before anything of the request is done, so a refused one leaves nothing behind."""
+    limit = effective_limits(caller.role, caller.rate_per_s, caller.max_queued, settings)
+    if limit.max_queued is None:
+        return
+    try:
+        check_queued(engine, caller.key_id, limit.max_queued, requests, batch=batch)
+    except LimitExceeded as exc:
+        raise refused(limiter, exc) from None
+
+
 # ---------------------------------------------------------------- routes
 
 
@@ -165,19 +187,24 @@ def submit_job(
     body: JobRequest,
     caller: Submitter,
     response: Response,
+    settings: AppSettings,
     gateway: JobGateway,
     engine: Database,
+    limiter: Limiter,
     idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
 ) -> JobAccepted:
     """Queue one job. The experiment picks the version unless an operator pins it.
 
     The job is never lost: when the job queue cannot be reached the answer is still
     202 with the job id, with `sent: false`, and the job is sent when the queue is back.
+    A client key with as many unfinished jobs as its limit gets 429 (a replay of a job it
+    submitted before still gets that job).
     """
     if idempotency_key and not body.idempotency_key:
         body = body.model_copy(update={"idempotency_key": idempotency_key})
     require_pin_rights([body], caller)
     body = _scope_key(body, caller)
+    within_queued_limit(engine, settings, limiter, caller, [body])
     submitted = gateway.submit(
         body, source="api", api_key_id=caller.key_id, may_pin_version=caller.is_operator
     )
@@ -198,17 +225,20 @@ def submit_batch(
     settings: AppSettings,
     gateway: JobGateway,
     engine: Database,
+    limiter: Limiter,
 ) -> BatchAccepted:
     """Queue up to the configured number of jobs; nothing is queued if any is invalid.
 
-    As for one job, `sent: false` marks jobs kept for when the job queue is back.
+    As for one job, `sent: false` marks jobs kept for when the job queue is back. A batch
+    whose new jobs would take a client key over its limit of unfinished jobs is refused
+    whole (429).
     """
     if len(body.jobs) > settings.api_max_batch:
         raise InvalidJob([f"jobs: at most {settings.api_max_batch} per batch"])
     require_pin_rights(body.jobs, caller)
-    prepared = gateway.prepare_all(
-        [_scope_key(j, caller) for j in body.jobs], may_pin_version=caller.is_operator
-    )
+    requests = [_scope_key(j, caller) for j in body.jobs]
+    within_queued_limit(engine, settings, limiter, caller, requests, batch=True)
+    prepared = gateway.prepare_all(requests, may_pin_version=caller.is_operator)
     batch = Batch(id=uuid.uuid4().hex, source="api", api_key_id=caller.key_id)
     record_batch(batch, [], engine)
     submitted = gateway.submit_many(

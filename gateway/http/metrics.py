@@ -21,6 +21,7 @@ still exported, so a scrape answers in about a second whatever the broker does.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Iterator
 from typing import Annotated
 
@@ -35,6 +36,7 @@ from prometheus_client.core import (
     Metric,
 )
 from prometheus_client.registry import Collector
+from redis.exceptions import RedisError
 from sqlalchemy.engine import Engine
 
 from canary.contracts import queue_for
@@ -45,9 +47,11 @@ from gateway.http.auth import require_role
 from gateway.http.broker_probe import BrokerProbe, BrokerReading, broker_reader
 from gateway.http.dependencies import MetricsRegistry
 from gateway.http.lifecycle_metrics import lifecycle_metrics
+from gateway.key_limits import refusal_counts
 from storage import overview
 from storage.models import TERMINAL_STATUSES, ApiKeyRole
 
+log = logging.getLogger(__name__)
 LATENCY_BUCKETS_S = (0.1, 0.25, 0.5, 1, 2, 4, 6, 8.5, 12, 20, 30, 60, 120, 300)
 # A scrape answers within Prometheus's default 10 s timeout and the 2 s operators set;
 # the broker gets this long (a ping, then each recorded worker's reply), the database rest.
@@ -86,6 +90,7 @@ class CanaryCollector(Collector):
         )  # fmt: skip
         yield up
         if reading is not None:
+            yield from self._refusals()
             yield from self._queues(reading)
             yield from self._workers(reading)
             yield from self._storage_breakers(reading)
@@ -96,11 +101,22 @@ class CanaryCollector(Collector):
 
     def _queues(self, reading: BrokerReading) -> Iterator[Metric]:
         depth = GaugeMetricFamily(
-            "canary_queue_messages", "Messages waiting on a version's queue", labels=["version"]
+            "canary_queue_messages",
+            "Messages waiting on a version's queues (all classes)",
+            labels=["version"],
+        )
+        by_class = GaugeMetricFamily(
+            "canary_queue_messages_by_class",
+            "Messages waiting on a version's queue of one priority class (interactive, bulk, "
+            "background: what an autoscaler reads)",
+            labels=["version", "class"],
         )
         for version in self.settings.versions:
             depth.add_metric([version], reading.depths[version])
+            for priority, waiting in reading.by_class.get(version, {}).items():
+                by_class.add_metric([version, priority], waiting)
         yield depth
+        yield by_class
         resent = CounterMetricFamily(
             "canary_jobs_resent", "QUEUED jobs sent again because the broker had lost their "
             "message (kept in the broker: starts again from 0 if it loses its data)",
@@ -109,6 +125,23 @@ class CanaryCollector(Collector):
         for version in self.settings.versions:
             resent.add_metric([version], reading.resent.get(version, 0))
         yield resent
+
+    def _refusals(self) -> Iterator[Metric]:
+        """Requests refused by a limit of their API key (gateway/key_limits.py), counted in
+        the broker by every API process; left out when it cannot be read in time."""
+        try:
+            counts = refusal_counts(self.settings.broker_url, BROKER_TIMEOUT_S)
+        except (RedisError, OSError) as exc:
+            log.warning("refused requests cannot be read from the broker: %s", exc)
+            return
+        refused = CounterMetricFamily(
+            "canary_requests_refused", "Requests answered 429 by a limit of their API key: "
+            "rate (requests per second) or queued (unfinished jobs); kept in the broker",
+            labels=["reason"],
+        )  # fmt: skip
+        for reason, n in counts.items():
+            refused.add_metric([reason], n)
+        yield refused
 
     def _jobs(self) -> Iterator[Metric]:
         unfinished = GaugeMetricFamily(
@@ -155,7 +188,7 @@ class CanaryCollector(Collector):
         counts: dict[tuple[str, str, str], int] = {}
         for node, queues in reading.consumers.items():
             for version in self.settings.versions:
-                if queue_for(version) in queues:
+                if queue_for(version) in queues:  # its workers consume all its queues
                     record = records.get(node)
                     device = record.device if record else "unknown"
                     revision = (record.revision or "none") if record else "unknown"

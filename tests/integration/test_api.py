@@ -13,7 +13,7 @@ import yaml
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from canary.contracts import queue_for
+from canary.contracts import queues_for
 from gateway.auth import create_key
 from gateway.http.app import create_app
 from storage.models import ApiKeyRole
@@ -79,7 +79,7 @@ def auth(token: str) -> dict[str, str]:
 
 def queued(stack: Stack) -> int:
     client = redis.Redis.from_url(stack.settings.broker_url)
-    return sum(client.llen(queue_for(v)) for v in stack.settings.versions)
+    return sum(client.llen(q) for v in stack.settings.versions for q in queues_for(v))
 
 
 JOB = {"user_id": "u-1", "prompt": "a lantern in fog", "steps": 3, "width": 64, "height": 64}

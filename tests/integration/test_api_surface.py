@@ -21,7 +21,7 @@ import redis
 from fastapi.testclient import TestClient
 from sqlmodel import Session, select
 
-from canary.contracts import queue_for
+from canary.contracts import queues_for
 from canary.settings import Settings
 from gateway.auth import create_key
 from gateway.http.app import create_app
@@ -68,7 +68,7 @@ def auth(token: str) -> dict[str, str]:
 
 def queued(stack: Stack) -> int:
     broker = redis.Redis.from_url(stack.settings.broker_url)
-    return sum(broker.llen(queue_for(v)) for v in stack.settings.versions)
+    return sum(broker.llen(q) for v in stack.settings.versions for q in queues_for(v))
 
 
 def rows(stack: Stack) -> list[Job]:
@@ -248,12 +248,13 @@ def test_every_operation_documents_its_errors_as_error_out(client: TestClient) -
                 content = operation["responses"][str(code)]["content"]
                 assert content == {"application/json": {"schema": error_out}}, (path, code)
     body = {400, 401, 403, 413, 415, 422}
-    assert documented["POST /v1/jobs"] == body
-    assert documented["POST /v1/jobs:batch"] == body
+    # 429: the limits of client keys, on every operation a client key may call
+    assert documented["POST /v1/jobs"] == body | {429}
+    assert documented["POST /v1/jobs:batch"] == body | {429}
     assert documented["POST /v1/events"] == body
     assert documented["PUT /v1/golden/runs/{run_id}/grades"] == body | {404, 409}
-    assert documented["GET /v1/jobs/{job_id}"] == {401, 404, 422}  # any key: no 403
-    assert documented["GET /v1/jobs/{job_id}/image"] == {401, 404, 409, 422}
+    assert documented["GET /v1/jobs/{job_id}"] == {401, 404, 422, 429}  # any key: no 403
+    assert documented["GET /v1/jobs/{job_id}/image"] == {401, 404, 409, 422, 429}
     assert documented["GET /v1/golden/runs"] == {401, 403, 422}
     assert documented["GET /v1/experiments/{name}/report"] == {401, 403, 404, 422}
     assert schema["components"]["schemas"]["ErrorOut"]["required"] == ["detail"]
@@ -342,7 +343,8 @@ def test_jobs_accepted_while_the_broker_is_down_are_sent_when_it_is_back(
     messages = [
         json.loads(raw)
         for version in stack.settings.versions
-        for raw in broker.lrange(queue_for(version), 0, -1)
+        for queue in queues_for(version)
+        for raw in broker.lrange(queue, 0, -1)
     ]
     assert {message["headers"]["id"] for message in messages} == job_ids
     assert all(row.enqueued_at is not None for row in rows(stack))

@@ -16,7 +16,7 @@ import pytest
 import redis
 from sqlalchemy import update
 
-from canary.contracts import queue_for
+from canary.contracts import queues_for
 from storage import jobs
 from storage.models import Job, JobStatus, utcnow
 from tests.integration.conftest import Stack
@@ -87,7 +87,7 @@ def test_a_job_stranded_on_a_lost_host_is_swept_up(
     try:
         (job_id,) = submit(stack, 1, "", steps=2)
         # a worker on another host claimed it, acknowledged the message, and vanished
-        redis.Redis.from_url(clean_redis).delete(queue_for("v1"))
+        redis.Redis.from_url(clean_redis).delete(*queues_for("v1"))
         with stack.engine.begin() as connection:
             connection.execute(
                 update(Job)

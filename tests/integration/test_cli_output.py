@@ -101,7 +101,9 @@ def test_overview_json_counts_waiting_jobs_and_skips_silent_workers(stack: Stack
     assert queues["v1"] == {
         "version": "v1",
         "queue": "render.v1",
+        "queues": ["render.v1.interactive", "render.v1", "render.v1.background"],
         "waiting": 1,
+        "waiting_by_class": {"interactive": 1, "bulk": 0, "background": 0},
         "workers": [],
         "storage": [],
     }

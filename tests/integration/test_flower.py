@@ -13,6 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from canary.contracts import queues_for
 from gateway.service import Gateway
 from tasks.app import make_app
 from tests.integration.conftest import PROJECT_ROOT, Stack, local_stack
@@ -104,7 +105,8 @@ def test_flower_with_auth_queues_arguments_and_persistence(
         assert submitted["hidden"].job_id in task["args"]
         queues = httpx.get(f"{base}/api/queues/length", auth=AUTH, timeout=10).json()
         names = {q["name"] for q in queues["active_queues"]}
-        assert {"render.v1", "render.v2"} <= names
+        # every priority class's queue, so the operator sees a backlog by class
+        assert {*queues_for("v1"), *queues_for("v2")} <= names
     finally:
         stop(flower)
         stack.stop_workers()

@@ -17,7 +17,7 @@ from sqlmodel import Session, select
 
 from analysis.golden.report import report_for_run
 from analysis.golden.run_checks import check_open_runs
-from canary.contracts import queue_for
+from canary.contracts import queues_for
 from scheduler import golden_replay
 from scheduler.golden_replay import GoldenReplay, nightly_run_id
 from scheduler.golden_tasks import trigger_nightly
@@ -36,7 +36,7 @@ class Crash(Exception):
 
 def queued_messages(stack: Stack) -> dict[str, int]:
     client = redis.Redis.from_url(stack.settings.broker_url)
-    return {v: client.llen(queue_for(v)) for v in VERSIONS}
+    return {v: sum(client.llen(q) for q in queues_for(v)) for v in VERSIONS}
 
 
 def golden_jobs(stack: Stack, run_id: str) -> list[Job]:

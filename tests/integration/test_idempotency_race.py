@@ -61,7 +61,7 @@ def test_fifty_parallel_replays_of_one_key_send_one_message(stack, clean_redis: 
     assert len({r.job_id for r in results}) == 1
     assert sum(r.created for r in results) == 1
     assert all(r.sent for r in results)
-    assert len(messages_in(clean_redis, "render.v1")) == 1
+    assert len(messages_in(clean_redis, "render.v1.interactive")) == 1
     row = jobs.get_job(stack.engine, results[0].job_id)
     assert row is not None and row.status == JobStatus.QUEUED and row.enqueued_at is not None
 
@@ -84,4 +84,4 @@ def test_a_job_whose_send_failed_is_sent_once_by_parallel_replays(stack, clean_r
     with ThreadPoolExecutor(PARALLEL) as pool:
         results = list(pool.map(submit, range(PARALLEL)))
     assert not any(r.created for r in results) and all(r.sent for r in results)
-    assert len(messages_in(clean_redis, "render.v1")) == 1
+    assert len(messages_in(clean_redis, "render.v1.interactive")) == 1

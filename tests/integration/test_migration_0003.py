@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 from alembic import command
-from sqlalchemy import inspect
+from sqlalchemy import MetaData, Table, inspect
 from sqlmodel import Session, select
 
 from storage import jobs
@@ -35,11 +35,16 @@ def test_upgrade_from_0002_adds_job_attempts_and_keeps_the_jobs(engine) -> None:
     with engine.begin() as conn:
         command.downgrade(alembic_config(conn), "0002")
     assert "job_attempts" not in inspect(engine).get_table_names()
-    jobs.insert_new_jobs(
-        engine,
-        [Job(id=f"job-{n}", model_version="v1", prompt="a fox", seed=n, steps=2, guidance=7.5,
-             width=64, height=64) for n in range(3)],
-    )  # fmt: skip
+    # rows as a 0002 release wrote them: the columns its jobs table has (read from it)
+    table_0002 = Table("jobs", MetaData(), autoload_with=engine)
+    rows_0002 = [
+        {name: value for name, value in Job(
+            id=f"job-{n}", model_version="v1", prompt="a fox", seed=n, steps=2, guidance=7.5,
+            width=64, height=64).model_dump().items() if name in table_0002.c}
+        for n in range(3)
+    ]  # fmt: skip
+    with engine.begin() as conn:
+        conn.execute(table_0002.insert(), rows_0002)
     jobs.claim_job(engine, "job-1", started_at=utcnow(), worker_host="a@h")
 
     assert upgrade_db(engine) == ("0002", head_revision())

@@ -11,7 +11,7 @@ import pytest
 import redis
 from sqlmodel import Session, func, select
 
-from canary.contracts import queue_for
+from canary.contracts import queues_for
 from gateway.job_requests import InvalidJob
 from storage.models import Job, JobStatus
 from tests.integration.conftest import PROJECT_ROOT, Stack, fresh_database_url, make_stack
@@ -35,7 +35,7 @@ def stack(
 
 def queue_lengths(stack: Stack) -> dict[str, int]:
     client = redis.Redis.from_url(stack.settings.broker_url)
-    return {v: client.llen(queue_for(v)) for v in stack.settings.versions}
+    return {v: sum(client.llen(q) for q in queues_for(v)) for v in stack.settings.versions}
 
 
 def job_count(stack: Stack) -> int:
