@@ -27,7 +27,9 @@ lock: setup
 test-fast: lint
 	.venv/bin/python -m pytest -q -m "not integration and not slow" tests/unit
 
+# Two test processes (pytest-xdist; each has its own Redis database and PostgreSQL schema),
+# handing out tests one by one so a long file does not leave the other process idle.
 # pytest exits 5 when it collected no test: that counts as a failure here.
 test: setup services lint
-	.venv/bin/python -m pytest -q --durations=15; rc=$$?; \
+	.venv/bin/python -m pytest -q -n 2 --dist worksteal --durations=15; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$rc

@@ -330,6 +330,48 @@ def queue_wait_panel(report: dict[str, Any]) -> str:
     )
 
 
+SHADOW_CHIPS = {"pass": "pass", "fail": "fail-hold", "insufficient": "insufficient"}
+
+
+def shadow_panel(shadow: dict[str, Any] | None) -> str:
+    """The shadow-health verdict on live jobs copied to the candidate (a gate input when
+    leaving internal): pairs, failure-rate increase and P95 ratio with their intervals."""
+    if shadow is None:
+        return ""
+    verdict = shadow["health"]
+    segments = ", ".join(shadow["segments"]) if shadow["segments"] else "every segment"
+    gate = (
+        "the gate needs a pass to leave this stage"
+        if shadow["required"]
+        else "shown for information at this stage"
+    )
+    rows = [["pairs compared", str(verdict["pairs"]), f"at least {verdict['min_pairs']}"]]
+    increase = verdict.get("failure_rate_increase")
+    if increase:
+        rows.append(
+            ["failure-rate increase", f"{increase['estimate']:+.2%}",
+             f"95% CI [{increase['low']:+.2%}, {increase['high']:+.2%}]; margin "
+             f"{increase['margin']:.2%}"]
+        )  # fmt: skip
+    ratio = verdict.get("p95_ratio")
+    if ratio:
+        rows.append(
+            ["P95 render time ratio", f"{ratio['estimate']:.2f}x",
+             f"95% CI [{ratio['low']:.2f}, {ratio['high']:.2f}]; margin {ratio['margin']:.2f}x"]
+        )  # fmt: skip
+    kinds = verdict["new_failure_kinds"]
+    rows.append(["new failure kinds", ", ".join(kinds) if kinds else "none", ""])
+    reasons = "".join(f"<li>{escape(r)}</li>" for r in verdict["reasons"])
+    return (
+        f"<h3>Shadow traffic: {_chip(SHADOW_CHIPS[verdict['verdict']], verdict['verdict'])}</h3>"
+        f"<p class='meta'>{shadow['share']:.0%} of the baseline's live jobs ({escape(segments)}) "
+        f"copied to the candidate with the same seed and compared pair by pair; "
+        f"{escape(gate)}. <code>canary shadow status</code> shows the pairs.</p>"
+        f"{_table(['measure', 'value', 'interval and margin'], rows)}"
+        + (f"<ul>{reasons}</ul>" if reasons else "")
+    )
+
+
 # ---------------------------------------------------------------- the page
 def render_dashboard(report: dict[str, Any], p95_limit_ms: float | None = None) -> str:
     gates = report["gates"]
@@ -399,6 +441,7 @@ section {{ margin-bottom: 1.5rem; }}
 {promotion_panel(gates.get("promotion"))}
 {power_panel(report.get("power", []), stats.get("tuning_users_per_arm"))}
 {trajectory_panel(report)}
+{shadow_panel(report.get("shadow"))}
 <h2>Health</h2>
 {queue_wait_panel(report)}
 {latency}

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import asdict, replace
-from datetime import date, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
 from sqlalchemy.engine import Engine
@@ -22,6 +22,7 @@ from analysis import rollups
 from analysis.gates import GatePolicy, evaluate, load_policy
 from analysis.multiple_testing import benjamini_hochberg
 from analysis.power import plan
+from analysis.shadow import Margins, health, margins_from
 from analysis.srm import srm_section
 from analysis.stats import (
     DEFAULT_TUNING_USERS,
@@ -36,6 +37,7 @@ from canary.settings import Settings
 from gateway.experiments import Experiment, ExperimentConfig
 from storage import golden
 from storage import metrics as sql
+from storage import shadow as shadow_jobs
 from storage.metrics import Key, UnitQuery, Window
 from storage.models import Arm, GoldenRunStatus
 
@@ -245,6 +247,30 @@ def golden_section(engine: Engine, experiment: Experiment) -> dict[str, Any] | N
     return None
 
 
+def shadow_section(
+    engine: Engine, experiment: Experiment, first: date, last: date, margins: Margins
+) -> dict[str, Any] | None:
+    """The shadow-health verdict on the window's pairs (live job, its copy on the
+    candidate) while the current stage copies live jobs; None when it copies none.
+    ``required``: the stage is the ladder's first (internal), which the gate lets the
+    candidate leave only on a passing verdict."""
+    rule = experiment.current_stage.shadow
+    if not rule.share:
+        return None
+    found = shadow_jobs.pairs(
+        engine,
+        experiment.name,
+        start=datetime.combine(first, time.min, UTC),
+        end=datetime.combine(last + timedelta(days=1), time.min, UTC),
+    )
+    return {
+        "share": rule.share,
+        "segments": rule.segments,
+        "required": experiment.stage == experiment.stages[0].name,
+        "health": health(found, margins),
+    }
+
+
 def build_report(
     engine: Engine,
     experiment: Experiment,
@@ -255,6 +281,7 @@ def build_report(
     use_cuped: bool = True,
     incremental: bool = False,
     health_classes: Iterable[str] = sql.HEALTH_CLASSES,
+    shadow_margins: Margins = Margins(),  # noqa: B008 (frozen)
 ) -> dict[str, Any]:
     """The report of days [first, last]. ``incremental`` reads the rolled-up days'
     per-user rows (analysis.rollups) and computes only the rest: the same numbers as the
@@ -337,6 +364,7 @@ def build_report(
         "dwell_retention_correlation": correlation,
         "srm": srm_section(engine, experiment, policy.guardrails.srm_alpha),
         "golden": golden_section(engine, experiment),
+        "shadow": shadow_section(engine, experiment, first, last, shadow_margins),
         "statistics": {
             "tuning_users_per_arm": tuning_per_arm,
             "exploratory_family": family_size,
@@ -374,5 +402,5 @@ def report_for_experiment(
     first, last = report_window(settings, last)
     return build_report(
         engine, experiment, first, last, policy, incremental=incremental,
-        health_classes=health_classes,
+        health_classes=health_classes, shadow_margins=margins_from(settings),
     )  # fmt: skip

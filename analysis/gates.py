@@ -146,6 +146,10 @@ def evaluate(report: dict[str, Any], policy: GatePolicy) -> GateEvaluation:
                 )
             )
 
+    shadow = _shadow_check(report.get("shadow"))
+    if shadow is not None:
+        checks.append(shadow)
+
     promotion = evaluate_promotion(
         report["metrics"].get(p.metric, {}).get("daily", []),
         report["metrics"].get(p.metric, {}).get("last_days"),
@@ -161,6 +165,19 @@ def evaluate(report: dict[str, Any], policy: GatePolicy) -> GateEvaluation:
         blocking = [c for c in checks if c.status != "pass"]
         verdict, shown = (Verdict.HOLD, blocking) if blocking else (Verdict.ADVANCE, checks)
     return GateEvaluation(verdict, [f"{c.name}: {c.detail}" for c in shown], checks, promotion)
+
+
+def _shadow_check(shadow: dict[str, Any] | None) -> Check | None:
+    """Leaving the first stage (internal) with shadow traffic on needs a passing
+    shadow-health verdict: the candidate rendered copies of live jobs about as reliably and
+    as fast as the baseline did. A failure holds (no user is on the candidate yet)."""
+    if shadow is None or not shadow["required"]:
+        return None
+    verdict = shadow["health"]
+    detail = f"{verdict['pairs']} live jobs copied to the candidate and compared"
+    if verdict["reasons"]:
+        detail += ": " + "; ".join(verdict["reasons"])
+    return Check("shadow health", verdict["verdict"], detail, Verdict.HOLD)
 
 
 def _worsening_checks(report: dict[str, Any], policy: GatePolicy) -> list[Check]:

@@ -131,7 +131,14 @@ def run(args: argparse.Namespace) -> Report:
             started = time.perf_counter()
             result = subprocess.run(
                 [sys.executable, "-m", "canary.cli", "submit", str(path)],
-                env={**stack.env, "CANARY_EXPERIMENT_FILE": str(experiment)},
+                # fair share off: the figure is the rate of putting every job on the
+                # broker, as the reference loop does (with it on, a tenant's jobs beyond
+                # its share are only recorded, and released as workers take jobs)
+                env={
+                    **stack.env,
+                    "CANARY_EXPERIMENT_FILE": str(experiment),
+                    "CANARY_FAIR_SHARE_QUEUED": "0",
+                },
                 cwd=PROJECT_ROOT,
                 capture_output=True,
                 text=True,

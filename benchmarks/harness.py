@@ -43,7 +43,8 @@ from tasks.app import make_app
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 FIGURE_LINE = re.compile(
-    r"^figure (?P<key>[a-z0-9_]+): (?P<value>-?[\d.]+) (?P<unit>\S+)"
+    # a value as ``:.4g`` writes it: 0.0123, 2.3e-05 (a tiny delta), inf
+    r"^figure (?P<key>[a-z0-9_]+): (?P<value>-?(?:[\d.]+(?:e[-+]\d+)?|inf|nan)) (?P<unit>\S+)"
     r"(?: \| target (?P<op>>=|<=) (?P<target>[\d.]+): (?P<met>met|NOT met))?"
     r"(?: \| (?P<detail>.*))?$",
     re.MULTILINE,
@@ -361,3 +362,39 @@ def bench_main(
     print(f"canary-render {title} on {describe_machine(machine())}", flush=True)
     run(args)
     return 0
+
+
+def standalone_main(
+    name: str,
+    title: str,
+    parser: argparse.ArgumentParser,
+    run: Callable[[argparse.Namespace], Report],
+    quick: dict[str, Any],
+    argv: list[str] | None,
+) -> int:
+    """The command line of a benchmark run on its own (not by benchmarks.all): it writes
+    ``<--output>/<name>.json`` (``--quick``: ``<name>.quick.json``) with the machine it ran
+    on, and SIGTERM unwinds through its stacks' close(), so its workers are stopped."""
+    signal.signal(signal.SIGTERM, _exit_on_signal)
+
+    def run_and_write(args: argparse.Namespace) -> Report:
+        started = time.perf_counter()
+        report = run(args)
+        info = machine()
+        data = {
+            **report.as_dict(),
+            "finished": datetime.now(UTC).isoformat(timespec="seconds"),
+            "seconds": round(time.perf_counter() - started, 1),
+            "machine": info,
+            "machine_text": describe_machine(info),
+        }
+        path = args.output / f"{name}{'.quick' if args.quick else ''}.json"
+        write_json(path, data)
+        print(f"wrote {path}", flush=True)
+        return report
+
+    return bench_main(title, parser, run_and_write, quick, argv)
+
+
+def _exit_on_signal(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)

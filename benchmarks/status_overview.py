@@ -63,7 +63,7 @@ EXPERIMENT = {
 # --quick: sizes for a CI smoke run (its figures mean nothing)
 # 150 stub jobs keep each queue non-empty for 30 s, longer than a loaded machine needs to
 # start the CLI and take the quick figures
-QUICK: dict[str, Any] = {"runs": 2, "busy_jobs": 150}
+QUICK: dict[str, Any] = {"runs": 1, "busy_jobs": 100}
 
 
 def median_s(action: Callable[[], object], runs: int) -> float:

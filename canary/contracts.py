@@ -11,6 +11,7 @@ from typing import TypedDict
 
 RENDER_TASK = "canary.render"
 IMAGES_PREFIX = "renders/"
+SHADOW_IMAGES_PREFIX = "shadow/"  # shadow jobs' images (gateway/shadow.py): never a user's
 
 
 class RenderSpec(TypedDict):
@@ -75,3 +76,9 @@ def image_key(job_id: str) -> str:
     redelivered job overwrites rather than duplicates its image; names no version, since
     clients get URLs of it (storage/images.py keeps the legacy per-version layout)."""
     return f"{IMAGES_PREFIX}{job_id}.png"
+
+
+def shadow_image_key(job_id: str) -> str:
+    """The object key of a shadow job's image: ``shadow/<job id>.png``, apart from every
+    image a user may be shown (a bucket policy or a retention rule can tell them apart)."""
+    return f"{SHADOW_IMAGES_PREFIX}{job_id}.png"

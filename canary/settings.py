@@ -253,6 +253,45 @@ class Settings(BaseSettings):
         description="Jobs a client key may have QUEUED or RUNNING at once (0: unlimited)",
     )
 
+    # fair share among bulk tenants (tasks/release.py)
+    fair_share_queued: int = Field(
+        default=64,
+        ge=0,
+        description="Bulk jobs each tenant (API key, else CLI batch) may have waiting in the "
+        "broker per version; the rest wait in the database and are released round-robin "
+        "as workers take jobs (0: no fair share, a batch goes to the broker at once)",
+    )
+    fair_share_release_every_s: float = Field(
+        default=0.5,
+        gt=0,
+        description="How often each worker at most releases held bulk jobs of its version; "
+        "beat also releases every 5 s in case no worker is finishing jobs",
+    )
+
+    # shadow traffic (gateway/shadow.py)
+    shadow_max_queued: int = Field(
+        default=500,
+        ge=0,
+        description="Shadow jobs a candidate may have QUEUED at once; beyond it new samples "
+        "are skipped and counted, never queued (0: no shadow jobs at all)",
+    )
+    shadow_max_failure_increase: float = Field(
+        default=0.01,
+        ge=0,
+        le=1,
+        description="Shadow health: the candidate's failure rate may exceed the baseline's "
+        "on the same jobs by at most this much (the 95% interval's upper end)",
+    )
+    shadow_max_p95_ratio: float = Field(
+        default=1.10,
+        ge=1,
+        description="Shadow health: the candidate's P95 render time over the baseline's on "
+        "the same jobs may be at most this (the 95% interval's upper end)",
+    )
+    shadow_min_pairs: int = Field(
+        default=30, ge=1, description="Shadow health: finished pairs needed for a verdict"
+    )
+
     # --- measurement ---
     gate_policy_file: Path | None = Field(
         default=None, description="Gate policy YAML (default: the seed's guardrails and rule)"

@@ -41,9 +41,11 @@ def create_key(
     *,
     rate_per_s: float | None = None,
     max_queued: int | None = None,
+    share_weight: float | None = None,
 ) -> tuple[ApiKey, str]:
     """Create a key; the token is returned once and never stored. Limits left out are the
-    settings' defaults (gateway/key_limits.py)."""
+    settings' defaults (gateway/key_limits.py); a share weight left out weighs 1 (fair
+    share, tasks/release.py)."""
     token = TOKEN_PREFIX + secrets.token_urlsafe(32)
     key = ApiKey(
         id=str(uuid.uuid4()),
@@ -53,6 +55,7 @@ def create_key(
         prefix=token[:10],
         rate_per_s=rate_per_s,
         max_queued=max_queued,
+        share_weight=share_weight,
     )
     api_keys.add_key(engine, key)
     return key, token

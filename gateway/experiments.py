@@ -16,14 +16,18 @@ Example (YAML)::
         namespace: {id: render-models, start: 0.0, end: 1.0}
         allowlist: [alice@example.com]
         stages:
-          - {name: internal, shares: {default: 0.0}}
-          - {name: 5%, shares: {default: 0.05}}
+          - {name: internal, shares: {default: 0.0}, shadow: 0.05}
+          - {name: 5%, shares: {default: 0.05}, shadow: {share: 0.05, segments: [new_user]}}
           - {name: 15%, shares: {default: 0.15, new_user: 0.05}}
         stage: 5%
         rolled_back: false
 
 Shares are the candidate's share of a segment's users at a stage; they may not fall from
 one stage to the next (a ramp only adds users to the candidate).
+
+``shadow`` (default off): the share of the baseline's live jobs copied to the candidate at
+background priority during that stage (gateway/shadow.py), a number or
+``{share: ..., segments: [...]}`` to copy only those segments' jobs.
 """
 
 from __future__ import annotations
@@ -72,11 +76,43 @@ class Namespace(BaseModel):
         return self
 
 
+class Shadow(BaseModel):
+    """Shadow traffic of a stage: the share of live baseline jobs copied to the candidate,
+    optionally only those of some segments (None: every segment)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    share: Share = 0.0
+    segments: list[str] | None = Field(default=None, min_length=1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _bare_share(cls, data: Any) -> Any:
+        if isinstance(data, bool) or not isinstance(data, int | float | dict | Shadow):
+            raise ValueError("a share from 0 to 1 (e.g. 0.05) or {share: ..., segments: [...]}")
+        return {"share": data} if isinstance(data, int | float) else data
+
+    @field_validator("segments")
+    @classmethod
+    def _known_segments(cls, segments: list[str] | None) -> list[str] | None:
+        unknown = sorted(set(segments or ()) - set(SEGMENTS))
+        if unknown:
+            raise ValueError(
+                f"unknown segment(s) {', '.join(unknown)} (known: {', '.join(SEGMENTS)})"
+            )
+        return segments
+
+    def covers(self, segment: str | None) -> bool:
+        """Whether jobs of ``segment`` are sampled at all (share above 0 and segment kept)."""
+        return self.share > 0 and (self.segments is None or segment in self.segments)
+
+
 class Stage(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(pattern=NAME_PATTERN)
     shares: dict[str, Share] = Field(default_factory=lambda: {"default": 0.0})
+    shadow: Shadow = Field(default_factory=Shadow)
 
     @field_validator("shares")
     @classmethod

@@ -323,16 +323,33 @@ def check_limit_values(role: str, rate_per_s: float | None, max_queued: int | No
         raise ValueError("the number of queued jobs must be 0 (unlimited) or more")
 
 
+# Roles whose keys submit jobs, so that a fair-share weight means something for them.
+SUBMITTING_ROLES = (ApiKeyRole.CLIENT, ApiKeyRole.OPERATOR)
+
+
+def check_share_weight(role: str, share_weight: float | None) -> None:
+    """ValueError for a fair-share weight a key of ``role`` cannot have: not above 0, not
+    finite, or on a key that submits no jobs (None, the default weight 1, always fits)."""
+    if share_weight is None:
+        return
+    if role not in SUBMITTING_ROLES:
+        raise ValueError(f"a share weight applies to keys that submit jobs, not to {role} keys")
+    if not math.isfinite(share_weight) or share_weight <= 0:
+        raise ValueError(f"the share weight must be a number above 0, got {share_weight:g}")
+
+
 def set_key_limits(
     engine: Engine,
     key_id: str,
     *,
     rate_per_s: float | None = UNCHANGED,
     max_queued: int | None = UNCHANGED,
+    share_weight: float | None = UNCHANGED,
 ) -> ApiKey:
-    """Change a key's limits (None: back to the default; left out: unchanged); in force
-    from its next request. LookupError for an unknown key, ValueError for a key that is
-    not limited or a negative value."""
+    """Change a key's limits and fair-share weight (None: back to the default; left out:
+    unchanged); limits are in force from its next request, a weight from the next release
+    of held bulk jobs. LookupError for an unknown key, ValueError for a key that is not
+    limited or a negative value, or a weight that is not above 0."""
     key = api_keys.get_key(engine, key_id)
     if key is None:
         raise LookupError(f"no key {key_id}")
@@ -341,7 +358,10 @@ def set_key_limits(
         None if rate_per_s is UNCHANGED else rate_per_s,
         None if max_queued is UNCHANGED else max_queued,
     )
-    api_keys.set_limits(engine, key_id, rate_per_s=rate_per_s, max_queued=max_queued)
+    check_share_weight(key.role, None if share_weight is UNCHANGED else share_weight)
+    api_keys.set_limits(
+        engine, key_id, rate_per_s=rate_per_s, max_queued=max_queued, share_weight=share_weight
+    )
     changed = api_keys.get_key(engine, key_id)
     assert changed is not None
     return changed

@@ -22,6 +22,7 @@ from gateway.idempotency import replay_conflicts
 from gateway.job_requests import InvalidJob, JobRequest, validate_request
 from gateway.render_limits import VersionLimits
 from gateway.segments import UserAttributes
+from gateway.shadow import ShadowControls, Shadower
 from gateway.submit import PreparedJob, Producer, Submitted
 from storage.models import Arm
 from storage.versions import RetiredVersions
@@ -42,6 +43,9 @@ class Gateway:
         self._sticky: StickyAssigner | None = None
         self.retired = RetiredVersions(engine)
         self.limits = VersionLimits(settings.resolved_model_dir)
+        self.shadower = Shadower(
+            engine, self.producer, ShadowControls(settings.broker_url), settings.shadow_max_queued
+        )
 
     @property
     def sticky(self) -> StickyAssigner:
@@ -188,9 +192,7 @@ class Gateway:
         )
         if isinstance(job, InvalidJob):
             raise job
-        return self.producer.submit_many(
-            [job], source=source, api_key_id=api_key_id, priority=priority
-        )[0]
+        return self.submit_many([job], source=source, api_key_id=api_key_id, priority=priority)[0]
 
     def submit_many(
         self,
@@ -201,9 +203,12 @@ class Gateway:
         api_key_id: str | None = None,
         priority: PriorityClass = PriorityClass.BULK,
     ) -> list[Submitted]:
-        return self.producer.submit_many(
+        submitted = self.producer.submit_many(
             jobs, source=source, batch_id=batch_id, api_key_id=api_key_id, priority=priority
         )
+        # after the live jobs are recorded and sent: a sample is copied to the candidate
+        self.shadower.copy(self.experiments.config, jobs, submitted, priority)
+        return submitted
 
 
 def _attributes(request: JobRequest) -> UserAttributes | None:

@@ -11,12 +11,11 @@ import logging
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from functools import cached_property
 from types import SimpleNamespace
 from typing import Any
 
 from celery import Celery
-from kombu.exceptions import BatchPublishError, OperationalError
 from pydantic_core import PydanticUndefined
 from redis.exceptions import RedisError
 from sqlalchemy.engine import Engine
@@ -26,12 +25,16 @@ from canary.settings import Settings
 from gateway.job_requests import JobRequest
 from storage import jobs
 from storage.models import Job, JobStatus, utcnow
-from tasks.publish import PUBLISH_BATCH, publish_chunks
+from tasks.publish import send_claimed
+from tasks.release import Releaser, releaser_for
 
 log = logging.getLogger(__name__)
 
 JOB_ID_NAMESPACE = uuid.UUID("6f1c3c1e-5a55-4a8e-9b59-0c6b1b8b7a10")
 # Column defaults of a new job row (the factories, e.g. created_at, are filled per row).
+# How long a submission waits for a release in progress elsewhere before leaving its held
+# jobs to the next release (a worker's or beat's).
+RELEASE_WAIT_S = 2.0
 NEW_JOB: dict[str, Any] = {
     name: None if field.default is PydanticUndefined else field.default
     for name, field in Job.model_fields.items()
@@ -56,6 +59,7 @@ class Submitted:
     model_version: str
     created: bool  # False when an earlier submission with the same key already exists
     sent: bool = True  # False: the broker did not take it yet; the outbox sends it later
+    held: bool = False  # True: fair share holds it until its tenant's turn (tasks/release.py)
 
 
 def job_id_for(request: JobRequest) -> str:
@@ -107,6 +111,11 @@ class Producer:
         self.engine = engine
         self.app = app
 
+    @cached_property
+    def releaser(self) -> Releaser:
+        """Fair share's release of held bulk jobs (tasks/release.py)."""
+        return releaser_for(self.settings, self.engine, self.app)
+
     def submit_many(
         self,
         jobs_in: Sequence[PreparedJob],
@@ -117,27 +126,47 @@ class Producer:
         priority: PriorityClass = PriorityClass.BULK,
     ) -> list[Submitted]:
         """Record and enqueue prepared jobs, in order, on their versions' ``priority``
-        queues (an earlier submission of the same key keeps its class)."""
+        queues (an earlier submission of the same key keeps its class). Under fair share
+        bulk jobs are recorded held and released up to their tenant's share of the broker
+        (tasks/release.py); the rest follow as workers take jobs."""
+        fair = self.releaser.enabled
+        hold = fair and priority == PriorityClass.BULK
         rows = [new_job_row(job, source, batch_id, api_key_id, priority) for job in jobs_in]
-        for row in rows:
-            # The INSERT claims the send (see storage.jobs.claim_sends): a concurrent replay
-            # of the same key finds the job claimed and sends nothing; only this caller
-            # sends it, and gives the claim back if the broker refuses it.
-            row["enqueued_at"] = row["created_at"]
+        if not hold:
+            for row in rows:
+                # The INSERT claims the send (see storage.jobs.claim_sends): a concurrent
+                # replay of the same key finds the job claimed and sends nothing; only this
+                # caller sends it, and gives the claim back if the broker refuses it.
+                row["enqueued_at"] = row["created_at"]
         inserted = jobs.insert_new_jobs(self.engine, rows)
         existing_ids = [row["id"] for row in rows if row["id"] not in inserted]
         existing = {job.id: job for job in jobs.get_jobs(self.engine, existing_ids)}
-        # A job recorded earlier but never sent (the broker refused it) is sent now, by
-        # whichever caller claims it (one conditional UPDATE: replays race).
-        to_send: list[Any] = [SimpleNamespace(**row) for row in rows if row["id"] in inserted]
+        # A job recorded earlier but never sent (the broker refused it, or fair share holds
+        # it) is sent now, by whichever caller claims it (one conditional UPDATE: replays
+        # race); a held bulk job is left to the release.
         unsent_before = [
-            job.id
+            job
             for job in existing.values()
             if job.status == JobStatus.QUEUED and job.enqueued_at is None
         ]
-        claimed = jobs.claim_sends(self.engine, unsent_before)
-        to_send += [existing[job_id] for job_id in unsent_before if job_id in claimed]
-        unsent = self._send_claimed(to_send)
+        held_before = {
+            j.id for j in unsent_before if fair and j.priority_class == PriorityClass.BULK
+        }
+        claimed = jobs.claim_sends(
+            self.engine, [j.id for j in unsent_before if j.id not in held_before]
+        )
+        to_send: list[Any] = (
+            [] if hold else [SimpleNamespace(**r) for r in rows if r["id"] in inserted]
+        )
+        to_send += [job for job in unsent_before if job.id in claimed]
+        unsent = send_claimed(self.engine, self.app, to_send)
+        held_versions = {existing[job_id].model_version for job_id in held_before}
+        if hold:
+            held_versions |= {row["model_version"] for row in rows if row["id"] in inserted}
+        released, refused = self._release(held_versions)
+        held_ids = {row["id"] for row in rows if hold and row["id"] in inserted}
+        held_ids |= held_before
+        held_ids -= released
         return [
             Submitted(
                 row["id"],
@@ -145,10 +174,30 @@ class Producer:
                 if row["id"] in existing
                 else row["model_version"],
                 row["id"] in inserted,
-                sent=row["id"] not in unsent,
+                sent=row["id"] not in unsent and not (refused and row["id"] in held_ids),
+                held=row["id"] in held_ids,
             )
             for row in rows
         ]
+
+    def _release(self, versions: set[str]) -> tuple[set[str], bool]:
+        """Release held bulk jobs of ``versions`` now (waiting for a release in progress
+        elsewhere, so these jobs are counted). Returns the ids sent and whether the broker
+        refused any; a broker that cannot be reached leaves them held for beat's release."""
+        sent: set[str] = set()
+        refused = False
+        for version in sorted(versions):
+            try:
+                released = self.releaser.release(version, wait_s=RELEASE_WAIT_S)
+            except (RedisError, OSError) as exc:
+                log.warning(
+                    "held jobs of %s stay held, the broker is unreachable: %s", version, exc
+                )
+                refused = True
+                continue
+            sent |= released.sent_ids
+            refused = refused or released.refused > 0
+        return sent, refused
 
     def publish(self, rows: Sequence[Any]) -> set[str]:
         """Send recorded, never-sent jobs to their version queues over one producer
@@ -163,42 +212,4 @@ class Producer:
         if not rows:
             return set()
         claimed = jobs.claim_sends(self.engine, [row.id for row in rows])
-        return self._send_claimed([row for row in rows if row.id in claimed])
-
-    def _send_claimed(self, rows: Sequence[Any]) -> set[str]:
-        """Send jobs this caller claimed; stamp the sent ones' sending time and give back
-        the claims of the others (returned)."""
-        if not rows:  # e.g. an idempotent replay of a sent job: no broker round trip
-            return set()
-        # (when the chunk's sending began, its job ids): a job is stamped enqueued before
-        # its message can reach a worker, so its queue wait is never negative
-        sent: list[tuple[datetime, list[str]]] = []
-        try:
-            # pipelined: one broker round trip per PUBLISH_BATCH jobs instead of two per job
-            # (tasks/publish.py); jobs count as sent once their chunk is flushed
-            for chunk in publish_chunks(self.app, rows, PUBLISH_BATCH):
-                sent.append(chunk)
-        # BatchPublishError: a broker that went away mid-batch leaves delivery uncertain; the
-        # chunk stays unsent, and a message that did arrive meets the claim guard, which
-        # never renders a job twice.
-        except (OperationalError, BatchPublishError, RedisError, OSError) as exc:
-            log.warning(
-                "the broker refused %d of %d jobs; they stay queued for the outbox: %s",
-                len(rows) - sum(len(ids) for _, ids in sent),
-                len(rows),
-                exc,
-            )
-        except BaseException:
-            self._mark_enqueued(sent)
-            done = {job_id for _, ids in sent for job_id in ids}
-            jobs.unclaim_sends(self.engine, [row.id for row in rows if row.id not in done])
-            raise
-        self._mark_enqueued(sent)
-        done = {job_id for _, ids in sent for job_id in ids}
-        unsent = {row.id for row in rows if row.id not in done}
-        jobs.unclaim_sends(self.engine, unsent)
-        return unsent
-
-    def _mark_enqueued(self, sent: list[tuple[datetime, list[str]]]) -> None:
-        for sending_at, job_ids in sent:
-            jobs.mark_enqueued(self.engine, job_ids, when=sending_at)
+        return send_claimed(self.engine, self.app, [row for row in rows if row.id in claimed])

@@ -23,6 +23,7 @@ from storage import jobs, versions
 from storage.objects import ObjectStore, store_from_settings
 from tasks.publish import publish
 from tasks.queues import queue_depth
+from tasks.release import releaser_for
 
 
 class RetireError(RuntimeError):
@@ -40,8 +41,10 @@ class RetireOutcome:
 
 def reroute_queued(app: Celery, engine: Engine, settings: Settings, version: str, to: str) -> int:
     """Move every message waiting on ``version``'s queues to ``to``'s queue of the same
-    priority class, re-tagged."""
-    moved = 0
+    priority class, re-tagged, and hand ``version``'s bulk jobs held for fair share to
+    ``to`` (first, so no release of ``version`` sends one after the queues are drained)."""
+    releaser = releaser_for(settings, engine, app)
+    moved = releaser.reroute_held(version, to)
     with app.connection_for_write() as connection:
         channel = connection.default_channel
         for priority in CLASS_ORDER:
@@ -53,6 +56,8 @@ def reroute_queued(app: Celery, engine: Engine, settings: Settings, version: str
                 publish(app, job_id, {**spec, "model_version": to}, priority=priority)
                 message.ack()  # only after the copy is on its new queue: nothing is lost
                 moved += 1
+    if releaser.enabled:  # what ``to`` can take of the handed-over jobs, counting the moved
+        releaser.release(to, wait_s=5.0)
     return moved
 
 

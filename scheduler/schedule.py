@@ -16,6 +16,8 @@ NIGHTLY_GOLDEN_TASK = "canary.golden.nightly"
 CHECK_GOLDEN_TASK = "canary.golden.check"
 DASHBOARD_TASK = "canary.scheduler.dashboards"
 AUTO_ROLLOUT_TASK = "canary.scheduler.auto_rollout"
+# Fair share's release when no worker is finishing jobs (workers release as they do).
+RELEASE_EVERY_S = 5.0
 
 
 def configure_beat(app: Celery, settings: Settings) -> None:
@@ -29,6 +31,10 @@ def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
             "task": "canary.scheduler.republish_unsent",
             "schedule": schedule(run_every=settings.republish_every_s),
             "kwargs": {"older_than_s": settings.republish_every_s},
+        },
+        "release-held-jobs": {
+            "task": "canary.scheduler.release_held",
+            "schedule": schedule(run_every=RELEASE_EVERY_S),
         },
         "reconcile-lost-messages": {
             "task": "canary.scheduler.reconcile_lost_messages",

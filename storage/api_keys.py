@@ -1,6 +1,6 @@
-"""API keys: their stored digests, roles, revocation and limits, and the count of their
-unfinished jobs (SQL only; tokens and hashing are gateway.auth's, what the limits mean is
-gateway.key_limits')."""
+"""API keys: their stored digests, roles, revocation, limits and fair-share weights, and
+the count of their unfinished jobs (SQL only; tokens and hashing are gateway.auth's, what
+the limits mean is gateway.key_limits')."""
 
 from __future__ import annotations
 
@@ -73,12 +73,17 @@ def set_limits(
     *,
     rate_per_s: float | None = UNCHANGED,
     max_queued: int | None = UNCHANGED,
+    share_weight: float | None = UNCHANGED,
 ) -> bool:
-    """Set a key's limits (None: back to the default; a value left out stays); False if
-    there is no such key."""
+    """Set a key's limits and fair-share weight (None: back to the default; a value left
+    out stays); False if there is no such key."""
     values = {
         name: value
-        for name, value in (("rate_per_s", rate_per_s), ("max_queued", max_queued))
+        for name, value in (
+            ("rate_per_s", rate_per_s),
+            ("max_queued", max_queued),
+            ("share_weight", share_weight),
+        )
         if value is not UNCHANGED
     }
     with engine.begin() as connection:

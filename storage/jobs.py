@@ -105,21 +105,21 @@ def get_jobs(engine: Engine, job_ids: Sequence[str]) -> list[Job]:
         return list(session.exec(select(Job).where(col(Job.id).in_(job_ids))))
 
 
-def unsent_created_before(engine: Engine, created_before: datetime, limit: int) -> list[Job]:
+def unsent_created_before(
+    engine: Engine, created_before: datetime, limit: int, except_class: str | None = None
+) -> list[Job]:
     """QUEUED jobs recorded before ``created_before`` whose message was never sent
-    (``enqueued_at`` unset: the producer died in between, or the broker refused it)."""
+    (``enqueued_at`` unset: the producer died in between, or the broker refused it), but
+    for jobs of ``except_class`` (bulk, which fair share releases)."""
+    query = select(Job).where(
+        Job.status == JobStatus.QUEUED,
+        col(Job.enqueued_at).is_(None),
+        Job.created_at < created_before,
+    )
+    if except_class is not None:
+        query = query.where(col(Job.priority_class) != except_class)
     with Session(engine) as session:
-        return list(
-            session.exec(
-                select(Job)
-                .where(
-                    Job.status == JobStatus.QUEUED,
-                    col(Job.enqueued_at).is_(None),
-                    Job.created_at < created_before,
-                )
-                .limit(limit)
-            )
-        )
+        return list(session.exec(query.limit(limit)))
 
 
 def any_idempotency_key_starting(engine: Engine, prefix: str) -> bool:

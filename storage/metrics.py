@@ -155,10 +155,12 @@ UnitQuery = Callable[[Engine, Window], Select[*tuple[Any, ...]]]
 
 
 def _experiment_jobs(window: Window) -> ColumnElement[bool]:
-    """The experiment's assigned jobs created in the window, of every priority class."""
+    """The experiment's assigned jobs created in the window, of every priority class; never
+    a shadow copy (it has no arm either: gateway/shadow.py)."""
     return and_(
         col(Job.experiment) == window.experiment,
         col(Job.arm).is_not(None),
+        col(Job.shadow_of).is_(None),
         col(Job.created_at) >= window.start,
         col(Job.created_at) < window.end,
     )
@@ -170,8 +172,9 @@ def _live_jobs(window: Window) -> ColumnElement[bool]:
 
 
 def _users_job() -> ColumnElement[bool]:
-    """A job the value metrics count as a user's generation: never a background job."""
-    return col(Job.priority_class).not_in(sorted(NEVER_COUNTED))
+    """A job the value metrics count as a user's generation: never a background job (golden
+    replays, shadow copies), never a shadow copy whatever its class."""
+    return and_(col(Job.priority_class).not_in(sorted(NEVER_COUNTED)), col(Job.shadow_of).is_(None))
 
 
 def _job_ratio(

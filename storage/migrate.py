@@ -26,8 +26,8 @@ BASELINE = "0001"
 # Databases from before Alembic: the tables each known schema had, newest first. Pre-Alembic
 # schemas only ever existed up to 0002; later revisions always find alembic_version, except
 # a bare ``create_all`` of a later release's models (0003: job_attempts; 0004: the
-# metric roll-up tables; 0005: the API keys' limit columns; 0006: jobs.priority_class),
-# recognised too.
+# metric roll-up tables; 0005: the API keys' limit columns; 0006: jobs.priority_class;
+# 0008: jobs.shadow_of), recognised too.
 ROLLUP_TABLES = ("metric_unit_rows", "metric_rollups", "metric_rollup_pending")
 PRE_ALEMBIC_SCHEMAS: tuple[tuple[str, frozenset[str]], ...] = (
     ("0004", frozenset({"batches", "batch_lines", "job_attempts", *ROLLUP_TABLES})),
@@ -40,6 +40,8 @@ PRE_ALEMBIC_SCHEMAS: tuple[tuple[str, frozenset[str]], ...] = (
 PRE_ALEMBIC_COLUMNS: tuple[tuple[str, str, str, str], ...] = (
     ("0005", "0004", "api_keys", "rate_per_s"),
     ("0006", "0005", "jobs", "priority_class"),
+    ("0007", "0006", "api_keys", "share_weight"),
+    ("0008", "0007", "jobs", "shadow_of"),
 )
 BASELINE_TABLES = frozenset(
     {

@@ -57,6 +57,8 @@ class Job(SQLModel, table=True):
     user_id: str | None = Field(default=None, index=True, max_length=200)
     source: str = Field(default="api", max_length=32)
     batch_id: str | None = Field(default=None, index=True, max_length=64)
+    # a shadow job (source "shadow", gateway/shadow.py): the live job it copies
+    shadow_of: str | None = Field(default=None, index=True, max_length=36)
     # its queue's class, highest first: interactive | bulk | background
     # (canary.contracts.PriorityClass); a re-send goes to the same class's queue
     priority_class: str = Field(
@@ -183,6 +185,8 @@ class ApiKey(SQLModel, table=True):
     # limits of a client key (gateway/key_limits.py); None: the settings' default, 0: none
     rate_per_s: float | None = None  # requests per second, over a moving window
     max_queued: int | None = None  # jobs QUEUED or RUNNING at once
+    # its bulk jobs' share of the broker under fair share (tasks/release.py); None: 1
+    share_weight: float | None = None
 
 
 class ModelRevision(SQLModel, table=True):

@@ -13,6 +13,7 @@ from sqlalchemy.orm import Mapped
 from sqlmodel import col
 
 from storage.models import Job, JobStatus, WorkerRecord
+from storage.shadow import SHADOW_SOURCE
 
 Duration = Literal["queue_wait_ms", "inference_ms", "upload_ms", "end_to_end_ms"]
 _DURATIONS: dict[str, Mapped[float | None]] = {
@@ -24,8 +25,12 @@ _DURATIONS: dict[str, Mapped[float | None]] = {
 
 
 def jobs_by_status(engine: Engine) -> list[tuple[str, str, str, int]]:
-    """(version, status, source, jobs); source is "golden" or "live"."""
-    source = case((col(Job.source) == "golden", "golden"), else_="live")
+    """(version, status, source, jobs); source is "golden", "shadow" or "live"."""
+    source = case(
+        (col(Job.source) == "golden", "golden"),
+        (col(Job.source) == SHADOW_SOURCE, SHADOW_SOURCE),
+        else_="live",
+    )
     query = select(col(Job.model_version), col(Job.status), source, func.count()).group_by(
         col(Job.model_version), col(Job.status), source
     )

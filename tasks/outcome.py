@@ -48,7 +48,8 @@ RENDERED = "RENDERED"  # handed to the recorder, which reports the outcome
 REROUTED = "REROUTED"  # sent on to its version's queue under the same task id
 HELD = "HELD"  # another worker (or a micro-batch here) holds the job and reports it
 ALREADY_FINISHED = "ALREADY_FINISHED"  # a duplicate delivery; the outcome was reported
-PASSED_ON = frozenset({RENDERED, REROUTED, HELD, ALREADY_FINISHED})
+STEPPED_ASIDE = "STEPPED_ASIDE"  # given back for a job of a higher class, sent again
+PASSED_ON = frozenset({RENDERED, REROUTED, HELD, ALREADY_FINISHED, STEPPED_ASIDE})
 # The worker's main process gets the task's return value as its repr.
 _PASSED_ON_REPRS = PASSED_ON | {repr(value) for value in PASSED_ON}
 

@@ -34,7 +34,9 @@ processed while the pool drains), and warm shutdown waits for it, as it would ha
 anyway. Jobs not written yet are still given back to the broker.
 
 The job of each render message is claimed as the message is written to the pipe
-(:mod:`tasks.claim_ahead`), so the next render starts without a database round trip.
+(:mod:`tasks.claim_ahead`), so the next render starts without a database round trip; and
+counted by class, so that a render with a job of a higher class behind it in the pipe
+steps aside (:mod:`tasks.step_aside`).
 
 Selected through Celery's ``worker_pool`` setting (celeryconfig), which ``--pool prefork``
 honours.
@@ -48,7 +50,10 @@ from typing import Any
 from celery.concurrency.asynpool import AsynPool
 from celery.concurrency.prefork import TaskPool
 
+from canary.contracts import RENDER_TASK
 from tasks.claim_ahead import claim_in_parent
+from tasks.step_aside import mark_in_parent
+from tasks.worker_state import context
 
 
 class RenderAsynPool(AsynPool):  # type: ignore[misc]  # Celery ships no type hints
@@ -97,6 +102,8 @@ class RenderPool(TaskPool):  # type: ignore[misc]  # Celery ships no type hints
     def apply_async(self, target: Any, args: Any = None, kwargs: Any = None, **options: Any) -> Any:
         """Send a task to the pool process, its job claimed on the way (tasks/claim_ahead.py):
         ``args`` is Celery's (task name, task id, request dict, body, content type, encoding)."""
+        if args and len(args) == 6 and args[0] == RENDER_TASK:
+            mark_in_parent(context().version, args[2])  # tasks/step_aside.py
         # Not while a pool process is starting: its recovery would take the claim back
         # as "left by the previous process" (tasks/recovery.py).
         if args and len(args) == 6 and self._pool is not None and self._pool.processes_ready():

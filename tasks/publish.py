@@ -16,22 +16,32 @@ re-route), so every render message is built with the same options:
 
 :func:`publish_jobs` sends recorded jobs over one producer connection (recovery);
 :func:`publish_chunks` pipelines a bulk submission's messages, one broker round trip per
-``PUBLISH_BATCH`` jobs (the gateway).
+``PUBLISH_BATCH`` jobs; :func:`send_claimed` sends jobs whose sending the caller claimed
+(storage.jobs.claim_sends) with it and records the outcome (the gateway, fair share's
+release).
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from kombu.exceptions import BatchPublishError, OperationalError
+from redis.exceptions import RedisError
+
 from canary.contracts import RENDER_TASK, PriorityClass, RenderSpec, queue_for
+from storage import jobs as job_records
 from storage.models import utcnow
 
 if TYPE_CHECKING:
     from celery import Celery
+    from sqlalchemy.engine import Engine
 
     from storage.models import Job
+
+log = logging.getLogger(__name__)
 
 # Jobs per pipelined round trip to the broker when publishing in bulk.
 PUBLISH_BATCH = 500
@@ -111,3 +121,37 @@ def publish_chunks(
                 )
             batch.flush()
             yield sending_at, [job.id for job in chunk]
+
+
+def send_claimed(engine: Engine, app: Celery, rows: Sequence[Any]) -> set[str]:
+    """Send jobs whose sending this caller claimed; stamp the sent ones' sending time and
+    give back the claims of the others, whose ids are returned (empty when all were sent).
+
+    Those stay QUEUED with ``enqueued_at`` unset and nothing is marked failed: the outbox
+    (or fair share's release) sends them once the broker is back.
+    """
+    if not rows:  # e.g. an idempotent replay of a sent job: no broker round trip
+        return set()
+    # (when the chunk's sending began, its job ids): a job is stamped enqueued before its
+    # message can reach a worker, so its queue wait is never negative
+    sent: list[tuple[datetime, list[str]]] = []
+    try:
+        for chunk in publish_chunks(app, rows, PUBLISH_BATCH):
+            sent.append(chunk)
+    # BatchPublishError: a broker that went away mid-batch leaves delivery uncertain; the
+    # chunk stays unsent, and a message that did arrive meets the claim guard, which never
+    # renders a job twice.
+    except (OperationalError, BatchPublishError, RedisError, OSError) as exc:
+        log.warning(
+            "the broker refused %d of %d jobs; they stay queued for the outbox: %s",
+            len(rows) - sum(len(ids) for _, ids in sent),
+            len(rows),
+            exc,
+        )
+    finally:  # also on an unexpected error, which propagates after this
+        for sending_at, job_ids in sent:
+            job_records.mark_enqueued(engine, job_ids, when=sending_at)
+        done = {job_id for _, ids in sent for job_id in ids}
+        unsent = {row.id for row in rows if row.id not in done}
+        job_records.unclaim_sends(engine, unsent)
+    return unsent

@@ -14,7 +14,7 @@ import io
 import logging
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -34,18 +34,27 @@ from canary.contracts import (
     PriorityClass,
     RenderSpec,
     class_of_queue,
-    image_key,
 )
 from storage import jobs
 from storage.models import FailureKind, JobStatus, utcnow
+from storage.shadow import image_key_for
 from tasks.app import app
 from tasks.checks import classify_output
 from tasks.claim_ahead import take_in_child
 from tasks.faults import NO_FAULTS, Faults, batch_step_callback
-from tasks.outcome import ALREADY_FINISHED, HELD, RENDERED, REROUTED, JobFailed, skip_duplicate
+from tasks.outcome import (
+    ALREADY_FINISHED,
+    HELD,
+    RENDERED,
+    REROUTED,
+    STEPPED_ASIDE,
+    JobFailed,
+    skip_duplicate,
+)
 from tasks.pipelines import LoadedModel, Pipeline
 from tasks.publish import publish, render_spec
 from tasks.recovery import resend
+from tasks.step_aside import StepAside, StepAsideCheck, step_aside_check, with_step_aside
 from tasks.worker_state import WorkerContext, context
 
 log = logging.getLogger(__name__)
@@ -77,10 +86,15 @@ class RenderResult:
 
 
 def render_batch(
-    model: LoadedModel, specs: Sequence[RenderSpec], faults: Sequence[Faults]
+    model: LoadedModel,
+    specs: Sequence[RenderSpec],
+    faults: Sequence[Faults],
+    step_aside: Callable[[], bool] | None = None,
 ) -> list[RenderOutput]:
     """One pipeline call for jobs of the same size, steps and guidance, each with its own
     seeded generator (so each image depends on its own seed only, up to float noise).
+    With ``step_aside``, the call stops (:class:`StepAside`) after the first step at which
+    it is true (a job of a higher class waits behind it, tasks/step_aside.py).
 
     On CUDA out-of-memory the cache is freed and the call is tried once more with attention
     and VAE slicing (less memory, same images up to float noise); a second OOM fails it.
@@ -109,7 +123,9 @@ def render_batch(
                     height=height,
                     generator=generators[0] if single else generators,
                     output_type="np",
-                    callback_on_step_end=batch_step_callback(list(faults), attempt),
+                    callback_on_step_end=with_step_aside(
+                        batch_step_callback(list(faults), attempt), step_aside
+                    ),
                 )
             break
         except torch.cuda.OutOfMemoryError as exc:
@@ -263,16 +279,25 @@ class Rendered:
 
 
 def record(ctx: WorkerContext, item: Rendered) -> None:
-    """On the recorder thread: check, encode, upload and record one rendered job.
+    """On the recorder thread: check, encode, upload and record one rendered job, then
+    release held bulk jobs of this version if it is time (fair share: tasks/release.py).
 
     A database error propagates (the job stays RUNNING and tasks.recovery re-sends it).
     Once the row is final, the job's task event says the same (tasks/outcome.py).
     """
+    try:
+        _record(ctx, item)
+    finally:
+        if ctx.version is not None:
+            ctx.releaser.maybe_release(ctx.version)
+
+
+def _record(ctx: WorkerContext, item: Rendered) -> None:
     job_id, claimed = item.job_id, item.pending.claimed
     task_id = item.pending.task_id
+    key = image_key_for(ctx.engine, job_id)  # a shadow job's goes under shadow/
     try:
         png = finish_image(item.model, item.pending.spec, item.output, item.pending.faults)
-        key = image_key(job_id)
         upload_ms = upload(ctx, key, png, item.pending.faults)
     except Exception as exc:
         if isinstance(exc, StorageUnavailable) and ctx.storage_guard.keep(
@@ -344,14 +369,25 @@ def _claim_batch_mates(
 
 
 def _render_pending(
-    ctx: WorkerContext, model: LoadedModel, batch: list[Pending], claimed_at: datetime
+    ctx: WorkerContext,
+    model: LoadedModel,
+    batch: list[Pending],
+    claimed_at: datetime,
+    step_aside: StepAsideCheck | None = None,
 ) -> None:
     """Render ``batch`` in one call and hand the images to the recorder. A failed
     micro-batch releases the mates (and sends their messages again) and tries the
-    first job alone."""
+    first job alone. A bulk or background job alone may step aside for a job of a higher
+    class (tasks/step_aside.py)."""
+    step_aside = step_aside if len(batch) == 1 else None  # mates may be of any class
+    if step_aside is not None and step_aside.at_start():
+        raise StepAside()
+    between_steps = step_aside.between_steps if step_aside is not None else None
     ctx.recorder.render_started()
     try:
-        outputs = render_batch(model, [p.spec for p in batch], [p.faults for p in batch])
+        outputs = render_batch(
+            model, [p.spec for p in batch], [p.faults for p in batch], between_steps
+        )
     except BaseException as exc:
         if len(batch) == 1:
             raise
@@ -426,8 +462,11 @@ def render(self: Task, job_id: str, spec: dict[str, Any]) -> str:
             raise RenderFailure(FailureKind.MODEL_LOAD, f"{type(exc).__name__}: {exc}") from exc
         batch = [Pending(claimed, checked, faults, self.request.id or job_id)]
         batch += _claim_batch_mates(ctx, model, checked, started_at)
-        _render_pending(ctx, model, batch, started_at)
+        step_aside = step_aside_check(self.request, model.version, ctx.settings.broker_url)
+        _render_pending(ctx, model, batch, started_at, step_aside)
         return RENDERED
+    except StepAside:
+        return _step_aside(ctx, job_id)
     except RenderFailure as failure:
         kind, message = failure.kind, str(failure)
     except SoftTimeLimitExceeded:
@@ -436,6 +475,15 @@ def render(self: Task, job_id: str, spec: dict[str, Any]) -> str:
         log.exception("job %s raised", job_id)
         kind, message = FailureKind.ERROR, f"{type(exc).__name__}: {exc}"
     return _fail_task(ctx, job_id, kind, message)
+
+
+def _step_aside(ctx: WorkerContext, job_id: str) -> str:
+    """Give a job back for one of a higher class waiting behind it: QUEUED again, its
+    attempt not counted, its message sent again (tasks/step_aside.py). A crash before the
+    send leaves the job QUEUED with this message unacknowledged: Celery delivers it again."""
+    resend(ctx.app, ctx.settings, jobs.release(ctx.engine, [job_id]))
+    log.info("job %s stepped aside for a job of a higher class; sent again", job_id)
+    return STEPPED_ASIDE
 
 
 def _misrouted(

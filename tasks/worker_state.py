@@ -32,6 +32,7 @@ from tasks import recovery
 from tasks.pipelines import LoadedModel, load_pipeline_from
 from tasks.recorder import Recorder
 from tasks.registry import require_version_dir
+from tasks.release import Releaser, releaser_for
 from tasks.revisions import fetch
 
 if TYPE_CHECKING:
@@ -104,6 +105,11 @@ class WorkerContext:
     @cached_property
     def engine(self) -> Engine:
         return get_engine(self.settings.resolved_database_url)
+
+    @cached_property
+    def releaser(self) -> Releaser:
+        """Fair share's release of this version's held bulk jobs (tasks/release.py)."""
+        return releaser_for(self.settings, self.engine, self.wiring.app)
 
     @cached_property
     def store(self) -> ObjectStore:

@@ -14,7 +14,7 @@ MONITORING = Path(__file__).resolve().parent.parent / "monitoring"
 # every label an exported series may carry: small closed sets, never a job or user id
 ALLOWED_LABELS = {
     "version", "status", "source", "outcome", "kind", "device", "revision", "experiment",
-    "stage", "segment", "verdict", "state", "le", "reason", "class",
+    "stage", "segment", "verdict", "state", "le", "reason", "class", "tenant",
 }  # fmt: skip
 UNITS = ("_seconds", "_bytes", "_ratio", "_messages")
 MAX_SERIES_PER_FAMILY = 200

@@ -66,6 +66,10 @@ QUEUED_HELP = (
     "Jobs QUEUED or RUNNING at once (client keys; 0 or 'unlimited': none; 'default': "
     "CANARY_KEY_MAX_QUEUED)"
 )
+SHARE_HELP = (
+    "Fair-share weight of the key's bulk jobs: it may have weight x CANARY_FAIR_SHARE_QUEUED "
+    "of them queued in the broker per version (a number above 0; 'default': 1)"
+)
 UNLIMITED_WORDS = ("unlimited", "none")
 
 
@@ -91,6 +95,43 @@ def _limit(text: str | None, option: str, number: type[float] | type[int]) -> An
     if value < 0 or value != value or value == float("inf"):
         raise usage_error(f"{option}: must be 0 (unlimited) or more, got {text!r}")
     return value
+
+
+def _share_weight(text: str | None, option: str) -> Any:
+    """An option's share weight: absent -> UNCHANGED, 'default' -> None, else a finite
+    number above 0 (exit 2 otherwise)."""
+    import math
+
+    from storage.api_keys import UNCHANGED
+
+    if text is None:
+        return UNCHANGED
+    word = text.strip().lower()
+    if word == "default":
+        return None
+    try:
+        value = float(word)
+    except ValueError:
+        raise usage_error(
+            f"{option}: expected a number above 0 or 'default', got {text!r}"
+        ) from None
+    if not math.isfinite(value) or value <= 0:
+        raise usage_error(f"{option}: must be a number above 0 (1 is the default), got {text!r}")
+    return value
+
+
+def describe_share(usage: KeyUsage, settings: Settings) -> str:
+    """A key's fair share as `canary keys list` shows it: ``share 2 (128 queued bulk jobs
+    per version)``, ``share 1 default (64 ...)``, or without fair share ``share 2 (fair
+    share off)``."""
+    from tasks.release import tenant_cap
+
+    weight = usage.key.share_weight
+    shown = f"share {1.0 if weight is None else weight:g}" + (" default" if weight is None else "")
+    if settings.fair_share_queued <= 0:
+        return f"{shown} (fair share off)"
+    cap = tenant_cap(settings.fair_share_queued, weight)
+    return f"{shown} ({cap} bulk queued/version)"
 
 
 def describe_limits(usage: KeyUsage, settings: Settings) -> tuple[str, str]:
@@ -121,30 +162,47 @@ def keys_create(
     role: Annotated[ApiKeyRole, typer.Option(help="What the key may do")] = ApiKeyRole.CLIENT,
     rate: Annotated[str | None, typer.Option(help=RATE_HELP)] = None,
     max_queued: Annotated[str | None, typer.Option("--max-queued", help=QUEUED_HELP)] = None,
+    share_weight: Annotated[str | None, typer.Option("--share-weight", help=SHARE_HELP)] = None,
 ) -> None:
     """Create an API key and print its token (the only time it is shown)."""
     from gateway.auth import create_key
-    from gateway.key_limits import check_limit_values
+    from gateway.key_limits import check_limit_values, check_share_weight
     from storage.api_keys import UNCHANGED
 
     rate_value = _limit(rate, "--rate", float)
     queued_value = _limit(max_queued, "--max-queued", int)
+    weight_value = _share_weight(share_weight, "--share-weight")
     rate_value = None if rate_value is UNCHANGED else rate_value
     queued_value = None if queued_value is UNCHANGED else queued_value
+    weight_value = None if weight_value is UNCHANGED else weight_value
     try:
         check_limit_values(role, rate_value, queued_value)
     except ValueError as exc:
         raise usage_error(str(exc)) from None
-    key, token = create_key(db_engine(), name, role, rate_per_s=rate_value, max_queued=queued_value)
+    try:
+        check_share_weight(role, weight_value)
+    except ValueError as exc:
+        raise usage_error(f"--share-weight: {exc}") from None
+    key, token = create_key(
+        db_engine(),
+        name,
+        role,
+        rate_per_s=rate_value,
+        max_queued=queued_value,
+        share_weight=weight_value,
+    )
     err.print(f"created {key.role} key {key.id} ({key.name}); store the token now:")
     print(token)
 
 
 @keys_app.command("list")
 def keys_list() -> None:
-    """Keys with their role, prefix (never the token), limits and unfinished jobs.
+    """Keys with their role, prefix (never the token), limits, unfinished jobs and
+    fair-share weight.
 
-    Limits apply to client keys; "default" marks a limit the key takes from the settings.
+    Limits apply to client keys; "default" marks a limit or weight the key takes from the
+    settings. The share is the key's weight and the bulk jobs it may have queued in the
+    broker per version (weight x CANARY_FAIR_SHARE_QUEUED); the rest wait in the database.
     """
     from gateway.key_limits import keys_with_usage
 
@@ -155,9 +213,10 @@ def keys_list() -> None:
         key = usage.key
         state = f"revoked {key.revoked_at:%Y-%m-%d}" if key.revoked_at else "active"
         rate, queued = describe_limits(usage, settings)
+        share = describe_share(usage, settings)
         console.print(
             f"{key.id}  {key.prefix}…  {key.role:8}  {state:18}  {rate:36}  {queued:26}  "
-            f"{key.name}",
+            f"{share:38}  {key.name}",
             soft_wrap=True,
             highlight=False,
         )
@@ -168,8 +227,10 @@ def keys_limits(
     key_id: str,
     rate: Annotated[str | None, typer.Option(help=RATE_HELP)] = None,
     max_queued: Annotated[str | None, typer.Option("--max-queued", help=QUEUED_HELP)] = None,
+    share_weight: Annotated[str | None, typer.Option("--share-weight", help=SHARE_HELP)] = None,
 ) -> None:
-    """Show or change a client key's limits; in force from its next request."""
+    """Show or change a client key's limits (in force from its next request) or a key's
+    fair-share weight (from the next release of held bulk jobs)."""
     from gateway.key_limits import keys_with_usage, set_key_limits
 
     settings = get_settings()
@@ -181,13 +242,14 @@ def keys_limits(
                 key_id,
                 rate_per_s=_limit(rate, "--rate", float),
                 max_queued=_limit(max_queued, "--max-queued", int),
+                share_weight=_share_weight(share_weight, "--share-weight"),
             )
         except LookupError:
             raise fail(f"no key {key_id}") from None
         except ValueError as exc:
             raise usage_error(str(exc)) from None
         [usage] = [u for u in keys_with_usage(engine, settings) if u.key.id == key_id]
-    described = ", ".join(describe_limits(usage, settings))
+    described = ", ".join((*describe_limits(usage, settings), describe_share(usage, settings)))
     console.print(f"{key_id} ({usage.key.name}): {described}", soft_wrap=True, highlight=False)
 
 

@@ -41,6 +41,7 @@ class BatchOutcome:
     created: int = 0
     duplicates: int = 0
     unsent: int = 0  # recorded, but the broker refused them: the outbox sends them later
+    held: int = 0  # recorded, held for fair share: released as workers take jobs
     job_ids: list[str] = field(default_factory=list)
     errors: list[LineError] = field(default_factory=list)
     skipped: list[Skipped] = field(default_factory=list)
@@ -51,6 +52,7 @@ class BatchOutcome:
             "created": self.created,
             "duplicates": self.duplicates,
             "unsent": self.unsent,
+            "held": self.held,
             "rejected": [{"line": e.line, "message": e.message} for e in self.errors],
             "skipped": [vars(s) for s in self.skipped],
             "job_ids": self.job_ids,
@@ -114,6 +116,7 @@ def submit_lines(
             for (line, _), item in zip(part, submitted, strict=True):
                 outcome.job_ids.append(item.job_id)
                 outcome.unsent += not item.sent
+                outcome.held += item.held and item.sent  # refused: counted in unsent
                 if item.created:
                     outcome.created += 1
                 else:

@@ -12,7 +12,7 @@ from rich.markup import escape
 from canary.cli.batch import BatchOutcome
 from canary.settings import Settings
 from gateway.batch_report import batch_report
-from storage import batches
+from storage import batches, fair_share
 from storage.db import get_engine
 from storage.objects import store_from_settings
 
@@ -28,12 +28,15 @@ def load_report(settings: Settings, batch_id: str) -> dict[str, Any] | None:
     if batch is None:
         return None
     store = store_from_settings(settings)
-    return batch_report(
+    report = batch_report(
         engine,
         batch,
         lambda _job_id, key: store.url(key, settings.presign_expiry_s),
         show_versions=True,
     )
+    # QUEUED jobs not in the broker yet: held for fair share (or refused by the broker)
+    report["held"] = fair_share.held_in_batch(engine, batch_id)
+    return report
 
 
 def wait_for_report(settings: Settings, batch_id: str, timeout: float) -> dict[str, Any] | None:
@@ -45,7 +48,17 @@ def wait_for_report(settings: Settings, batch_id: str, timeout: float) -> dict[s
         time.sleep(0.5)
 
 
-def print_report(report: dict[str, Any]) -> None:
+def describe_held(held: int, per_tenant: int) -> str:
+    """Why QUEUED jobs are not in the broker yet, and when they will be."""
+    if per_tenant > 0:
+        return (
+            f"{held} held for fair share: released as workers take jobs "
+            f"(CANARY_FAIR_SHARE_QUEUED={per_tenant} per tenant)"
+        )
+    return f"{held} not sent to the broker yet: sent when it takes them (they stay QUEUED)"
+
+
+def print_report(report: dict[str, Any], per_tenant: int = 0) -> None:
     unit = report["unit"]
     origin = f"file {report['file']}" if report["file"] else f"{report['source']} batch"
     submitted = report["created_at"]
@@ -56,6 +69,8 @@ def print_report(report: dict[str, Any]) -> None:
     )
     counts = report["counts"]
     console.print("  " + "  ".join(f"{status} {n}" for status, n in counts.items()))
+    if report.get("held"):
+        console.print(f"  {describe_held(report['held'], per_tenant)}", highlight=False)
     if report["rejected"]:
         console.print(f"[red]rejected {unit}s[/] (not submitted):")
         for item in report["rejected"]:
@@ -89,7 +104,7 @@ def show_batch(
     if as_json:
         print(json.dumps(report, indent=2))
     else:
-        print_report(report)
+        print_report(report, settings.fair_share_queued)
     if wait and not report["done"]:
         err.print(f"[bold red]error:[/] batch {batch_id} not finished after {timeout:.0f} s")
         return 1

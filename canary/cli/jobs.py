@@ -79,6 +79,10 @@ def submit(
         f"{outcome.created} jobs queued, {outcome.duplicates} already submitted, "
         f"{len(outcome.errors)} lines rejected (batch {outcome.batch_id})"
     )
+    if outcome.held:
+        from canary.cli.batch_status import describe_held
+
+        summary += f"; {describe_held(outcome.held, settings.fair_share_queued)}"
     if outcome.unsent:
         summary += (
             f"; {outcome.unsent} not sent yet: the broker {settings.shown_broker_url} refused "

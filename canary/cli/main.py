@@ -3,7 +3,8 @@
 This module only assembles the app; the commands are in the topic modules of canary/cli/:
 processes (api, worker, scheduler-worker, beat, flower, up), jobs (submit, status),
 versions (hotfix, retire, models ...), ab_report (report, simulate), demo, admin
-(db ..., keys ...), golden (golden ...), rollout (rollout ...), images (images ...).
+(db ..., keys ...), golden (golden ...), rollout (rollout ...), images (images ...),
+shadow (shadow ...).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from canary.cli.images import images_app
 from canary.cli.jobs import status, submit
 from canary.cli.processes import api, beat, flower, scheduler_worker, up, worker
 from canary.cli.rollout import rollout_app
+from canary.cli.shadow import shadow_app
 from canary.cli.versions import hotfix, models_app, retire
 from canary.settings import ConfigError
 
@@ -49,6 +51,7 @@ app.add_typer(db_app, name="db")
 app.add_typer(keys_app, name="keys")
 app.add_typer(golden_app, name="golden")
 app.add_typer(rollout_app, name="rollout")
+app.add_typer(shadow_app, name="shadow")
 app.add_typer(images_app, name="images")
 
 

@@ -45,6 +45,7 @@ def collect_overview(settings: Settings) -> dict[str, Any]:
         "experiment_file": experiment_file,
         "experiments": experiments,
         "queues": _queues(settings, engine),
+        "waiting_by_tenant": waiting_by_tenant(settings, engine),
         "golden": _golden(engine),
     }
 
@@ -64,18 +65,21 @@ def _experiments(settings: Settings, engine: Engine) -> tuple[str | None, list[d
         source = ExperimentSource.from_settings(settings, engine)
     except (OSError, ValueError) as exc:
         raise OverviewError(f"experiment file: {exc}") from None
-    experiments = [
-        {
-            "name": e.name,
-            "baseline": e.baseline,
-            "candidate": e.candidate,
-            "stage": e.stage,
-            "rolled_back": e.rolled_back,
-            "candidate_shares": dict(e.current_stage.shares),
-            "gates": _verdict(settings, e.name),
-        }
-        for e in source.config.experiments
-    ]
+    experiments = []
+    for e in source.config.experiments:
+        dashboard = _latest_report(settings, e.name)
+        experiments.append(
+            {
+                "name": e.name,
+                "baseline": e.baseline,
+                "candidate": e.candidate,
+                "stage": e.stage,
+                "rolled_back": e.rolled_back,
+                "candidate_shares": dict(e.current_stage.shares),
+                "gates": _verdict(dashboard),
+                "shadow": _shadow(e.current_stage.shadow.share, dashboard),
+            }
+        )
     return (str(source.path) if source.path else None), experiments
 
 
@@ -85,13 +89,50 @@ def latest_dashboard(settings: Settings, experiment: str) -> Path:
     return settings.dashboard_dir / experiment / "latest.json"
 
 
-def _verdict(settings: Settings, experiment: str) -> dict[str, str] | None:
-    """The gate verdict of the latest daily dashboard and its day; None before the first."""
+def _latest_report(settings: Settings, experiment: str) -> dict[str, Any] | None:
+    """The report behind the latest daily dashboard; None before the first."""
     path = latest_dashboard(settings, experiment)
     if not path.exists():
         return None
-    report = json.loads(path.read_text(encoding="utf-8"))
+    report: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+    return report
+
+
+def _verdict(report: dict[str, Any] | None) -> dict[str, str] | None:
+    """The gate verdict of the latest daily dashboard and its day; None before the first."""
+    if report is None:
+        return None
     return {"verdict": report["gates"]["verdict"], "day": report["window"]["last"]}
+
+
+def _shadow(share: float, report: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The stage's shadow share and the latest dashboard's shadow-health verdict (None
+    before a dashboard of a stage with shadow traffic); None when the stage copies none."""
+    if not share:
+        return None
+    section = (report or {}).get("shadow")
+    health = section["health"] if section else None
+    return {
+        "share": share,
+        "verdict": health["verdict"] if health else None,
+        "pairs": health["pairs"] if health else None,
+        "gate": bool(section and section["required"]),
+        "day": report["window"]["last"] if report and section else None,
+    }
+
+
+def _shadow_cell(shadow: dict[str, Any] | None) -> str:
+    if shadow is None:
+        return "off"
+    share = f"{shadow['share']:.0%} copied"
+    if shadow["verdict"] is None:
+        return f"{share}; no verdict yet (`canary shadow status`)"
+    colour = {"pass": "green", "fail": "red", "insufficient": "yellow"}[shadow["verdict"]]
+    gate = ", gates leaving this stage" if shadow["gate"] else ""
+    return (
+        f"{share}; [{colour}]{shadow['verdict']}[/] ({shadow['pairs']} pairs, "
+        f"{shadow['day']}{gate})"
+    )
 
 
 def _queues(settings: Settings, engine: Engine) -> list[dict[str, Any]]:
@@ -138,6 +179,33 @@ def _queues(settings: Settings, engine: Engine) -> list[dict[str, Any]]:
             }
         )  # fmt: skip
     return rows
+
+
+def waiting_by_tenant(settings: Settings, engine: Engine) -> list[dict[str, Any]]:
+    """Bulk jobs no worker has taken yet, per version and tenant: ``held`` in the database
+    for fair share, ``queued`` in the broker, and the tenant's share cap (the queued jobs
+    it may have; None with fair share off). ``tenant`` is shown as the key's name
+    (``key:<name>``), ``tenant_id`` as fair share knows it (``key:<id>``)."""
+    from storage import fair_share
+    from tasks.release import tenant_cap
+
+    waiting = fair_share.waiting_by_tenant(engine)
+    tenants = sorted({w.tenant for w in waiting})
+    names = fair_share.key_names(engine, tenants)
+    weights = fair_share.share_weights(engine, tenants)
+    per_tenant = settings.fair_share_queued
+    return [
+        {
+            "version": w.version,
+            "tenant": names.get(w.tenant, w.tenant),
+            "tenant_id": w.tenant,
+            "held": w.held,
+            "queued": w.queued,
+            "share_weight": weights.get(w.tenant, 1.0),
+            "share_cap": tenant_cap(per_tenant, weights.get(w.tenant)) if per_tenant > 0 else None,
+        }
+        for w in waiting
+    ]
 
 
 def _breaker(state: Any) -> dict[str, Any]:
@@ -198,6 +266,7 @@ def _golden(engine: Engine) -> dict[str, Any] | None:
 def print_overview(settings: Settings, data: dict[str, Any]) -> None:
     _print_experiments(settings, data)
     _print_queues(data["queues"])
+    _print_waiting(settings, data.get("waiting_by_tenant", []))
     run = data["golden"]
     if run is None:
         console.print("golden set: no run yet (`canary golden run`)")
@@ -219,7 +288,9 @@ def _print_experiments(settings: Settings, data: dict[str, Any]) -> None:
         console.print(f"no experiments configured {where}", soft_wrap=True)
         return
     table = Table(title="Experiments")
-    for column in ("experiment", "baseline", "candidate", "stage", "candidate share", "gates"):
+    columns = ("experiment", "baseline", "candidate", "stage", "candidate share", "gates",
+               "shadow")  # fmt: skip
+    for column in columns:
         table.add_column(column)
     for e in data["experiments"]:
         shares = ", ".join(f"{k} {v:.0%}" for k, v in e["candidate_shares"].items())
@@ -230,7 +301,8 @@ def _print_experiments(settings: Settings, data: dict[str, Any]) -> None:
             if gates is None
             else f"[{VERDICT_COLOUR[gates['verdict']]}]{gates['verdict']}[/] ({gates['day']})"
         )
-        table.add_row(e["name"], e["baseline"], e["candidate"], stage, shares, verdict)
+        shadow = _shadow_cell(e.get("shadow"))
+        table.add_row(e["name"], e["baseline"], e["candidate"], stage, shares, verdict, shadow)
     console.print(table)
 
 
@@ -262,3 +334,28 @@ def _print_queues(queues: list[dict[str, Any]]) -> None:
     for q in queues:
         for breaker in q.get("storage", []):
             console.print(describe_breaker(q["version"], breaker), soft_wrap=True)
+
+
+def _print_waiting(settings: Settings, waiting: list[dict[str, Any]]) -> None:
+    """The "Waiting per tenant" table, when any bulk job waits."""
+    if not waiting:
+        return
+    table = Table(title="Waiting per tenant (bulk jobs)")
+    for column in ("version", "tenant", "held", "queued", "share cap"):
+        table.add_column(column, justify="right" if column in {"held", "queued"} else "left")
+    for w in waiting:
+        if w["share_cap"] is None:
+            cap = "none (fair share off)"
+        else:
+            weight = f", weight {w['share_weight']:g}" if w["share_weight"] != 1 else ""
+            cap = f"{w['share_cap']}{weight}"
+        table.add_row(w["version"], w["tenant"], str(w["held"]), str(w["queued"]), cap)
+    console.print(table)
+    if settings.fair_share_queued > 0:
+        console.print(
+            "held: in the database until fair share releases them; queued: in the broker. "
+            f"Each tenant may have its share cap queued per version (CANARY_FAIR_SHARE_QUEUED="
+            f"{settings.fair_share_queued} x its key's share weight); held jobs are released "
+            "round-robin as workers take jobs.",
+            style="dim", soft_wrap=True,
+        )  # fmt: skip

@@ -24,7 +24,7 @@ from swagger_ui_bundle import swagger_ui_path
 from canary.settings import Settings, get_settings
 from gateway.auth import KeyVerifier
 from gateway.events import EventIngestor
-from gateway.http import batches, events, golden, jobs, metrics, reports
+from gateway.http import batches, events, golden, jobs, metrics, reports, shadow_review
 from gateway.http.errors import ErrorOut
 from gateway.job_requests import InvalidJob
 from gateway.key_limits import RequestRateLimiter
@@ -361,6 +361,7 @@ def create_app(
     app.include_router(jobs.router)
     app.include_router(batches.router)
     app.include_router(golden.router)
+    app.include_router(shadow_review.router)
     app.include_router(events.router)
     app.include_router(reports.router)
     app.include_router(metrics.router)

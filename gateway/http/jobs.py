@@ -110,8 +110,11 @@ class JobOut(BaseModel):
 
 def load_job(engine: Engine, job_id: str, caller: Principal) -> Job:
     job = jobs.get_job(engine, job_id) if len(job_id) <= 36 else None
-    # Clients only see their own jobs; someone else's is reported as absent.
-    if job is None or (not caller.is_operator and job.api_key_id != caller.key_id):
+    # Clients only see their own jobs; someone else's, or a shadow copy (gateway/shadow.py),
+    # is reported as absent.
+    if job is None or (
+        not caller.is_operator and (job.api_key_id != caller.key_id or job.shadow_of is not None)
+    ):
         raise HTTPException(404, f"no job {job_id}")
     return job
 

@@ -2,9 +2,10 @@
 
 Flower exports task events but not queue depth; this endpoint adds what an operator
 alerts on (monitoring/alerts.yaml, monitoring/grafana-dashboard.json): queue depth per
-version, finished jobs by version and outcome, failure kinds, render and end-to-end
-latency histograms, online workers per version and revision, each experiment's live stage
-and latest gate verdict. Counts come from the job table (rows are never deleted), so they
+version, finished jobs by version and outcome, bulk jobs waiting per tenant (held for
+fair share or queued: gateway/http/fair_share_metrics.py), failure kinds, render and
+end-to-end latency histograms, online workers per version and revision, each experiment's
+live stage and latest gate verdict. Counts come from the job table (rows are never deleted), so they
 only grow, survive restarts and agree across several API processes: they are counters.
 Lost messages re-sent by the reconciler (scheduler/lost_messages.py) are counted in the
 broker, which every reconciler shares; that count restarts if the broker loses its data.
@@ -46,7 +47,9 @@ from gateway.experiment_source import ExperimentSource
 from gateway.http.auth import require_role
 from gateway.http.broker_probe import BrokerProbe, BrokerReading, broker_reader
 from gateway.http.dependencies import MetricsRegistry
+from gateway.http.fair_share_metrics import fair_share_metrics
 from gateway.http.lifecycle_metrics import lifecycle_metrics
+from gateway.http.shadow_metrics import shadow_metrics
 from gateway.key_limits import refusal_counts
 from storage import overview
 from storage.models import TERMINAL_STATUSES, ApiKeyRole
@@ -95,9 +98,16 @@ class CanaryCollector(Collector):
             yield from self._workers(reading)
             yield from self._storage_breakers(reading)
         yield from self._jobs()
+        yield from fair_share_metrics(self.engine)
         yield from self._latency()
         yield from self._experiments()
         yield from lifecycle_metrics(self.settings, self.engine, reading)
+        yield from shadow_metrics(
+            self.experiments.config,
+            self.engine,
+            self.settings.broker_url,
+            broker_up=reading is not None,
+        )
 
     def _queues(self, reading: BrokerReading) -> Iterator[Metric]:
         depth = GaugeMetricFamily(
@@ -146,7 +156,7 @@ class CanaryCollector(Collector):
     def _jobs(self) -> Iterator[Metric]:
         unfinished = GaugeMetricFamily(
             "canary_jobs_unfinished", "Jobs queued or running, by version, status and source "
-            "(live or golden)", labels=["version", "status", "source"],
+            "(live, golden or shadow)", labels=["version", "status", "source"],
         )  # fmt: skip
         finished = CounterMetricFamily(
             "canary_jobs_finished", "Finished jobs by version, outcome and source",

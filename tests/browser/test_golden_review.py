@@ -39,7 +39,6 @@ from storage.models import (
 )
 from storage.objects import LocalStore
 from tasks.app import make_app
-from tests.browser_support import chromium_page
 from tests.http_server import serve
 
 pytestmark = pytest.mark.timeout(120)
@@ -198,16 +197,6 @@ def review_server(tmp_path: Path) -> Iterator[ReviewServer]:
     app = create_app(settings, gateway=Gateway(settings, engine, make_app(settings)), store=store)
     with serve(app) as url:
         yield ReviewServer(url, engine, RUN_ID, tokens)
-
-
-@pytest.fixture
-def page() -> Iterator[Page]:
-    with chromium_page(1280, 900) as page:
-        page.set_default_timeout(10_000)
-        errors: list[str] = []
-        page.on("pageerror", lambda exc: errors.append(str(exc)))
-        yield page
-        assert not errors, f"JavaScript errors on the page: {errors}"
 
 
 def version_of(case_id: str, side: str) -> str:

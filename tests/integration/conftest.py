@@ -226,9 +226,13 @@ def make_stack(
         "CANARY_HOME": str(tmp_path / "home"),
         "CANARY_VERSIONS": ",".join(VERSIONS),
         "CANARY_TORCH_THREADS": "1",
+        # Fair share off unless a test turns it on (test_fair_share*.py, the journeys run
+        # the product's default): the other tests find a whole batch in the broker.
+        "CANARY_FAIR_SHARE_QUEUED": "0",
         **{k: str(v) for k, v in extra.items()},
     }
     settings = Settings(
+        fair_share_queued=int(env["CANARY_FAIR_SHARE_QUEUED"]),
         redis_url=redis_url,
         database_url=database_url,
         storage_url=storage_url,

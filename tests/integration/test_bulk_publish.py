@@ -11,8 +11,8 @@ import redis
 from sqlmodel import Session, select
 
 from canary.cli.batch import make_gateway, submit_file
-from gateway.submit import PUBLISH_BATCH
 from storage.models import Job, JobStatus
+from tasks.publish import PUBLISH_BATCH
 from tests.integration.conftest import Stack, local_stack
 
 pytestmark = pytest.mark.integration

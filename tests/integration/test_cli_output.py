@@ -94,8 +94,11 @@ def test_overview_json_counts_waiting_jobs_and_skips_silent_workers(stack: Stack
     result = canary(stack, "status", "--json")
     assert result.returncode == 0, result.stderr
     overview = json_of(result)
-    assert set(overview) == {"experiment_file", "experiments", "queues", "golden"}
+    assert set(overview) == {
+        "experiment_file", "experiments", "queues", "golden", "waiting_by_tenant"
+    }  # fmt: skip
     assert overview["experiments"] == [] and overview["golden"] is None
+    assert overview["waiting_by_tenant"] == []  # an interactive job is never held
     queues = {q["version"]: q for q in overview["queues"]}
     assert queues["v1"].pop("lifecycle")["state"] == "active"
     assert queues["v1"] == {

@@ -2,7 +2,11 @@
 data), connection drops and warm shutdowns lose no job and duplicate none (one success
 record, one image object per job), and never render one job twice at once.
 
-Each scenario runs with one and with two workers of v1 on this host (``workers``), and
+Each scenario runs with one and with two workers of v1 on this host (``workers``) when
+``CANARY_CRASH_MATRIX=full``; by default (``make test``) the mid-render SIGKILL runs with
+both and every other scenario with the count where it tests most (two where a survivor
+or a redelivery to another worker is the point, one where a single worker is), which
+halves the suite's longest file. Each scenario
 writes a one-line summary (jobs, lost, duplicated success rows, duplicate objects,
 rendered twice) to stdout and, when ``CANARY_CRASH_SUMMARY`` names a file, appends it
 there. "Rendered twice" counts jobs a worker claimed (the ``job ... claimed`` line
@@ -47,7 +51,18 @@ LIMITS = {
     "CANARY_FAULT_INJECTION": "true",
 }
 SUMMARY_ENV = "CANARY_CRASH_SUMMARY"  # a file each scenario appends its summary line to
-WORKERS = pytest.mark.parametrize("workers", [1, 2], ids=["1-worker", "2-workers"])
+FULL_MATRIX = os.environ.get("CANARY_CRASH_MATRIX") == "full"
+
+
+def with_workers(*default: int) -> pytest.MarkDecorator:
+    """Run with ``default`` worker counts, or with 1 and 2 under CANARY_CRASH_MATRIX=full."""
+    counts = [1, 2] if FULL_MATRIX else list(default)
+    return pytest.mark.parametrize(
+        "workers", counts, ids=[f"{n}-worker{'s' if n > 1 else ''}" for n in counts]
+    )
+
+
+WORKERS = with_workers(1, 2)
 
 
 def crash_stack(tmp_path: Path, redis_url: str, model_dir: Path, **extra: str) -> Stack:
@@ -305,15 +320,11 @@ def assert_exactly_once(
     return rows
 
 
-@WORKERS
-def test_sigkill_of_the_pool_child_mid_render_loses_and_duplicates_nothing(
-    stack: Stack, workers: int
-) -> None:
-    started = start_workers(stack, workers)
-    deaths = Deaths()
-    job_ids = submit(stack, 6 * workers, "[[fault:slow=0.3]]")
+def kill_children_mid_render(stack: Stack, job_ids: list[str], deaths: Deaths, times: int) -> None:
+    """SIGKILL ``times`` times the pool child rendering one of ``job_ids``, each time one
+    that started after the previous kill, inside its denoising loop."""
     since = None
-    for _ in range(3):
+    for _ in range(times):
         # a replaced pool child loads the model first: slow on a loaded machine
         wait_until(
             lambda s=since: running(stack, job_ids, s), timeout=180, what="a job being rendered"
@@ -323,12 +334,22 @@ def test_sigkill_of_the_pool_child_mid_render_loses_and_duplicates_nothing(
         (child,) = pool_children(holder)
         since = utcnow()
         deaths.kill_child(child)
+
+
+@WORKERS
+def test_sigkill_of_the_pool_child_mid_render_loses_and_duplicates_nothing(
+    stack: Stack, workers: int
+) -> None:
+    started = start_workers(stack, workers)
+    deaths = Deaths()
+    job_ids = submit(stack, 6 * workers, "[[fault:slow=0.3]]")
+    kill_children_mid_render(stack, job_ids, deaths, times=3)
     rows = assert_exactly_once(stack, job_ids, "sigkill-child-mid-render", workers, deaths)
     assert sum(r.attempts for r in rows.values()) >= len(job_ids) + 3
     assert all(w.poll() is None for w in started)  # each parent replaced its child
 
 
-@WORKERS
+@with_workers(2)
 def test_sigkill_mid_upload_loses_and_duplicates_nothing(stack: Stack, workers: int) -> None:
     start_workers(stack, workers)
     deaths = Deaths()
@@ -342,7 +363,7 @@ def test_sigkill_mid_upload_loses_and_duplicates_nothing(stack: Stack, workers: 
     assert rows[job_id].attempts == 2
 
 
-@WORKERS
+@with_workers(2)
 def test_killing_the_whole_worker_redelivers_to_the_next_one(
     tmp_path: Path, clean_redis: str, model_dir: Path, workers: int
 ) -> None:
@@ -368,7 +389,7 @@ def test_killing_the_whole_worker_redelivers_to_the_next_one(
         stack.stop_workers()
 
 
-@WORKERS
+@with_workers(1)
 def test_warm_shutdown_finishes_the_current_job(stack: Stack, workers: int) -> None:
     start_workers(stack, workers)
     job_ids = submit(stack, 3 * workers, "[[fault:slow=0.4]]")
@@ -385,7 +406,7 @@ def test_warm_shutdown_finishes_the_current_job(stack: Stack, workers: int) -> N
     assert_exactly_once(stack, job_ids, "warm-shutdown", workers)
 
 
-@WORKERS
+@with_workers(1)
 def test_redelivery_of_a_finished_job_does_not_render_it_again(stack: Stack, workers: int) -> None:
     start_workers(stack, workers)
     (job_id,) = submit(stack, 1, "")
@@ -412,7 +433,7 @@ def test_redelivery_of_a_finished_job_does_not_render_it_again(stack: Stack, wor
     assert_exactly_once(stack, [job_id], "redelivery-of-finished-job", workers)
 
 
-@WORKERS
+@with_workers(1)
 def test_a_job_that_kills_its_worker_every_time_ends_as_worker_lost(
     tmp_path: Path, clean_redis: str, model_dir: Path, workers: int
 ) -> None:
@@ -469,7 +490,7 @@ def _pings(client: redis.Redis) -> bool:
         return False
 
 
-@WORKERS
+@with_workers(2)
 def test_broker_restart_mid_batch_loses_and_duplicates_nothing(
     tmp_path: Path, model_dir: Path, workers: int
 ) -> None:
@@ -496,7 +517,7 @@ def test_broker_restart_mid_batch_loses_and_duplicates_nothing(
         broker.wait()
 
 
-@WORKERS
+@with_workers(1)
 def test_jobs_whose_messages_a_restarted_broker_lost_are_sent_again_and_render_once(
     tmp_path: Path, model_dir: Path, workers: int
 ) -> None:
@@ -580,7 +601,7 @@ def test_a_restarted_worker_resends_what_its_predecessor_left_and_spares_live_ne
         stack.stop_workers()
 
 
-@WORKERS
+@with_workers(2)
 def test_a_broker_connection_drop_renders_nothing_twice(
     tmp_path: Path, model_dir: Path, workers: int
 ) -> None:

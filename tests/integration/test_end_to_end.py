@@ -7,35 +7,47 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import redis
 from PIL import Image
 
 from storage.models import JobStatus
 from storage.objects import open_store
 from tests.integration.conftest import VERSIONS, Stack, fresh_database_url, make_stack
+from tests.s3server import SeaweedS3Server
 
 pytestmark = pytest.mark.integration
 
 SIZES = [(64, 64), (96, 64), (64, 128)]
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
 def s3_stack(
     request: pytest.FixtureRequest,
-    tmp_path: Path,
-    clean_redis: str,
+    tmp_path_factory: pytest.TempPathFactory,
+    redis_url: str,
     postgres_schema_url: str,
     model_dir: Path,
-    s3_bucket_url: tuple[str, str],
+    s3_server: SeaweedS3Server,
 ) -> Iterator[Stack]:
-    storage_url, endpoint = s3_bucket_url
+    """One stack per backend, shared by this module's tests: they only submit jobs of
+    their own and read those jobs' rows and objects (two workers fewer to start per test)."""
+    redis.Redis.from_url(redis_url).flushdb()
+    tmp_path = tmp_path_factory.mktemp(f"e2e-{request.param}")
+    bucket = s3_server.create_bucket()
     database_url = fresh_database_url(request.param, tmp_path, postgres_schema_url)
     stack = make_stack(
-        tmp_path, clean_redis, database_url, storage_url, model_dir, S3_ENDPOINT_URL=endpoint
+        tmp_path,
+        redis_url,
+        database_url,
+        f"s3://{bucket}",
+        model_dir,
+        S3_ENDPOINT_URL=s3_server.endpoint_url,
     )
     for version in VERSIONS:
         stack.start_worker(version)
     yield stack
     stack.stop_workers()
+    s3_server.delete_bucket(bucket)
 
 
 def test_twenty_jobs_split_across_two_versions(s3_stack: Stack) -> None:
@@ -80,7 +92,9 @@ def test_twenty_jobs_split_across_two_versions(s3_stack: Stack) -> None:
         assert image.size == (request.width, request.height)
     revisions = {row.worker_version: row.model_revision for row in rows.values()}
     assert revisions["v1"] != revisions["v2"]
-    assert sorted(store.list("renders/")) == sorted(r.image_key for r in rows.values())
+    # one object per job, named after it (the other test's objects share the bucket)
+    ours = [k for k in store.list("renders/") if k[len("renders/") : -len(".png")] in rows]
+    assert sorted(ours) == sorted(r.image_key for r in rows.values())
 
 
 def test_same_seed_same_version_same_bytes_and_versions_differ(s3_stack: Stack) -> None:

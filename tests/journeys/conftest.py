@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -164,9 +165,24 @@ def checkout(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Checkout]:
     place.stop_background()
 
 
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """v1 (seed 1) and v2 (seed 2), built once per test process: what `canary models
+    make-tiny` builds (test_readme runs those lines on an empty checkout)."""
+    from tasks.tiny_model import make_tiny_model
+
+    root = tmp_path_factory.mktemp("tiny-models")
+    for seed, version in enumerate(("v1", "v2"), start=1):
+        make_tiny_model(root / version, seed)
+    return root
+
+
 @pytest.fixture(scope="module")
-def running_stack(checkout: Checkout) -> Checkout:
-    """The checkout with tiny models, the schema and `canary up` running (one per module)."""
+def running_stack(checkout: Checkout, tiny_models: Path) -> Checkout:
+    """The checkout with tiny models, the schema and `canary up` running (one per module).
+    The models are copied from the session's build; the make-tiny lines then find them
+    built with the same seeds (and would fail if they were not)."""
+    shutil.copytree(tiny_models, checkout.root / ".canary" / "models", dirs_exist_ok=True)
     checkout.run("canary models make-tiny v1 --seed 1 && canary models make-tiny v2 --seed 2")
     checkout.run("canary db init")
     checkout.stack = checkout.start_stack()
