@@ -3,7 +3,12 @@
 
 A worker imports the ``include`` modules before its pool forks: among them the render
 task and tasks.worker, which wires the worker context (tasks/worker_state.py). Importing
-this module does not import them."""
+this module does not import them.
+
+Each process imports only the task modules it runs (:func:`serve_only`): a render worker
+the render modules (torch), the scheduler worker the periodic ones (scipy, matplotlib),
+beat and Flower none (they send and show tasks by name). That keeps their start-up short
+and their memory small."""
 
 from celery import Celery
 
@@ -12,22 +17,23 @@ from canary.settings import Settings, get_settings
 from tasks.message_privacy import HIDE_SETTING
 
 
+RENDER_TASK_MODULES = ("tasks.render", "tasks.worker", "tasks.hotfix")
+PERIODIC_TASK_MODULES = (
+    "scheduler.maintenance",
+    "scheduler.lost_messages",
+    "scheduler.retention",
+    "scheduler.golden_tasks",
+    "scheduler.dashboards",
+    "scheduler.auto_rollout",
+)
+
+
 def make_app(settings: Settings | None = None) -> Celery:
     """The process-wide app from celeryconfig, or one configured for explicit settings."""
     celery = Celery(
         "canary",
         amqp="tasks.message_privacy:PrivateAMQP",  # prompts masked in what Flower shows
-        include=[
-            "tasks.render",
-            "tasks.worker",
-            "tasks.hotfix",
-            "scheduler.maintenance",
-            "scheduler.lost_messages",
-            "scheduler.retention",
-            "scheduler.golden_tasks",
-            "scheduler.dashboards",
-            "scheduler.auto_rollout",
-        ],
+        include=[*RENDER_TASK_MODULES, *PERIODIC_TASK_MODULES],
     )
     if settings is None:
         celery.config_from_object("celeryconfig")
@@ -38,3 +44,8 @@ def make_app(settings: Settings | None = None) -> Celery:
 
 
 app = make_app()
+
+
+def serve_only(celery: Celery, modules: tuple[str, ...]) -> None:
+    """Before a worker, beat or Flower starts: import only ``modules`` as its tasks."""
+    celery.conf.include = modules

@@ -127,6 +127,7 @@ def wait_for_workers(
     timeout: float = 120.0,
 ) -> None:
     deadline = time.monotonic() + timeout
+    from canary.cli.stack import broker_reachable
     from tasks.nodes import node_prefix, serves
 
     expected = [node_prefix(v, "cpu") for v in settings.versions]
@@ -134,6 +135,9 @@ def wait_for_workers(
         while time.monotonic() < deadline:
             if process.poll() is not None:
                 raise DemoError(f"the local stack exited early; see {log_path}")
+            if not broker_reachable(settings.broker_url, timeout=0.5):
+                time.sleep(0.2)  # `canary up` has not started its broker yet
+                continue
             replies = app.control.ping(timeout=1.0) or []
             seen = [node for reply in replies for node in reply]
             if all(any(serves(node, prefix) for node in seen) for prefix in expected):

@@ -88,8 +88,10 @@ def worker(
         settings = get_settings()
     except ConfigError as exc:
         raise fail(f"{folder / 'canary.yaml'} limits: {exc.lines[0]}") from None
+    from tasks.app import RENDER_TASK_MODULES, serve_only
     from tasks.app import app as celery_app
 
+    serve_only(celery_app, RENDER_TASK_MODULES)
     # The app's configuration was read before the version's limits were known; its tasks
     # take their limits from it when the worker finalizes the app.
     celery_app.conf.task_soft_time_limit = settings.task_soft_time_limit_s
@@ -128,8 +130,10 @@ def _refuse_a_taken_name(settings: Settings, node: str) -> None:
 def scheduler_worker(loglevel: Annotated[str, typer.Option()] = "info") -> None:
     """The worker for periodic jobs (queue canary.default); it loads no model."""
     from celeryconfig import DEFAULT_QUEUE
+    from tasks.app import PERIODIC_TASK_MODULES, serve_only
     from tasks.app import app as celery_app
 
+    serve_only(celery_app, PERIODIC_TASK_MODULES)
     celery_app.worker_main(
         [
             "worker",
@@ -148,7 +152,9 @@ def beat(loglevel: Annotated[str, typer.Option()] = "info") -> None:
     """Celery beat: runs the periodic jobs of scheduler/ (one active beat per broker)."""
     from scheduler.schedule import configure_beat
     from tasks.app import app as celery_app
+    from tasks.app import serve_only
 
+    serve_only(celery_app, ())  # beat sends its tasks by name
     configure_beat(celery_app, get_settings())
     celery_app.start(["beat", "--loglevel", loglevel])
 
@@ -163,7 +169,9 @@ def flower() -> None:
     """
     from canary.cli.flower_info import flower_credentials
     from tasks.app import app as celery_app
+    from tasks.app import serve_only
 
+    serve_only(celery_app, ())  # Flower shows tasks from the workers' events
     settings = get_settings()
     loopback = settings.flower_address in {"127.0.0.1", "::1", "localhost"}
     if settings.flower_basic_auth is None and not loopback:

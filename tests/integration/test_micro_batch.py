@@ -14,6 +14,7 @@ import torch
 from PIL import Image
 
 from benchmarks.micro_batch import TOLERANCE_LEVELS
+from canary.contracts import queues_for
 from storage import jobs
 from storage.models import FailureKind, JobStatus
 from storage.objects import open_store
@@ -74,22 +75,38 @@ def test_batched_jobs_match_their_solo_renders_and_fail_alone(
     assert worst <= TOLERANCE_LEVELS
 
 
+def set_consuming(stack: Stack, node: str, consume: bool) -> None:
+    """Tell one worker to stop or resume consuming v1's queues (highest class first), and
+    check that it answered each time."""
+    control = stack.app.control
+    for queue in queues_for("v1"):
+        if consume:
+            replies = control.add_consumer(queue, destination=[node], reply=True, timeout=10)
+        else:
+            replies = control.cancel_consumer(queue, destination=[node], reply=True, timeout=10)
+        assert any(node in reply for reply in replies or []), (queue, replies)
+
+
 def test_a_mates_message_at_another_worker_is_left_to_the_batch(stack: Stack) -> None:
     first = stack.start_worker("v1", name="worker-a", node="v1-a")
+    # The second worker is started (slow under load) and paused before the batch: it must
+    # take its two messages while the first worker's batch still runs.
+    second = stack.nodes[stack.start_worker("v1", name="worker-b", node="v1-b").pid]
+    set_consuming(stack, second, consume=False)
     gateway = stack.gateway()
     job_ids = [
         gateway.submit(
-            {"prompt": f"a slow lighthouse {i} [[fault:slow=8]]", "model_version": "v1",
+            {"prompt": f"a slow lighthouse {i} [[fault:slow=4]]", "model_version": "v1",
              "seed": i, "steps": 4, "width": 64, "height": 64}
         ).job_id
         for i in range(4)
     ]  # fmt: skip
-    # one batch of 4 on the first worker (32 s), which holds two of the four messages
+    # one batch of 4 on the first worker (16 s), which holds two of the four messages
     wait_until(
         lambda: all(r.status == JobStatus.RUNNING for r in jobs.get_jobs(stack.engine, job_ids)),
         what="the batch to be claimed",
     )
-    stack.start_worker("v1", name="worker-b", node="v1-b")  # takes the other two
+    set_consuming(stack, second, consume=True)  # takes the other two
     wait_until(
         lambda: stack.log("worker-b").count("is held by v1-a@") == 2,
         what="the second worker to leave both mates to the first",
