@@ -16,7 +16,6 @@ import celeryconfig
 from canary.settings import Settings, get_settings
 from tasks.message_privacy import HIDE_SETTING
 
-
 RENDER_TASK_MODULES = ("tasks.render", "tasks.worker", "tasks.hotfix")
 PERIODIC_TASK_MODULES = (
     "scheduler.maintenance",
