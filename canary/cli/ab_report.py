@@ -141,10 +141,6 @@ def report(
     import json
     from datetime import date
 
-    from analysis.dashboard import render_dashboard
-    from analysis.experiment_report import report_for_experiment
-    from analysis.gates import GatePolicyError, load_policy
-    from gateway.experiment_source import ExperimentSource
     from storage.models import utcnow
 
     settings = get_settings()
@@ -152,10 +148,17 @@ def report(
         last = date.fromisoformat(day) if day else utcnow().date()
     except ValueError:
         raise usage_error(f"--date {day!r} is not YYYY-MM-DD") from None
+    from gateway.experiment_source import ExperimentSource
+
     config = ExperimentSource.from_settings(settings, db_engine()).config
     if experiment not in {e.name for e in config.experiments}:
         known = ", ".join(e.name for e in config.experiments) or "none (no experiment file)"
         raise fail(f"no experiment {experiment!r}; configured: {known}")
+    # imported after the checks: the statistics libraries take seconds to load
+    from analysis.dashboard import render_dashboard
+    from analysis.experiment_report import report_for_experiment
+    from analysis.gates import GatePolicyError, load_policy
+
     if roll_up and not full:
         from analysis.experiment_report import report_window
         from analysis.rollups import roll_up as roll_up_days

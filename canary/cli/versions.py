@@ -70,13 +70,14 @@ def hotfix(
     timeout: Annotated[float, typer.Option(help="Seconds to wait for the workers")] = 900.0,
 ) -> None:
     """Publish new weights for a version; its online workers swap them in between jobs."""
+    settings = get_settings()
+    if model_version not in settings.versions:
+        raise usage_error(f"unknown version {model_version!r}")
+    # imported after the checks: they bring torch, which a usage error should not wait for
     from scheduler.hotfix_rollout import hotfix as run_hotfix
     from tasks.app import make_app
     from tasks.registry import ModelNotFound
 
-    settings = get_settings()
-    if model_version not in settings.versions:
-        raise usage_error(f"unknown version {model_version!r}")
     try:
         outcome = run_hotfix(settings, make_app(settings), model_version, weights, timeout)
     except ModelNotFound as exc:
