@@ -1,0 +1,59 @@
+"""Each process imports only the task modules it runs (tasks.app.serve_only): Celery's
+own loader, as a worker, beat or Flower calls it at start-up, must not bring in the
+libraries of the other roles (torch for rendering; scipy and matplotlib for reports)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+
+pytestmark = pytest.mark.slow  # a fresh interpreter per role
+
+PROBE = """
+import json, sys
+from tasks.app import app, serve_only
+{import_line}
+serve_only(app, {modules})
+app.loader.import_default_modules()
+print(json.dumps({{
+    "heavy": sorted(m for m in ("torch", "scipy", "matplotlib") if m in sys.modules),
+    "tasks": sorted(name for name in app.tasks if name.startswith("canary.")),
+}}))
+"""
+
+
+def loaded_by(modules: str | None) -> dict[str, list[str]]:
+    """What a process that serves ``modules`` (a name in tasks.app; None: no module) has
+    imported once Celery's loader has run."""
+    import_line = f"from tasks.app import {modules}" if modules else ""
+    code = PROBE.format(import_line=import_line, modules=modules or "()")
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=PROJECT_ROOT, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    loaded: dict[str, list[str]] = json.loads(result.stdout.splitlines()[-1])
+    return loaded
+
+
+def test_a_render_worker_loads_torch_and_only_the_render_tasks() -> None:
+    loaded = loaded_by("RENDER_TASK_MODULES")
+    assert loaded["heavy"] == ["torch"]
+    assert loaded["tasks"] == ["canary.render"]
+
+
+def test_the_scheduler_worker_loads_the_periodic_tasks_without_torch() -> None:
+    loaded = loaded_by("PERIODIC_TASK_MODULES")
+    assert "torch" not in loaded["heavy"]
+    assert "canary.render" not in loaded["tasks"]
+    assert "canary.scheduler.release_held" in loaded["tasks"]
+
+
+def test_beat_and_flower_load_no_task_module() -> None:
+    loaded = loaded_by(None)
+    assert loaded == {"heavy": [], "tasks": []}
