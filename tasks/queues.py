@@ -79,6 +79,20 @@ def node_online(app: Celery, node: str, timeout: float) -> bool:
     return any(node in reply for reply in replies)
 
 
+def set_consuming(
+    app: Celery, node: str, queues: Iterable[str], consume: bool, timeout: float
+) -> bool:
+    """Tell ``node`` to start (``consume``) or stop consuming each of ``queues``, in their
+    order (the order of consumption is the priority); whether it answered every time."""
+    control = app.control
+    command = control.add_consumer if consume else control.cancel_consumer
+    answered = True
+    for queue in queues:
+        replies = command(queue, destination=[node], reply=True, timeout=timeout)
+        answered = answered and any(node in reply for reply in replies or [])
+    return answered
+
+
 def job_ids_in_broker(app: Celery, queues: Iterable[str]) -> set[str]:
     """Task ids (= job ids) of every message the Redis broker still holds for ``queues``:
     waiting on them (every priority sub-list) or delivered and not yet acknowledged (any

@@ -59,7 +59,7 @@ from storage import jobs
 from storage.models import JobStatus, utcnow
 from tasks import node_locks, storage_health
 from tasks.outcome import OutcomeEvents
-from tasks.queues import node_online
+from tasks.queues import node_online, set_consuming
 from tasks.recovery import resend
 
 if TYPE_CHECKING:
@@ -505,19 +505,8 @@ class StorageGuard:
         if self._consuming is want:
             return
         queues = queues_for(self.version)
-        control = self.ctx.app.control
-        answered = True
         try:
-            for queue in queues:
-                if want:
-                    replies = control.add_consumer(
-                        queue, destination=[self.node], reply=True, timeout=CONTROL_TIMEOUT_S
-                    )
-                else:
-                    replies = control.cancel_consumer(
-                        queue, destination=[self.node], reply=True, timeout=CONTROL_TIMEOUT_S
-                    )
-                answered = answered and any(self.node in reply for reply in replies or [])
+            answered = set_consuming(self.ctx.app, self.node, queues, want, CONTROL_TIMEOUT_S)
         except Exception as exc:
             doing = "consume" if want else "stop consuming"
             log.warning("could not tell %s to %s %s: %s", self.node, doing, queues, exc)

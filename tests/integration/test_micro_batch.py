@@ -20,6 +20,7 @@ from storage.models import FailureKind, JobStatus
 from storage.objects import open_store
 from tasks.pipelines import load_pipeline
 from tasks.publish import render_spec
+from tasks.queues import set_consuming
 from tasks.render import render_image
 from tests.integration.conftest import Stack, local_stack
 from tests.integration.test_crash_safety import wait_until
@@ -75,24 +76,12 @@ def test_batched_jobs_match_their_solo_renders_and_fail_alone(
     assert worst <= TOLERANCE_LEVELS
 
 
-def set_consuming(stack: Stack, node: str, consume: bool) -> None:
-    """Tell one worker to stop or resume consuming v1's queues (highest class first), and
-    check that it answered each time."""
-    control = stack.app.control
-    for queue in queues_for("v1"):
-        if consume:
-            replies = control.add_consumer(queue, destination=[node], reply=True, timeout=10)
-        else:
-            replies = control.cancel_consumer(queue, destination=[node], reply=True, timeout=10)
-        assert any(node in reply for reply in replies or []), (queue, replies)
-
-
 def test_a_mates_message_at_another_worker_is_left_to_the_batch(stack: Stack) -> None:
     first = stack.start_worker("v1", name="worker-a", node="v1-a")
     # The second worker is started (slow under load) and paused before the batch: it must
     # take its two messages while the first worker's batch still runs.
     second = stack.nodes[stack.start_worker("v1", name="worker-b", node="v1-b").pid]
-    set_consuming(stack, second, consume=False)
+    assert set_consuming(stack.app, second, queues_for("v1"), consume=False, timeout=10)
     gateway = stack.gateway()
     job_ids = [
         gateway.submit(
@@ -106,7 +95,8 @@ def test_a_mates_message_at_another_worker_is_left_to_the_batch(stack: Stack) ->
         lambda: all(r.status == JobStatus.RUNNING for r in jobs.get_jobs(stack.engine, job_ids)),
         what="the batch to be claimed",
     )
-    set_consuming(stack, second, consume=True)  # takes the other two
+    # it takes the other two
+    assert set_consuming(stack.app, second, queues_for("v1"), consume=True, timeout=10)
     wait_until(
         lambda: stack.log("worker-b").count("is held by v1-a@") == 2,
         what="the second worker to leave both mates to the first",
