@@ -1,4 +1,8 @@
-"""The daily automatic-mode job: evaluate each auto experiment's gates and act on them."""
+"""The daily automatic-mode job: evaluate each auto experiment's gates and act on them.
+
+The report (and with it scipy and statsmodels) is imported when the job runs, so the
+scheduler worker starts without the statistics stack (see scheduler/dashboards.py).
+"""
 
 from __future__ import annotations
 
@@ -8,7 +12,6 @@ from datetime import datetime, timedelta
 from celery import Celery
 from sqlalchemy.engine import Engine
 
-from analysis.experiment_report import report_for_experiment
 from canary.settings import Settings
 from gateway.experiment_source import ExperimentSource
 from scheduler.context import context
@@ -30,6 +33,8 @@ def run_auto(
     celery: Celery | None = None,
 ) -> dict[str, Step]:
     """One pass over the experiments in automatic mode (or ``only`` that one, on or off)."""
+    from analysis.experiment_report import report_for_experiment
+
     now = now or utcnow()
     config = ExperimentSource.from_settings(settings, engine).config
     control = Rollout(settings, engine, config, celery)

@@ -3,6 +3,10 @@ report and dashboard, written where the API serves them.
 
 Files: ``<home>/dashboards/<experiment>/<day>.html`` and ``.json`` plus ``latest.html`` /
 ``latest.json``, for the day that just ended (UTC).
+
+The statistics stack (scipy, statsmodels, pandas, matplotlib: about 3 CPU-s to import) is
+imported when a report is made, not with this module: the scheduler worker, the API (which
+serves these files through :func:`dashboard_paths`) and Flower start without it.
 """
 
 from __future__ import annotations
@@ -11,13 +15,10 @@ import json
 import logging
 from datetime import date, datetime, timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from sqlalchemy.engine import Engine
 
-from analysis import rollups
-from analysis.dashboard import render_dashboard
-from analysis.experiment_report import report_for_experiment, report_window
-from analysis.gates import load_policy
 from canary.settings import Settings
 from gateway.experiment_source import ExperimentSource
 from scheduler.context import context
@@ -25,6 +26,9 @@ from scheduler.notify import Notice, Notifier
 from scheduler.schedule import DASHBOARD_TASK
 from storage.models import utcnow
 from tasks.app import app
+
+if TYPE_CHECKING:
+    from analysis.rollups import RollupRun
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +52,10 @@ def write_dashboards(
 ) -> list[Path]:
     """Report and dashboard of every experiment in the file for the days up to ``day``;
     a verdict that differs from the previous dashboard's is announced to the webhooks."""
+    from analysis.dashboard import render_dashboard
+    from analysis.experiment_report import report_for_experiment
+    from analysis.gates import load_policy
+
     notifier = notifier or Notifier.from_settings(settings)
     config = ExperimentSource.from_settings(settings, engine).config
     p95_limit = load_policy(settings.gate_policy_file).guardrails.p95_latency_max_ms
@@ -78,9 +86,12 @@ def write_dashboards(
 
 def roll_up_experiments(
     settings: Settings, engine: Engine, now: datetime | None = None
-) -> list[rollups.RollupRun]:
+) -> list[RollupRun]:
     """Roll up every experiment's completed days that a report of today or yesterday reads
     (re-rolling days with late data), so the reports that follow compute only the new day."""
+    from analysis import rollups
+    from analysis.experiment_report import report_window
+
     now = now or utcnow()
     config = ExperimentSource.from_settings(settings, engine).config
     first, _ = report_window(settings, now.date() - timedelta(days=1))

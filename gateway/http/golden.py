@@ -17,8 +17,6 @@ from pydantic import BaseModel, ConfigDict
 from sqlalchemy.engine import Engine
 
 from analysis.golden.cases import GoldenSet, Level, parse_golden_set
-from analysis.golden.html import render_report_html
-from analysis.golden.report import report_for_run
 from canary.settings import Settings
 from gateway.auth import Principal
 from gateway.http.auth import require_role
@@ -233,6 +231,8 @@ def side_image(
 
 
 def run_report(engine: Engine, run_id: str) -> dict[str, Any]:
+    from analysis.golden.report import report_for_run  # statsmodels: on the first report
+
     found = report_for_run(engine, run_id) if len(run_id) <= 100 else None
     if found is None:
         raise HTTPException(404, f"no golden run {run_id}")
@@ -248,4 +248,6 @@ def report(run_id: str, caller: Operator, engine: Database) -> dict[str, Any]:
 
 @router.get("/v1/golden/runs/{run_id}/report.html", response_class=HTMLResponse)
 def report_html(run_id: str, caller: Operator, engine: Database) -> HTMLResponse:
+    from analysis.golden.html import render_report_html  # matplotlib: on the first page
+
     return HTMLResponse(render_report_html(run_report(engine, run_id)))

@@ -1,7 +1,9 @@
 """A/B reports over HTTP (operators): the JSON report and the daily dashboard page.
 
 The dashboard for a past day is served from the file the daily job wrote; without one
-(or for today) it is computed on request.
+(or for today) it is computed on request. The statistics stack (scipy, statsmodels,
+matplotlib) is imported by the first request that computes a report, not when the API
+starts.
 """
 
 from __future__ import annotations
@@ -14,9 +16,6 @@ from fastapi import APIRouter, Depends, HTTPException, Query
 from fastapi.responses import HTMLResponse
 from sqlalchemy.engine import Engine
 
-from analysis.dashboard import render_dashboard
-from analysis.experiment_report import report_for_experiment
-from analysis.gates import load_policy
 from canary.settings import Settings
 from gateway.auth import Principal
 from gateway.experiment_source import ExperimentSource
@@ -40,6 +39,8 @@ def known(experiments: ExperimentSource, name: str) -> None:
 def live(
     settings: Settings, engine: Engine, experiments: ExperimentSource, name: str, day: date
 ) -> dict[str, Any]:
+    from analysis.experiment_report import report_for_experiment
+
     return report_for_experiment(settings, engine, experiments.config, name, day)
 
 
@@ -76,5 +77,8 @@ def dashboard(
     stored, _ = dashboard_paths(settings, name, day)
     if stored.exists() and day < utcnow().date():
         return HTMLResponse(stored.read_text(encoding="utf-8"))
+    from analysis.dashboard import render_dashboard
+    from analysis.gates import load_policy
+
     limit = load_policy(settings.gate_policy_file).guardrails.p95_latency_max_ms
     return HTMLResponse(render_dashboard(live(settings, engine, experiments, name, day), limit))

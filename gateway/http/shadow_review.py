@@ -17,7 +17,6 @@ from fastapi import APIRouter, HTTPException, Response
 from sqlalchemy.engine import Engine
 
 from analysis.golden.cases import Level
-from analysis.shadow import WORST_PAIRS, image_distances, most_different
 from gateway.experiment_source import ExperimentSource
 from gateway.experiments import Experiment
 from gateway.http.dependencies import Database, Experiments, Store
@@ -50,6 +49,8 @@ def _side_version(experiment: str, live_id: str, grader: str, side: Side) -> str
 def _worst(engine: Engine, store: ObjectStore, experiment: str) -> list[Pair]:
     """The experiment's finished pairs of the last days with both images, most different
     first (at most WORST_PAIRS)."""
+    from analysis.shadow import WORST_PAIRS, image_distances, most_different  # scipy: lazily
+
     found = {
         p.live_id: p for p in pairs(engine, experiment, start=utcnow() - timedelta(REVIEW_DAYS))
     }
@@ -194,6 +195,8 @@ def grade(
         for g in golden.grades(engine, review_id(experiment), caller.name)
         if g.case_id == body.case_id
     }
+    from analysis.shadow import WORST_PAIRS
+
     # the review's cases are at most WORST_PAIRS pairs with both images (no image is
     # loaded again here: a pair purged since is still counted until the page reloads)
     recent = pairs(engine, experiment, start=utcnow() - timedelta(REVIEW_DAYS))

@@ -1,6 +1,8 @@
 """Each process imports only the task modules it runs (tasks.app.serve_only): Celery's
 own loader, as a worker, beat or Flower calls it at start-up, must not bring in the
-libraries of the other roles (torch for rendering; scipy and matplotlib for reports)."""
+libraries of the other roles (torch for rendering; scipy and matplotlib for reports).
+The statistics stack itself is imported when a report is made, so neither the scheduler
+worker nor the API pays for it at start-up."""
 
 from __future__ import annotations
 
@@ -15,14 +17,16 @@ PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 pytestmark = pytest.mark.slow  # a fresh interpreter per role
 
+HEAVY = ("torch", "scipy", "statsmodels", "pandas", "matplotlib")
 PROBE = """
 import json, sys
+HEAVY = {heavy!r}
 from tasks.app import app, serve_only
 {import_line}
 serve_only(app, {modules})
 app.loader.import_default_modules()
 print(json.dumps({{
-    "heavy": sorted(m for m in ("torch", "scipy", "matplotlib") if m in sys.modules),
+    "heavy": sorted(m for m in HEAVY if m in sys.modules),
     "tasks": sorted(name for name in app.tasks if name.startswith("canary.")),
 }}))
 """
@@ -32,7 +36,11 @@ def loaded_by(modules: str | None) -> dict[str, list[str]]:
     """What a process that serves ``modules`` (a name in tasks.app; None: no module) has
     imported once Celery's loader has run."""
     import_line = f"from tasks.app import {modules}" if modules else ""
-    code = PROBE.format(import_line=import_line, modules=modules or "()")
+    code = PROBE.format(import_line=import_line, modules=modules or "()", heavy=HEAVY)
+    return run_probe(code)
+
+
+def run_probe(code: str) -> dict[str, list[str]]:
     result = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, cwd=PROJECT_ROOT, check=False
     )
@@ -47,9 +55,9 @@ def test_a_render_worker_loads_torch_and_only_the_render_tasks() -> None:
     assert loaded["tasks"] == ["canary.render"]
 
 
-def test_the_scheduler_worker_loads_the_periodic_tasks_without_torch() -> None:
+def test_the_scheduler_worker_loads_the_periodic_tasks_without_torch_or_statistics() -> None:
     loaded = loaded_by("PERIODIC_TASK_MODULES")
-    assert "torch" not in loaded["heavy"]
+    assert loaded["heavy"] == []
     assert "canary.render" not in loaded["tasks"]
     assert "canary.scheduler.release_held" in loaded["tasks"]
 
@@ -57,3 +65,12 @@ def test_the_scheduler_worker_loads_the_periodic_tasks_without_torch() -> None:
 def test_beat_and_flower_load_no_task_module() -> None:
     loaded = loaded_by(None)
     assert loaded == {"heavy": [], "tasks": []}
+
+
+def test_the_api_starts_without_torch_or_the_statistics_stack() -> None:
+    code = (
+        "import json, sys\n"
+        "from gateway.http.app import create_app\n"
+        f"print(json.dumps({{'heavy': sorted(m for m in {HEAVY!r} if m in sys.modules)}}))"
+    )
+    assert run_probe(code) == {"heavy": []}
