@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import re
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import yaml
@@ -19,6 +21,21 @@ ALLOWED_LABELS = {
 UNITS = ("_seconds", "_bytes", "_ratio", "_messages")
 MAX_SERIES_PER_FAMILY = 200
 METRIC_NAME = re.compile(r"\bcanary_[a-z0-9_]+")
+
+
+def scrape_with(scrape: Callable[[], str], names: tuple[str, ...], timeout: float = 20) -> str:
+    """The first exposition from ``scrape`` that has a sample of every one of ``names``.
+
+    Series read from the broker are left out of a scrape the broker does not answer in
+    time (gateway/http/broker_probe.py): on a loaded machine, the next scrape has them.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        text = scrape()
+        exported = exported_sample_names(text)
+        if all(name in exported for name in names) or time.monotonic() > deadline:
+            return text
+        time.sleep(0.5)
 
 
 def assert_prometheus_conventions(exposition: str) -> None:

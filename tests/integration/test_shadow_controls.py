@@ -23,7 +23,7 @@ from tests.integration.test_shadow_copies import (
     shadow_jobs,
     submit,
 )
-from tests.prometheus_checks import assert_prometheus_conventions
+from tests.prometheus_checks import assert_prometheus_conventions, scrape_with
 
 pytestmark = pytest.mark.integration
 MARGINS = {
@@ -108,12 +108,17 @@ def test_metrics_export_the_shadow_counters(stack: Stack) -> None:
     stack.wait_finished([c.id for c in copies.values()])
     token = create_key(stack.engine, "ops", ApiKeyRole.OPERATOR)[1]
     with TestClient(create_app(stack.settings)) as http:
-        answer = http.get("/metrics", headers={"Authorization": f"Bearer {token}"})
-    assert answer.status_code == 200
-    assert_prometheus_conventions(answer.text)
+
+        def metrics() -> str:
+            answer = http.get("/metrics", headers={"Authorization": f"Bearer {token}"})
+            assert answer.status_code == 200
+            return answer.text
+
+        text = scrape_with(metrics, ("canary_shadow_sampled_total",))
+    assert_prometheus_conventions(text)
     samples = {
         (s.name, tuple(sorted(s.labels.items()))): s.value
-        for family in text_string_to_metric_families(answer.text)
+        for family in text_string_to_metric_families(text)
         for s in family.samples
         if s.name.startswith("canary_shadow_")
     }

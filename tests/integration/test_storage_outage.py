@@ -33,7 +33,7 @@ from storage.models import Job, JobStatus
 from storage.objects import open_store
 from tasks import storage_health
 from tests.integration.conftest import Stack, make_stack
-from tests.prometheus_checks import assert_prometheus_conventions
+from tests.prometheus_checks import assert_prometheus_conventions, scrape_with
 from tests.s3server import _COMPONENTS, _GRPC_SOCKET, SeaweedS3Server, find_weed
 
 pytestmark = pytest.mark.integration
@@ -136,7 +136,10 @@ def scrape(stack: Stack) -> dict[str, float]:
     registry = CollectorRegistry(auto_describe=False)
     experiments = ExperimentSource.from_settings(stack.settings, stack.engine)
     registry.register(CanaryCollector(stack.settings, stack.engine, stack.app, experiments))
-    text = generate_latest(registry).decode()
+    text = scrape_with(
+        lambda: generate_latest(registry).decode(),
+        ("canary_storage_breaker_open", "canary_spooled_images", "canary_spool_uploads_total"),
+    )
     assert_prometheus_conventions(text)
     return {
         s.name: s.value
