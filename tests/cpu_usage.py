@@ -1,0 +1,79 @@
+"""Where the suite's CPU goes: a pytest plugin (off unless asked for) that records, per
+test, its wall time, the CPU of the test process itself and the CPU of the processes it
+waited for (workers, `canary up` stacks, CLI commands, servers), then prints the files
+that cost most.
+
+    .venv/bin/python -m pytest -n 2 --dist worksteal -p tests.cpu_usage
+
+Child CPU is counted when a child is reaped, so a module-scoped stack is charged to the
+test that stopped it; add up by file. Records go to ``.pytest-cpu.jsonl`` in the
+directory pytest runs in (each xdist process appends its own lines); the summary is
+printed by the process that reports.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import time
+from collections import defaultdict
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+RECORDS = Path(".pytest-cpu.jsonl")
+SHOWN = 20
+
+
+def _cpu_seconds(who: int) -> float:
+    usage = resource.getrusage(who)
+    return usage.ru_utime + usage.ru_stime
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    if not os.environ.get("PYTEST_XDIST_WORKER"):  # the controller, or a run without xdist
+        RECORDS.unlink(missing_ok=True)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item: pytest.Item) -> Iterator[None]:
+    started = time.monotonic()
+    own = _cpu_seconds(resource.RUSAGE_SELF)
+    children = _cpu_seconds(resource.RUSAGE_CHILDREN)
+    yield
+    record = {
+        "test": item.nodeid,
+        "wall_s": round(time.monotonic() - started, 3),
+        "own_cpu_s": round(_cpu_seconds(resource.RUSAGE_SELF) - own, 3),
+        "children_cpu_s": round(_cpu_seconds(resource.RUSAGE_CHILDREN) - children, 3),
+    }
+    with RECORDS.open("a") as out:  # one short line per write: appends do not interleave
+        out.write(json.dumps(record) + "\n")
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if os.environ.get("PYTEST_XDIST_WORKER") or not RECORDS.exists():
+        return
+    by_file: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0, 0.0, 0])
+    for line in RECORDS.read_text().splitlines():
+        record = json.loads(line)
+        totals = by_file[record["test"].split("::")[0]]
+        totals[0] += record["wall_s"]
+        totals[1] += record["own_cpu_s"]
+        totals[2] += record["children_cpu_s"]
+        totals[3] += 1
+    own = sum(t[1] for t in by_file.values())
+    children = sum(t[2] for t in by_file.values())
+    write = terminalreporter.write_line
+    terminalreporter.section("CPU by test file (tests.cpu_usage)")
+    write(f"all files: {own / 60:.1f} CPU-min in the test processes, "
+          f"{children / 60:.1f} CPU-min in the processes they started")  # fmt: skip
+    write(f"{'CPU s':>8} {'own':>7} {'children':>9} {'wall s':>8} {'tests':>6}  file")
+    ranked = sorted(by_file.items(), key=lambda kv: -(kv[1][1] + kv[1][2]))
+    for path, (wall, own_s, children_s, count) in ranked[:SHOWN]:
+        write(
+            f"{own_s + children_s:8.1f} {own_s:7.1f} {children_s:9.1f} {wall:8.1f} "
+            f"{int(count):6d}  {path}"
+        )
