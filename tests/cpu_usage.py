@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import resource
+import threading
 import time
 from collections import defaultdict
 from collections.abc import Iterator
@@ -48,6 +49,12 @@ def pytest_runtest_protocol(item: pytest.Item) -> Iterator[None]:
         "wall_s": round(time.monotonic() - started, 3),
         "own_cpu_s": round(_cpu_seconds(resource.RUSAGE_SELF) - own, 3),
         "children_cpu_s": round(_cpu_seconds(resource.RUSAGE_CHILDREN) - children, 3),
+        "process": os.environ.get("PYTEST_XDIST_WORKER", "main"),
+        # threads still alive after the test: one left running charges its CPU to the
+        # tests after it (their "own" CPU), so a leak shows up here
+        "threads": sorted(
+            t.name for t in threading.enumerate() if t is not threading.main_thread()
+        ),
     }
     with RECORDS.open("a") as out:  # one short line per write: appends do not interleave
         out.write(json.dumps(record) + "\n")

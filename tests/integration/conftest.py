@@ -11,7 +11,6 @@ import os
 import secrets
 import signal
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -31,6 +30,7 @@ from storage.models import TERMINAL_STATUSES, Job
 from tasks.app import make_app
 from tasks.nodes import SUFFIX_BYTES, node_prefix
 from tasks.tiny_model import make_tiny_model
+from tests.worker_processes import WorkerProcess, start_command_line
 
 TEST_REDIS_SERVER = os.environ.get("TEST_REDIS_SERVER", "redis://127.0.0.1:6379")
 TEST_POSTGRES_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
@@ -114,7 +114,7 @@ class Stack:
     env: dict[str, str]
     log_dir: Path
     app: Celery
-    workers: list[subprocess.Popen] = field(default_factory=list)
+    workers: list[WorkerProcess] = field(default_factory=list)
     nodes: dict[int, str] = field(default_factory=dict)  # worker pid -> its node name
 
     @property
@@ -126,8 +126,8 @@ class Stack:
 
     def start_worker(
         self, version: str, name: str | None = None, node: str | None = None
-    ) -> subprocess.Popen:
-        """Start a worker subprocess; ``node`` sets its Celery node name (else the default,
+    ) -> WorkerProcess:
+        """Start a worker process; ``node`` sets its Celery node name (else the default,
         render-VERSION-cpu-<unique suffix>); its node name is kept in ``nodes``."""
         name = name or f"worker-{version}-{len(self.workers)}"
         started_before = set(self.nodes.values())
@@ -137,7 +137,7 @@ class Stack:
         )
         return process
 
-    def start_workers(self, version: str, n: int) -> list[subprocess.Popen]:
+    def start_workers(self, version: str, n: int) -> list[WorkerProcess]:
         """Start ``n`` workers of ``version`` at once (faster than one after another: they
         load in parallel), each under a unique name of the default form
         render-VERSION-cpu-<6 hex digits>, and wait for all of them."""
@@ -150,16 +150,13 @@ class Stack:
             self.nodes[process.pid] = self.wait_for_worker(node, process, name)
         return [process for process, _, _ in named]
 
-    def _spawn_worker(self, version: str, name: str, node: str | None) -> subprocess.Popen:
-        log = (self.log_dir / f"{name}.log").open("ab")
+    def _spawn_worker(self, version: str, name: str, node: str | None) -> WorkerProcess:
         node_args = ["--name", node] if node else []
-        process = subprocess.Popen(
-            [sys.executable, "-m", "canary.cli", "worker", "--model-version", version, *node_args],
-            env=self.env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            cwd=PROJECT_ROOT,
-            start_new_session=True,
+        process = start_command_line(
+            ["worker", "--model-version", version, *node_args],
+            self.env,
+            PROJECT_ROOT,
+            self.log_dir / f"{name}.log",
         )
         self.workers.append(process)
         return process
@@ -170,7 +167,7 @@ class Stack:
     def wait_for_worker(
         self,
         node_prefix: str,
-        process: subprocess.Popen,
+        process: WorkerProcess,
         name: str,
         started_before: set[str] = frozenset(),  # type: ignore[assignment]
     ) -> str:
