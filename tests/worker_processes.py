@@ -137,20 +137,30 @@ def _run_command_line(
         sys.stderr.flush()
 
 
+def spawn_command_line(
+    args: list[str], env: dict[str, str], cwd: Path, log_path: Path
+) -> subprocess.Popen[bytes]:
+    """``python -m canary.cli ARGS`` in a fresh interpreter (for processes that must not
+    have torch imported, such as the scheduler worker and beat), in its own session."""
+    with log_path.open("ab") as log:
+        return subprocess.Popen(
+            [sys.executable, "-m", "canary.cli", *args],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=cwd,
+            start_new_session=True,
+        )
+
+
 def start_command_line(
     args: list[str], env: dict[str, str], cwd: Path, log_path: Path
 ) -> WorkerProcess:
-    """``python -m canary.cli ARGS`` in its own session, output appended to ``log_path``."""
+    """``python -m canary.cli ARGS`` in its own session, output appended to ``log_path``:
+    forked from the fork server (a render worker), or a fresh interpreter if
+    CANARY_TEST_FORKSERVER=0."""
     if os.environ.get("CANARY_TEST_FORKSERVER", "1") == "0":
-        with log_path.open("ab") as log:
-            return subprocess.Popen(
-                [sys.executable, "-m", "canary.cli", *args],
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                cwd=cwd,
-                start_new_session=True,
-            )
+        return spawn_command_line(args, env, cwd, log_path)
     process = _fork_server().Process(
         target=_run_command_line,
         args=(args, env, str(cwd), str(log_path)),

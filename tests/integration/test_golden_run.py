@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 from datetime import UTC, datetime, timedelta
@@ -26,6 +25,7 @@ from storage.models import GoldenRunStatus, Job, JobStatus
 from storage.objects import store_from_settings
 from tests.golden_fixtures import small_set, small_set_text
 from tests.integration.conftest import PROJECT_ROOT, VERSIONS, Stack, local_stack
+from tests.worker_processes import spawn_command_line
 
 pytestmark = pytest.mark.integration
 
@@ -160,15 +160,7 @@ def test_concurrent_triggers_of_one_night_create_one_run(
 
 
 def _start(stack: Stack, name: str, *args: str, env: dict[str, str]) -> subprocess.Popen:
-    log = (stack.log_dir / f"{name}.log").open("ab")
-    return subprocess.Popen(
-        [sys.executable, "-m", "canary.cli", *args],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        cwd=PROJECT_ROOT,
-        start_new_session=True,
-    )
+    return spawn_command_line(list(args), env, PROJECT_ROOT, stack.log_dir / f"{name}.log")
 
 
 def _wait_for(condition, timeout: float, message: str) -> None:  # type: ignore[no-untyped-def]
