@@ -6,9 +6,12 @@ that cost most.
     .venv/bin/python -m pytest -n 2 --dist worksteal -p tests.cpu_usage
 
 Child CPU is counted when a child is reaped, so a module-scoped stack is charged to the
-test that stopped it; add up by file. Records go to ``.pytest-cpu.jsonl`` in the
-directory pytest runs in (each xdist process appends its own lines); the summary is
-printed by the process that reports.
+test that stopped it; add up by file. Render workers forked from the test fork server
+(tests/worker_processes.py) are reaped by that server, not by the test: their CPU is in
+neither column (``CANARY_TEST_FORKSERVER=0`` counts them). Records go to
+``.pytest-cpu.jsonl`` in the directory pytest runs in (each xdist process appends its own
+lines; a second run started there meanwhile deletes the first's); the summary is printed
+by the process that reports.
 """
 
 from __future__ import annotations
