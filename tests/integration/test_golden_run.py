@@ -48,7 +48,9 @@ def test_a_run_started_twice_crashed_and_resumed_enqueues_each_case_once(
     tmp_path: Path, clean_redis: str, model_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     stack = local_stack(tmp_path, clean_redis, model_dir)
-    settings = stack.settings.model_copy(update={"golden_lease_s": 1.0})
+    # Long enough that the early resume below falls inside it on a loaded machine (1 s did not).
+    lease_s = 5.0
+    settings = stack.settings.model_copy(update={"golden_lease_s": lease_s})
     golden_set, text = small_set(settings, cases_per_category=2)  # 8 cases, 16 images
     monkeypatch.setattr(golden_replay, "CHUNK", 3)
 
@@ -61,6 +63,7 @@ def test_a_run_started_twice_crashed_and_resumed_enqueues_each_case_once(
             "nightly-test", golden_set, text, trigger="nightly", baseline="v1", candidate="v2",
             progress=crash_after_first_chunk,
         )  # fmt: skip
+    crashed_at = time.monotonic()  # the lease was last renewed before this
     run = golden.get_run(stack.engine, "nightly-test")
     assert run is not None and run.status == GoldenRunStatus.SUBMITTING
     assert len(golden_jobs(stack, run.id)) == 6  # one chunk: 3 cases x 2 versions
@@ -70,7 +73,7 @@ def test_a_run_started_twice_crashed_and_resumed_enqueues_each_case_once(
     early = second.resume(run.id)
     assert not early.submitted and early.new_jobs == 0
     # ...afterwards the run is resumed where it stopped.
-    time.sleep(1.2)
+    time.sleep(max(0.0, crashed_at + lease_s + 0.2 - time.monotonic()))
     resumed = second.resume(run.id)
     assert resumed.submitted and resumed.new_jobs == 10 and resumed.status == "RUNNING"
 
