@@ -131,8 +131,13 @@ class Recorder(Generic[Item]):
     def _run(self) -> None:
         next_periodic = time.monotonic() + self._period_s
         while True:
+            # Without a periodic job there is nothing to wake up for: block until an item
+            # comes (a timeout that reached zero would make this loop spin).
+            timeout = None
+            if self._periodic is not None:
+                timeout = max(0.0, next_periodic - time.monotonic())
             try:
-                item = self._queue.get(timeout=max(0.0, next_periodic - time.monotonic()))
+                item = self._queue.get(timeout=timeout)
             except queue.Empty:
                 item = None
             if item is _STOP:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import queue
 import threading
 import time
 from dataclasses import dataclass
 
 import pytest
 
+from tasks import recorder as recorder_module
 from tasks.recorder import Recorder
 
 
@@ -83,6 +85,31 @@ def test_close_reports_what_it_could_not_record_in_time() -> None:
     assert recorder.close(timeout=0.2) is False
     assert recorder.pending == 1
     release.set()
+    assert recorder.close(timeout=5)  # a later close still records it and stops the thread
+    assert recorder.pending == 0
+
+
+def test_without_a_periodic_job_the_thread_sleeps_until_an_item_comes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Once ``period_s`` had passed, a recorder without a periodic job used to poll its
+    queue with a zero timeout: a thread spinning at a full core (found as a leaked test
+    thread that slowed every later test of its process)."""
+    waits: list[float | None] = []
+
+    class CountingQueue(queue.Queue[object]):
+        def get(self, block: bool = True, timeout: float | None = None) -> object:
+            waits.append(timeout)
+            return super().get(block, timeout)
+
+    monkeypatch.setattr(recorder_module.queue, "Queue", CountingQueue)
+    recorded = threading.Event()
+    recorder = Recorder(lambda item: recorded.set(), capacity=1, period_s=0.01, hold_s=0)
+    time.sleep(0.3)
+    assert len(waits) <= 2, f"the idle thread polled its queue {len(waits)} times"
+    recorder.submit(Item("a"))
+    assert recorded.wait(5)
+    assert recorder.close(timeout=5)
 
 
 def test_periodic_job_runs_on_the_recorder_thread() -> None:
