@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import psutil
 import pytest
 
 from tests.journeys.ready import api_ready, stack_ready
@@ -91,14 +92,23 @@ class Checkout:
         return "\n".join(parts)
 
     def stop(self, process: subprocess.Popen[bytes]) -> None:
-        """SIGTERM to a background command's process group (what it started too), SIGKILL
-        to what is left after 40 s."""
+        """Stop a background command as a person does: Ctrl-C in its terminal (SIGINT to
+        its process group; `canary up` then stops its workers first and its broker last).
+        Once the command has exited, SIGTERM reaches what is left of its group (a script's
+        `&` services, which ignore SIGINT). Whatever it started that still runs after
+        ``STOP_WAIT_S`` gets SIGKILL, including `canary up`'s processes, which run in
+        sessions of their own and would otherwise outlive the test."""
+        started = _Descendants(process.pid)
+        _signal_group(process.pid, signal.SIGINT)
+        deadline = time.monotonic() + STOP_WAIT_S
+        while process.poll() is None and time.monotonic() < deadline:
+            started.update()
+            time.sleep(0.2)
         _signal_group(process.pid, signal.SIGTERM)
-        deadline = time.monotonic() + 40
-        while _group_alive(process.pid) and time.monotonic() < deadline:
-            process.poll()
+        while (_group_alive(process.pid) or started.alive()) and time.monotonic() < deadline:
             time.sleep(0.2)
         _signal_group(process.pid, signal.SIGKILL)
+        started.kill()
         process.wait()
         if process in self.background:
             self.background.remove(process)
@@ -123,6 +133,42 @@ class Checkout:
     def wait_for_api(self, process: subprocess.Popen[bytes], url: str) -> None:
         if not api_ready(url) or process.poll() is not None:
             pytest.fail(f"the API did not come up at {url}\n{self.logs()}")
+
+
+# longer than `canary up`'s own stop grace (60 s by default), after which it kills what
+# has not stopped
+STOP_WAIT_S = 75.0
+
+
+class _Descendants:
+    """Every process a command started (recursively), remembered while it runs."""
+
+    def __init__(self, pid: int) -> None:
+        self.root = pid
+        self.seen: dict[int, psutil.Process] = {}
+        self.update()
+
+    def update(self) -> None:
+        with contextlib.suppress(psutil.Error):
+            for child in psutil.Process(self.root).children(recursive=True):
+                self.seen.setdefault(child.pid, child)
+
+    def alive(self) -> bool:
+        return bool(self._left())
+
+    def kill(self) -> None:
+        for proc in self._left():
+            with contextlib.suppress(psutil.Error):
+                proc.kill()
+
+    def _left(self) -> list[psutil.Process]:
+        left = []
+        for proc in self.seen.values():
+            # is_running() also checks the start time: a reused pid does not count
+            with contextlib.suppress(psutil.Error):
+                if proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE:
+                    left.append(proc)
+        return left
 
 
 def _signal_group(pgid: int, signum: int) -> None:
