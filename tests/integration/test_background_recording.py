@@ -28,7 +28,9 @@ from tests.integration.test_crash_safety import (
     wait_until,
 )
 
-pytestmark = pytest.mark.integration
+# they kill or replace pool processes: workers start as in production (the fixture's
+# docstring says why)
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("production_pool_start")]
 
 
 @pytest.fixture

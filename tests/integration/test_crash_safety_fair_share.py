@@ -22,7 +22,9 @@ from tests.integration.test_crash_safety import (
     with_workers,
 )
 
-pytestmark = pytest.mark.integration
+# they kill or replace pool processes: workers start as in production (the fixture's
+# docstring says why)
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("production_pool_start")]
 
 SHARE = 2
 

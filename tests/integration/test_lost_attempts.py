@@ -29,7 +29,9 @@ from tests.integration.conftest import PROJECT_ROOT, Stack, local_stack
 from tests.integration.test_crash_safety import LIMITS as CRASH_LIMITS
 from tests.integration.test_crash_safety import pool_children, wait_until
 
-pytestmark = pytest.mark.integration
+# they kill or replace pool processes: workers start as in production (the fixture's
+# docstring says why)
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("production_pool_start")]
 
 # the crash suite's short limits, with at most two attempts per job
 LIMITS = {**CRASH_LIMITS, "CANARY_MAX_ATTEMPTS": "2"}
