@@ -9,12 +9,6 @@ working directory, new session and log file), so everything first-party, configu
 included, is imported and read afresh in the worker, as in a fresh interpreter. Only
 imports are shared.
 
-The fork server also imports the model libraries (tests/model_libraries.py), so a
-worker's pool process loads its model in 0.4 CPU-s instead of 5.6. That also makes a pool
-process that replaces a killed one ready at once, which production never is: tests that
-kill or replace pool processes use the ``production_pool_start`` fixture
-(tests/integration/conftest.py), which starts their workers as fresh interpreters.
-
 ``CANARY_TEST_FORKSERVER=0`` starts each worker as a fresh interpreter instead (the
 ``subprocess.Popen`` the product's own process supervisor uses), e.g. to rule the fork
 server out when a worker behaves differently in a test.
@@ -35,9 +29,11 @@ import sys
 from pathlib import Path
 from typing import Protocol
 
-# Third-party only: a first-party module could read settings or the environment as it is
-# imported, which must happen in the worker. First what a worker's main process imports in
-# production, then what its pool process imports as it loads the model.
+# Third-party only, and only what a worker's main process imports in production: a
+# first-party module could read settings or the environment as it is imported, which must
+# happen in the worker; and diffusers, transformers and boto3 are left to the pool process,
+# which imports them as it loads the model, so that a replaced pool process takes as long
+# to get ready as it does in production (the claim-ahead and crash tests depend on that).
 PRELOADED = (
     "torch",
     "PIL.Image",
@@ -49,7 +45,6 @@ PRELOADED = (
     "sqlmodel",
     "typer",
     "rich.console",
-    "tests.model_libraries",
 )
 _context: multiprocessing.context.ForkServerContext | None = None
 

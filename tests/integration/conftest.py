@@ -70,15 +70,6 @@ def clean_redis(redis_url: str) -> str:
     return redis_url
 
 
-@pytest.fixture
-def production_pool_start(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Render workers as fresh interpreters, whose pool processes import the model
-    libraries as they load the model, as in production: for tests that kill or replace a
-    pool process, where a replacement forked from the test fork server (which has them
-    imported) would be ready at once (tests/worker_processes.py)."""
-    monkeypatch.setenv("CANARY_TEST_FORKSERVER", "0")
-
-
 @pytest.fixture(scope="session")
 def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("models")

@@ -28,9 +28,7 @@ from tests.integration.test_crash_safety import (
     wait_until,
 )
 
-# they kill or replace pool processes: workers start as in production (the fixture's
-# docstring says why)
-pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("production_pool_start")]
+pytestmark = pytest.mark.integration
 
 
 @pytest.fixture

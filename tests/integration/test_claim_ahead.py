@@ -109,10 +109,7 @@ def test_the_render_trusts_a_claim_only_if_made_after_its_process_took_over(
 
 
 @pytest.fixture
-def stack(
-    tmp_path: Path, clean_redis: str, model_dir: Path, production_pool_start: None
-) -> Iterator[Stack]:
-    """Workers start as in production: a test here kills a pool process."""
+def stack(tmp_path: Path, clean_redis: str, model_dir: Path) -> Iterator[Stack]:
     stack = crash_stack(tmp_path, clean_redis, model_dir)
     yield stack
     stack.stop_workers()

@@ -41,9 +41,7 @@ from tasks.publish import render_spec
 from tasks.queues import resent_counts
 from tests.integration.conftest import Stack, local_stack
 
-# they kill or replace pool processes: workers start as in production (the fixture's
-# docstring says why)
-pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("production_pool_start")]
+pytestmark = pytest.mark.integration
 
 # short limits so a lost worker's message is redelivered within seconds
 LIMITS = {

@@ -22,9 +22,7 @@ from tests.integration.test_crash_safety import (
     with_workers,
 )
 
-# they kill or replace pool processes: workers start as in production (the fixture's
-# docstring says why)
-pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("production_pool_start")]
+pytestmark = pytest.mark.integration
 
 SHARE = 2
 

@@ -29,9 +29,7 @@ from tests.integration.conftest import PROJECT_ROOT, Stack, local_stack
 from tests.integration.test_crash_safety import LIMITS as CRASH_LIMITS
 from tests.integration.test_crash_safety import pool_children, wait_until
 
-# they kill or replace pool processes: workers start as in production (the fixture's
-# docstring says why)
-pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("production_pool_start")]
+pytestmark = pytest.mark.integration
 
 # the crash suite's short limits, with at most two attempts per job
 LIMITS = {**CRASH_LIMITS, "CANARY_MAX_ATTEMPTS": "2"}
