@@ -20,7 +20,7 @@ from types import ModuleType
 from typing import Any
 
 from benchmarks import bulk_submit, busy, end_to_end, memory, micro_batch, overhead
-from benchmarks.harness import Report, describe_machine, machine, write_json
+from benchmarks.harness import Report, describe_machine, machine, unwind_on_sigterm, write_json
 
 MODULES: dict[str, ModuleType] = {
     "end_to_end": end_to_end,
@@ -67,6 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", nargs="+", choices=sorted(MODULES), help="a subset")
     parser.add_argument("--output", type=Path, default=RESULTS, help="where to write results")
     args = parser.parse_args(argv)
+    unwind_on_sigterm()
     info = machine()
     print(f"canary-render benchmarks on {describe_machine(info)}", flush=True)
     started = time.perf_counter()

@@ -375,7 +375,7 @@ def standalone_main(
     """The command line of a benchmark run on its own (not by benchmarks.all): it writes
     ``<--output>/<name>.json`` (``--quick``: ``<name>.quick.json``) with the machine it ran
     on, and SIGTERM unwinds through its stacks' close(), so its workers are stopped."""
-    signal.signal(signal.SIGTERM, _exit_on_signal)
+    unwind_on_sigterm()
 
     def run_and_write(args: argparse.Namespace) -> Report:
         started = time.perf_counter()
@@ -394,6 +394,13 @@ def standalone_main(
         return report
 
     return bench_main(title, parser, run_and_write, quick, argv)
+
+
+def unwind_on_sigterm() -> None:
+    """SIGTERM raises SystemExit, which unwinds through the running stacks' close(): their
+    workers are stopped instead of outliving the benchmark (the default action ends the
+    process at once)."""
+    signal.signal(signal.SIGTERM, _exit_on_signal)
 
 
 def _exit_on_signal(signum: int, frame: object) -> None:

@@ -4,16 +4,15 @@ starts, finishes and prints its figures in the documented format. No timing is a
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 
 from benchmarks.harness import FIGURE_LINE
-from tests.integration.conftest import PROJECT_ROOT
+from tests.benchmark_runs import run_quick_benchmark
 
-pytestmark = pytest.mark.integration
+RUN_TIMEOUT_S = 600
+# the first test's set-up runs the benchmark: time out after it would have been stopped
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(RUN_TIMEOUT_S + 200)]
 
 EXPECTED = {
     "end_to_end": {"end_to_end_efficiency", "end_to_end_jobs_per_s"},
@@ -45,18 +44,11 @@ TARGETED = {
 
 @pytest.fixture(scope="module")
 def quick_run(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> tuple[str, dict]:
+    """``benchmarks.all --quick``; stopped with SIGTERM if the test times out, so that it
+    stops its workers (a SIGKILL once left one running after a timed-out run)."""
     out = tmp_path_factory.mktemp("bench")
-    result = subprocess.run(
-        [sys.executable, "-m", "benchmarks.all", "--quick", "--output", str(out)],
-        capture_output=True,
-        text=True,
-        cwd=PROJECT_ROOT,
-        env={**os.environ, "REDIS_URL": redis_url},
-        timeout=600,
-        check=False,
-    )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return result.stdout, json.loads((out / "quick.json").read_text())
+    stdout, _ = run_quick_benchmark("benchmarks.all", out, redis_url, RUN_TIMEOUT_S)
+    return stdout, json.loads((out / "quick.json").read_text())
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))
