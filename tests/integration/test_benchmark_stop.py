@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import psutil
 import pytest
@@ -20,16 +21,29 @@ pytestmark = pytest.mark.integration
 
 
 def _workers_of(run: psutil.Process) -> list[psutil.Process]:
-    return [
-        child
-        for child in run.children(recursive=True)
-        if "worker" in " ".join(child.cmdline()) and "canary.cli" in " ".join(child.cmdline())
-    ]
+    workers = []
+    for child in run.children(recursive=True):
+        try:
+            command = " ".join(child.cmdline())
+        except psutil.Error:  # ended meanwhile
+            continue
+        if "canary.cli" in command and " worker " in f"{command} ":
+            workers.append(child)
+    return workers
 
 
-def test_sigterm_to_a_benchmark_run_stops_its_workers(clean_redis: str) -> None:
+def test_sigterm_to_a_benchmark_run_stops_its_workers(clean_redis: str, tmp_path: Path) -> None:
     process = subprocess.Popen(
-        [sys.executable, "-m", "benchmarks.all", "--quick", "--only", "overhead"],
+        [
+            sys.executable,
+            "-m",
+            "benchmarks.all",
+            "--quick",
+            "--only",
+            "overhead",
+            "--output",
+            str(tmp_path),
+        ],
         cwd=PROJECT_ROOT,
         env={**os.environ, "REDIS_URL": clean_redis},
         stdout=subprocess.DEVNULL,
