@@ -15,7 +15,9 @@ from tasks.nodes import node_prefix, serves, unique_node_name
 
 def test_default_names_are_unique_and_keep_the_version_device_prefix() -> None:
     names = {unique_node_name("v1", "cuda:0", "gpu-host") for _ in range(200)}
-    assert len(names) == 200
+    # 6 random hex digits: one pair among 200 names collides in about 1 run of 840 (a CI
+    # run once drew one); five or more collisions would mean the suffix is not random
+    assert len(names) > 195
     assert all(re.fullmatch(r"render-v1-cuda0-[0-9a-f]{6}@gpu-host", n) for n in names)
     prefix = node_prefix("v1", "cuda:0")
     assert all(serves(n, prefix) for n in names)
