@@ -225,8 +225,7 @@ def run_config(
     stack = new_stack(root / config, broker, fair_share, model)
     try:
         env = {"CANARY_FAIR_SHARE_QUEUED": str(fair_share), "CANARY_FAULT_INJECTION": "true"}
-        for _ in range(WORKERS):
-            stack.start_worker(VERSION, **env)
+        stack.start_workers([VERSION] * WORKERS, **env)
         warm_s = warm_up(stack, args)
         interval_s = interval_s or warm_s
         submit_a_s = 0.0

@@ -42,6 +42,8 @@ from storage.models import TERMINAL_STATUSES, Job
 from tasks.app import make_app
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
+WORKER_START_TIMEOUT_S = 180.0
+WORKER_STOP_TIMEOUT_S = 120.0  # a warm shutdown finishes the job in hand first
 FIGURE_LINE = re.compile(
     # a value as ``:.4g`` writes it: 0.0123, 2.3e-05 (a tiny delta), inf
     r"^figure (?P<key>[a-z0-9_]+): (?P<value>-?(?:[\d.]+(?:e[-+]\d+)?|inf|nan)) (?P<unit>\S+)"
@@ -233,30 +235,49 @@ class BenchStack:
         self, version: str, device: str = "cpu", **env: str
     ) -> subprocess.Popen[bytes]:
         """``canary worker`` for ``version``; returns once its pool process has the model."""
-        name = f"{version}-{len(self.workers)}"
-        log = (self.log_dir / f"{name}.log").open("ab")
-        process = subprocess.Popen(
-            [sys.executable, "-m", "canary.cli", "worker", "--model-version", version,
-             "--device", device, "--name", name, "--loglevel", "warning"],
-            env={**self.env, **env},
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            cwd=PROJECT_ROOT,
-            start_new_session=True,
-        )  # fmt: skip
-        self.workers.append(process)
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline:
-            if process.poll() is not None:
-                raise RuntimeError(f"worker {name} exited: {self.log(name)}")
+        (worker,) = self.start_workers([version], device, **env)
+        return worker
+
+    def start_workers(
+        self, versions: Sequence[str], device: str = "cpu", **env: str
+    ) -> list[subprocess.Popen[bytes]]:
+        """One ``canary worker`` per entry of ``versions``, all started at once (they load
+        their models side by side); returns once every pool process has its model."""
+        started = []
+        for version in versions:
+            name = f"{version}-{len(self.workers)}"
+            log = (self.log_dir / f"{name}.log").open("ab")
+            process = subprocess.Popen(
+                [sys.executable, "-m", "canary.cli", "worker", "--model-version", version,
+                 "--device", device, "--name", name, "--loglevel", "warning"],
+                env={**self.env, **env},
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=PROJECT_ROOT,
+                start_new_session=True,
+            )  # fmt: skip
+            self.workers.append(process)
+            started.append((name, process))
+        deadline = time.monotonic() + WORKER_START_TIMEOUT_S
+        waiting = dict(started)
+        while waiting:
+            for name, process in waiting.items():
+                if process.poll() is not None:
+                    raise RuntimeError(f"worker {name} exited: {self.log(name)}")
+            if time.monotonic() > deadline:
+                names = ", ".join(waiting)
+                raise RuntimeError(
+                    f"worker(s) {names} did not answer within {WORKER_START_TIMEOUT_S:.0f} s: "
+                    + self.log(next(iter(waiting)))
+                )
             try:
                 replies = self.app.control.ping(timeout=0.5) or []
             except (OSError, redis.RedisError):  # a broker connection dropped: ask again
                 time.sleep(0.5)
                 continue
-            if any(node.startswith(f"{name}@") for reply in replies for node in reply):
-                return process
-        raise RuntimeError(f"worker {name} did not answer within 180 s: {self.log(name)}")
+            online = {node.split("@")[0] for reply in replies for node in reply}
+            waiting = {n: p for n, p in waiting.items() if n not in online}
+        return [process for _, process in started]
 
     def pool_child(self, worker: subprocess.Popen[bytes]) -> psutil.Process:
         """The worker's pool process (the one that renders)."""
@@ -267,18 +288,24 @@ class BenchStack:
 
     def stop_worker(self, worker: subprocess.Popen[bytes]) -> None:
         """Warm shutdown (SIGTERM to the main process), as an operator stops a worker."""
-        if worker.poll() is None:
-            worker.send_signal(signal.SIGTERM)
-        try:
-            worker.wait(timeout=120)
-        except subprocess.TimeoutExpired:
-            os.killpg(worker.pid, signal.SIGKILL)
-            worker.wait()
+        self._stop([worker])
 
     def stop_workers(self) -> None:
-        for worker in self.workers:
-            self.stop_worker(worker)
+        """Warm shutdown of every worker, all signalled at once."""
+        self._stop(self.workers)
         self.workers.clear()
+
+    def _stop(self, workers: Sequence[subprocess.Popen[bytes]]) -> None:
+        for worker in workers:
+            if worker.poll() is None:
+                worker.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + WORKER_STOP_TIMEOUT_S
+        for worker in workers:
+            try:
+                worker.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                os.killpg(worker.pid, signal.SIGKILL)
+                worker.wait()
 
     def log(self, name: str) -> str:
         path = self.log_dir / f"{name}.log"

@@ -314,8 +314,7 @@ def run(args: argparse.Namespace) -> Report:
     with tempfile.TemporaryDirectory(prefix="canary-bench-") as tmp, broker_url() as broker:
         stack = new_stack(Path(tmp) / "stack", broker, args)
         try:
-            for version in (BASELINE, CANDIDATE):
-                stack.start_worker(version, CANARY_FAULT_INJECTION="true")
+            stack.start_workers([BASELINE, CANDIDATE], CANARY_FAULT_INJECTION="true")
             stack.gateway.shadower.controls.set_paused(EXPERIMENT, True)
             render_s = warm_up(stack, args)
             rate = 2 * args.load / render_s  # two workers, each ``load`` busy with live work

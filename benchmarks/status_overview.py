@@ -124,7 +124,7 @@ def run(args: argparse.Namespace) -> Report:
             env = {**stack.env, "CANARY_EXPERIMENT_FILE": str(experiment), "COLUMNS": "200"}
             for version in VERSIONS:
                 make_stub_model(stack.model_dir / version, "sleep", seconds_per_image=RENDER_S)
-                stack.start_worker(version)
+            stack.start_workers(VERSIONS)
             # queued only once every worker is up, so neither queue drains before the figures
             for version in VERSIONS:
                 stack.submit(
