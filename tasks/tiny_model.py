@@ -1,5 +1,8 @@
 """Build a tiny random-weight Stable Diffusion pipeline entirely offline.
 
+torch and the model libraries are imported only when a model is built: asking which seed
+a folder was built with (`canary models make-tiny` on a built version) stays instant.
+
 The result is a normal diffusers folder (``model_index.json``, safetensors weights, a
 CLIP tokenizer), so it is loaded through exactly the same ``from_pretrained`` path as a
 real checkpoint. The component configs follow the tiny ones in diffusers' own tests.
@@ -12,10 +15,6 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import torch
-from tokenizers.pre_tokenizers import ByteLevel
-
-from tasks.pipelines import quiet_model_libraries
 from tasks.version_config import CONFIG_FILE
 
 if TYPE_CHECKING:
@@ -33,6 +32,7 @@ def build_tokenizer() -> CLIPTokenizer:
     Real CLIP vocabularies come from the hub; this one is built from first principles
     so that any text tokenizes without network access.
     """
+    from tokenizers.pre_tokenizers import ByteLevel
     from transformers import CLIPTokenizer
 
     symbols = sorted(ByteLevel.alphabet())
@@ -43,6 +43,10 @@ def build_tokenizer() -> CLIPTokenizer:
 
 def build_tiny_pipeline(seed: int) -> StableDiffusionPipeline:
     """A Stable Diffusion pipeline a few hundred kB in size with seeded random weights."""
+    import torch
+
+    from tasks.pipelines import quiet_model_libraries
+
     quiet_model_libraries()
     # the defining modules: mypy reads the names `diffusers` exports as placeholder classes
     from diffusers.models.autoencoders.autoencoder_kl import AutoencoderKL
@@ -160,6 +164,10 @@ def make_tiny_scorer(target: Path, seed: int = 0) -> Path:
     Its scores mean nothing; it exercises the same loading and scoring path as a real
     CLIP checkpoint placed in ``CANARY_GOLDEN_SCORER_DIR``.
     """
+    import torch
+
+    from tasks.pipelines import quiet_model_libraries
+
     quiet_model_libraries()
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
 

@@ -7,6 +7,7 @@ worker nor the API pays for it at start-up."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -74,3 +75,34 @@ def test_the_api_starts_without_torch_or_the_statistics_stack() -> None:
         f"print(json.dumps({{'heavy': sorted(m for m in {HEAVY!r} if m in sys.modules)}}))"
     )
     assert run_probe(code) == {"heavy": []}
+
+
+def test_make_tiny_on_a_built_version_answers_without_importing_torch(tmp_path: Path) -> None:
+    """The README's `canary models make-tiny` line, run again, only reads the seed file."""
+    from tasks.tiny_model import TINY_SEED_FILE
+
+    built = tmp_path / "models" / "v1"
+    built.mkdir(parents=True)
+    (built / "model_index.json").write_text("{}")
+    (built / TINY_SEED_FILE).write_text(json.dumps({"seed": 1}))
+    code = f"""
+import json, sys
+from typer.testing import CliRunner
+from canary.cli.main import app
+result = CliRunner().invoke(app, ["models", "make-tiny", "v1", "--seed", "1"])
+print(json.dumps({{"exit": result.exit_code, "output": result.output,
+                  "heavy": sorted(m for m in {HEAVY!r} if m in sys.modules)}}))
+"""
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        cwd=PROJECT_ROOT,
+        env={**os.environ, "CANARY_MODEL_DIR": str(tmp_path / "models")},
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    outcome = json.loads(result.stdout.splitlines()[-1])
+    assert outcome["exit"] == 0, outcome["output"]
+    assert "v1 is already built (seed 1)" in outcome["output"]
+    assert outcome["heavy"] == []
