@@ -234,7 +234,7 @@ class BenchStack:
     def start_worker(
         self, version: str, device: str = "cpu", **env: str
     ) -> subprocess.Popen[bytes]:
-        """``canary worker`` for ``version``; returns once its pool process has the model."""
+        """``canary worker`` for ``version``; returns once it answers a ping."""
         (worker,) = self.start_workers([version], device, **env)
         return worker
 
@@ -242,7 +242,8 @@ class BenchStack:
         self, versions: Sequence[str], device: str = "cpu", **env: str
     ) -> list[subprocess.Popen[bytes]]:
         """One ``canary worker`` per entry of ``versions``, all started at once (they load
-        their models side by side); returns once every pool process has its model."""
+        their models side by side); returns once every one answers a ping (its pool
+        process may still be loading its model)."""
         started = []
         for version in versions:
             name = f"{version}-{len(self.workers)}"
