@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -41,12 +42,18 @@ def loaded_by(modules: str | None) -> dict[str, list[str]]:
     return run_probe(code)
 
 
-def run_probe(code: str) -> dict[str, list[str]]:
+def run_probe(code: str, **env: str) -> dict[str, Any]:
+    """Run ``code`` in a fresh interpreter (with ``env`` added); its last line, as JSON."""
     result = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, cwd=PROJECT_ROOT, check=False
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        cwd=PROJECT_ROOT,
+        env={**os.environ, **env},
+        check=False,
     )
     assert result.returncode == 0, result.stderr
-    loaded: dict[str, list[str]] = json.loads(result.stdout.splitlines()[-1])
+    loaded: dict[str, Any] = json.loads(result.stdout.splitlines()[-1])
     return loaded
 
 
@@ -93,16 +100,7 @@ result = CliRunner().invoke(app, ["models", "make-tiny", "v1", "--seed", "1"])
 print(json.dumps({{"exit": result.exit_code, "output": result.output,
                   "heavy": sorted(m for m in {HEAVY!r} if m in sys.modules)}}))
 """
-    result = subprocess.run(
-        [sys.executable, "-c", code],
-        capture_output=True,
-        text=True,
-        cwd=PROJECT_ROOT,
-        env={**os.environ, "CANARY_MODEL_DIR": str(tmp_path / "models")},
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr
-    outcome = json.loads(result.stdout.splitlines()[-1])
+    outcome = run_probe(code, CANARY_MODEL_DIR=str(tmp_path / "models"))
     assert outcome["exit"] == 0, outcome["output"]
     assert "v1 is already built (seed 1)" in outcome["output"]
     assert outcome["heavy"] == []
