@@ -98,7 +98,9 @@ def test_metrics_after_real_jobs(ops_stack: Stack) -> None:
         # a scrape leaves out what it read from the broker if the broker did not answer in
         # time (a loaded machine): the next one has it
         def scrape() -> str:
-            return client.get("/metrics", headers=headers).text
+            response = client.get("/metrics", headers=headers)
+            assert response.headers["content-type"].startswith("text/plain")
+            return response.text
 
         before = samples(scrape_with(scrape, ("canary_queue_messages",)))
         assert value(before, "canary_queue_messages", version="v1") == 5
@@ -111,10 +113,8 @@ def test_metrics_after_real_jobs(ops_stack: Stack) -> None:
             text = scrape_with(
                 scrape, ("canary_queue_messages", "canary_workers_online_by_revision")
             )
-            content_type = client.get("/metrics", headers=headers).headers["content-type"]
         finally:
             ops_stack.stop_workers()
-    assert content_type.startswith("text/plain")
     after = samples(text)
     assert value(after, "canary_queue_messages", version="v1") == 0
     assert value(after, "canary_queue_messages", version="v2") == 1  # no v2 worker ran
